@@ -1,0 +1,34 @@
+"""Identifiers: ULIDs (time-ordered, 26 Crockford base32 chars) with a type prefix."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def ulid(now_ms: int | None = None) -> str:
+    """A new ULID: 48-bit millisecond time then 80 random bits."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def event_id(now_ms: int | None = None) -> str:
+    """Relay's own event id: the `webhook-id` downstream dedupes on (no '.')."""
+    return f"rly_{ulid(now_ms).lower()}"
+
+
+def request_id() -> str:
+    return f"req_{ulid()}"
+
+
+def app_user_uuid() -> str:
+    """A UUID v4, what StoreKit's appAccountToken and Play's obfuscatedAccountId take."""
+    return str(uuid.uuid4())

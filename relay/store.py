@@ -1,0 +1,262 @@
+"""The database: one dedicated thread owns the connection; the event loop never runs SQL.
+
+`Store.read(fn)` runs `fn()` on that thread. `Store.write(fn)` runs it inside a
+transaction with group commit: every write queued while the thread was busy joins
+one transaction (each in its own savepoint, so one failing unit rolls back alone),
+and the whole group commits as soon as the thread is free, with no fixed wait.
+A caller's future resolves only after its COMMIT returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from peewee import Database, DatabaseError, InterfaceError, OperationalError, SqliteDatabase
+
+from relay import migrations
+from relay.config import StoreConfig
+from relay.errors import StoreUnavailableError
+from relay.models import database
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_GROUP = 256
+
+
+def resolve_sqlite_path(path: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Relative paths live under `$STATE_DIRECTORY` (systemd), else the working directory."""
+    env = os.environ if environ is None else environ
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return (Path(state_dir) if state_dir else Path.cwd()) / p
+
+
+def make_database(cfg: StoreConfig, environ: Mapping[str, str] | None = None,
+                  pragmas: Mapping[str, Any] | None = None) -> Database:
+    if cfg.url:
+        from playhouse.pool import PooledPostgresqlDatabase
+
+        u = urlsplit(cfg.url)
+        pg: Database = PooledPostgresqlDatabase(
+            (u.path or "/").lstrip("/") or "postgres", user=u.username, password=u.password,
+            host=u.hostname, port=u.port or 5432, max_connections=4, stale_timeout=300,
+            autoconnect=False)
+        return pg
+    path = resolve_sqlite_path(cfg.path, environ)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    all_pragmas: dict[str, Any] = {
+        "journal_mode": "wal",
+        # FULL: every commit is fsynced; group commit amortises the cost.
+        "synchronous": "full",
+        "foreign_keys": 1,
+        "cache_size": -16000,
+        "busy_timeout": int(cfg.busy_timeout_s * 1000),
+    }
+    all_pragmas.update(pragmas or {})
+    return SqliteDatabase(str(path), pragmas=all_pragmas, autoconnect=False,
+                          check_same_thread=False)
+
+
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[[], Any]
+    write: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = field(default=None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailableError:
+    return StoreUnavailableError(f"the store could not commit: {exc}")
+
+
+class Store:
+    """The async facade over the database thread. Open with `await open()`."""
+
+    def __init__(self, cfg: StoreConfig, environ: Mapping[str, str] | None = None,
+                 pragmas: Mapping[str, Any] | None = None) -> None:
+        self.config = cfg
+        self.db = make_database(cfg, environ, pragmas)
+        self.is_sqlite = isinstance(self.db, SqliteDatabase)
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.last_heartbeat = 0.0  # loop time of the last job the thread finished
+        self.groups_committed = 0
+
+    @property
+    def description(self) -> str:
+        return self.config.url.split("@")[-1] if self.config.url else str(self.db.database)
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def open(self, *, migrate: bool = True) -> int:
+        """Start the thread, connect, and migrate (or check) the schema; return its version."""
+        self._thread = threading.Thread(target=self._run, name="relay-db", daemon=True)
+        self._thread.start()
+        try:
+            return await self.read(lambda: self._connect_and_migrate(migrate))
+        except BaseException:
+            await self.close()
+            raise
+
+    def _connect_and_migrate(self, migrate: bool) -> int:
+        database.initialize(self.db)
+        self.db.connect(reuse_if_open=True)
+        if migrate:
+            migrations.migrate(self.db)
+        return migrations.check(self.db)
+
+    async def close(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        try:
+            await self.read(self._disconnect)
+        finally:
+            self._thread = None
+            self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    def _disconnect(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    # ---- running work ------------------------------------------------------------
+
+    async def read(self, fn: Callable[[], T]) -> T:
+        """Run `fn()` on the database thread, outside any explicit transaction."""
+        return await self._submit(fn, write=False)
+
+    async def write(self, fn: Callable[[], T]) -> T:
+        """Run `fn()` in a transaction (group commit); return after COMMIT."""
+        return await self._submit(fn, write=True)
+
+    async def _submit(self, fn: Callable[[], T], *, write: bool) -> T:
+        if self._thread is None:
+            raise StoreUnavailableError("the store is not open")
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, write, loop, loop.create_future())
+        self._queue.put(job)
+        result: T = await job.future
+        return result
+
+    async def ping(self) -> bool:
+        try:
+            await self.read(lambda: self.db.execute_sql("SELECT 1").fetchone())  # type: ignore[no-untyped-call]
+        except Exception:
+            return False
+        return True
+
+    # ---- the thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            self._execute(group)
+            if stop:
+                return
+
+    def _execute(self, group: list[_Job]) -> None:
+        writes = [j for j in group if j.write]
+        for job in group:
+            if not job.write:
+                try:
+                    job.result = job.fn()
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    job.error = _translate(exc)
+        if writes:
+            self._commit_group(writes)
+        for job in group:
+            job.loop.call_soon_threadsafe(_settle, job.future, job.result, job.error)
+            self.last_heartbeat = job.loop.time()
+
+    def _commit_group(self, writes: list[_Job]) -> None:
+        try:
+            with self.db.atomic():
+                if len(writes) == 1:
+                    self._run_one(writes[0], savepoint=False)
+                else:
+                    for job in writes:
+                        self._run_one(job, savepoint=True)
+                if len(writes) == 1 and writes[0].error is not None:
+                    raise _Rollback
+            self.groups_committed += 1
+        except _Rollback:
+            pass
+        except BaseException as exc:
+            err = _unavailable(exc)
+            log.error("commit of %d write(s) failed: %s", len(writes), exc)
+            for job in writes:
+                if job.error is None:
+                    job.error = err
+                    job.result = None
+            self._recover_connection()
+
+    def _run_one(self, job: _Job, *, savepoint: bool) -> None:
+        try:
+            if savepoint:
+                with self.db.atomic():
+                    job.result = job.fn()
+            else:
+                job.result = job.fn()
+        except (OperationalError, InterfaceError, sqlite3.OperationalError) as exc:
+            # Disk full, I/O error, lock timeout: the whole group is suspect.
+            job.error = _unavailable(exc)
+            raise
+        except BaseException as exc:
+            job.error = _translate(exc)
+
+    def _recover_connection(self) -> None:
+        try:
+            if self.db.in_transaction():
+                self.db.rollback()
+        except Exception:  # the next job reconnects if this failed
+            log.debug("rollback after a failed commit failed", exc_info=True)
+
+
+class _Rollback(Exception):
+    """Roll back a one-job group whose function raised."""
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, OperationalError | InterfaceError):
+        return _unavailable(exc)
+    if isinstance(exc, DatabaseError) and "full" in str(exc).lower():
+        return _unavailable(exc)
+    return exc
