@@ -1,0 +1,211 @@
+"""Domain values: normalized states, the snapshot every input becomes, and views.
+
+Pure: stdlib only. Times are integer milliseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    """Normalized purchase state, one machine for both stores."""
+
+    PENDING = "pending"  # bought, payment not settled
+    ACTIVE = "active"  # paid up, set to renew
+    ACTIVE_NOT_RENEWING = "active_not_renewing"  # paid up, cancelled at period end
+    GRACE = "grace"  # renewal failed, store still grants access
+    BILLING_RETRY = "billing_retry"  # renewal failed, store retrying, no access
+    ON_HOLD = "on_hold"  # Google account hold, no access
+    PAUSED = "paused"  # Google pause, no access
+    EXPIRED = "expired"  # period over, not renewed
+    REVOKED = "revoked"  # revoked by the store (family sharing removed, ...)
+    REFUNDED = "refunded"  # money returned; access removed at once
+    OWNED = "owned"  # one-time product owned
+    CONSUMED = "consumed"  # consumable used up
+
+
+ENTITLED_STATES = frozenset({State.ACTIVE, State.ACTIVE_NOT_RENEWING, State.GRACE, State.OWNED})
+TERMINAL_STATES = frozenset({State.REVOKED, State.REFUNDED, State.CONSUMED})
+SUSPENDED_STATES = frozenset({State.BILLING_RETRY, State.ON_HOLD, State.PAUSED})
+
+SOURCES = ("webhook", "verify", "restore", "poll")
+PLATFORMS = ("apple", "google")
+
+
+def iso(ms: int | None) -> str | None:
+    """ISO-8601 UTC with milliseconds and Z, as Attesto writes it; None stays None."""
+    if ms is None:
+        return None
+    t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def parse_time_ms(value: Any) -> int | None:
+    """Parse an ISO-8601 / RFC 3339 string or an epoch-ms number (or numeric string)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        if value.isdigit():
+            return int(value)
+        text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+        # Google may send nanosecond fractions; fromisoformat takes at most 6 digits.
+        if "." in text:
+            head, _, rest = text.partition(".")
+            digits = "".join(c for c in rest if c.isdigit())
+            tail = rest[len(digits):]
+            text = f"{head}.{digits[:6].ljust(6, '0')}{tail}"
+        parsed = dt.datetime.fromisoformat(text)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return int(parsed.timestamp() * 1000)
+    raise ValueError(f"not a time: {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one input says about one purchase; `pipeline.apply` stores it.
+
+    Fields left None mean "this input does not know"; they never erase stored values.
+    `observed_ms` is the store's own time of the information (Apple signedDate,
+    Google eventTimeMillis, verify time): an older snapshot never overwrites a newer one.
+    """
+
+    platform: str
+    subject_key: str
+    source: str
+    observed_ms: int
+    received_ms: int
+    kind: str | None = None  # subscription | product
+    product_id: str | None = None
+    base_plan_id: str | None = None
+    state: State | None = None
+    state_reason: str | None = None
+    expires_ms: int | None = None
+    environment: str | None = None
+    auto_renew: bool | None = None
+    user_id: str | None = None
+    app_user_id: str | None = None
+    latest_ref: str | None = None
+    package_name: str | None = None
+    event_type: str | None = None  # Attesto's event name when the input carries one
+    event_reason: str | None = None
+    attesto_event_id: str | None = None
+    poll_now: bool = False  # Google webhook: re-verify the newest token at once
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    key: str
+    product_id: str | None
+    expires_ms: int | None
+    platform: str
+    subject_key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "product_id": self.product_id,
+                "expires_at": iso(self.expires_ms), "platform": self.platform,
+                "subject_key": self.subject_key}
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseView:
+    """A stored purchase as the API shows it."""
+
+    platform: str
+    subject_key: str
+    kind: str
+    user_id: str | None
+    app_user_id: str | None
+    product_id: str | None
+    base_plan_id: str | None
+    state: str
+    state_reason: str | None
+    environment: str | None
+    expires_ms: int | None
+    auto_renew: bool | None
+    latest_ref: str | None
+    package_name: str | None
+    store_time_ms: int
+    sequence: int
+    created_ms: int
+    updated_ms: int
+    next_poll_ms: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "platform": self.platform, "subject_key": self.subject_key, "kind": self.kind,
+            "user_id": self.user_id, "app_user_id": self.app_user_id,
+            "product_id": self.product_id, "base_plan_id": self.base_plan_id,
+            "state": self.state, "state_reason": self.state_reason,
+            "environment": self.environment, "expires_at": iso(self.expires_ms),
+            "auto_renew": self.auto_renew, "updated_at": iso(self.updated_ms),
+        }
+
+
+def entitlement_keys(entitlements: Mapping[str, tuple[str, ...]], product_id: str | None,
+                     base_plan_id: str | None) -> tuple[str, ...]:
+    """Keys a product grants: `product:base_plan` first, then the bare product id."""
+    if product_id is None:
+        return ()
+    if base_plan_id and f"{product_id}:{base_plan_id}" in entitlements:
+        return entitlements[f"{product_id}:{base_plan_id}"]
+    return entitlements.get(product_id, ())
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementPolicy:
+    """How long access outlives `expires_ms` (seconds)."""
+
+    clock_leeway_s: int = 60
+    apple_renewal_grace_s: int = 86_400
+
+
+def is_entitled(p: PurchaseView, now_ms: int, policy: EntitlementPolicy) -> bool:
+    if p.state not in ENTITLED_STATES:
+        return False
+    if p.expires_ms is None:
+        return True
+    leeway_s = policy.clock_leeway_s
+    if (p.platform == "apple" and p.kind == "subscription" and p.state == State.ACTIVE
+            and p.auto_renew is not False):
+        # Apple renewals are only seen by webhook; keep access while one may be late.
+        leeway_s = max(leeway_s, policy.apple_renewal_grace_s)
+    return now_ms < p.expires_ms + leeway_s * 1000
+
+
+def entitlements_of(purchases: list[PurchaseView], mapping: Mapping[str, tuple[str, ...]],
+                    now_ms: int, policy: EntitlementPolicy) -> list[Entitlement]:
+    """The entitlements a set of purchases grants now, one per (key, purchase)."""
+    out: list[Entitlement] = []
+    for p in purchases:
+        if not is_entitled(p, now_ms, policy):
+            continue
+        for key in entitlement_keys(mapping, p.product_id, p.base_plan_id):
+            out.append(Entitlement(key, p.product_id, p.expires_ms, p.platform, p.subject_key))
+    out.sort(key=lambda e: (e.key, -(e.expires_ms or 2**62)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    """A stored normalized event (the relayed body is `body`)."""
+
+    cursor: int
+    id: str
+    type: str
+    body: str
+    platform: str | None = None
+    subject_key: str | None = None
+    sequence: int | None = None
+    stale: bool = False
+    deliveries: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
