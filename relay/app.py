@@ -1,0 +1,65 @@
+"""The application factory: resources in cleanup contexts, middlewares, the route table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from relay import __version__
+from relay.appkeys import HTTP_KEY, RUNTIME_KEY, STORE_KEY
+from relay.config import Config
+from relay.middlewares import error_middleware, request_id_middleware
+from relay.routes import health
+from relay.runtime import Runtime
+from relay.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config, *, clock: Callable[[], float] = time.time,
+               store_pragmas: Mapping[str, Any] | None = None,
+               environ: Mapping[str, str] | None = None) -> web.Application:
+    """Build the app; no I/O here, it all happens in the cleanup contexts."""
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware],
+        client_max_size=config.server.max_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
+    app[RUNTIME_KEY] = Runtime(config, clock)
+    app[STORE_KEY] = Store(config.store, environ, store_pragmas)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_http_ctx)
+    app.router.add_routes(health.routes())
+    for feature in config.disabled_features():
+        log.warning("disabled: %s", feature)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE_KEY]
+    config = app[RUNTIME_KEY].config
+    version = await store.open(migrate=config.store.auto_migrate)
+    log.info("store open: %s (schema %d)", store.description, version)
+    yield
+    await store.close()
+    log.info("store closed")
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One client session for all outbound calls, with explicit timeouts, no redirects."""
+    cfg = app[RUNTIME_KEY].config
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=cfg.attesto.timeout_s,
+                                      sock_connect=cfg.attesto.connect_timeout_s),
+        headers={"User-Agent": f"relay/{__version__}"},
+        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
+        raise_for_status=False,
+    )
+    app[HTTP_KEY] = session
+    yield
+    await session.close()

@@ -1,0 +1,13 @@
+"""Typed application-state keys (kept apart so routes need not import app)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from relay.runtime import Runtime
+from relay.store import Store
+
+RUNTIME_KEY = web.AppKey("runtime", Runtime)
+STORE_KEY = web.AppKey("store", Store)
+HTTP_KEY = web.AppKey("http", aiohttp.ClientSession)

@@ -1,0 +1,160 @@
+"""The `relay` command line: serve, check-config, migrate. Exit codes: 0, 1, 2 usage, 78 config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from relay import __version__, systemd
+from relay.app import create_app
+from relay.config import Config, ConfigError, find_config_path, load_config, redacted
+from relay.log import AccessLogger, configure_logging
+from relay.migrations import SchemaError
+
+log = logging.getLogger("relay.cli")
+
+EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+
+def _load(path: str | None) -> Config:
+    found = find_config_path(path)
+    return load_config(found)
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set): bind, READY=1, wait, STOPPING=1, clean up."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    app = create_app(config)
+    runner = web.AppRunner(app, shutdown_timeout=config.server.shutdown_timeout_s,
+                           access_log_class=AccessLogger, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+        await site.start()
+        for address in runner.addresses:
+            log.info("listening on http://%s:%s", *address[:2])
+        systemd.notify("READY=1\nSTATUS=serving")
+        await stop.wait()
+        log.info("shutting down (waiting up to %.0fs for in-flight requests)",
+                 config.server.shutdown_timeout_s)
+        systemd.notify("STOPPING=1")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _print_config(config: Config) -> None:
+    data = redacted(config)
+    print(f"# effective configuration (source: {config.source}); credentials redacted")
+    for section, values in data.items():
+        if section == "downstream":
+            for ds in values:
+                print("\n[[downstream]]")
+                for key, value in ds.items():
+                    print(f"{key} = {_toml_value(value)}")
+            continue
+        print(f"\n[{section}]")
+        for key, value in values.items():
+            shown = f'"{key}"' if section in ("entitlements", "credentials") else key
+            print(f"{shown} = {_toml_value(value)}")
+    disabled = config.disabled_features()
+    if disabled:
+        print("\n# disabled until their credential is set:")
+        for line in disabled:
+            print(f"#   {line}")
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _print_config(config)
+    return EX_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    configure_logging(config.log.level, config.log.format)
+    log.info("relay %s starting (config: %s)", __version__, config.source)
+    try:
+        asyncio.run(serve(config))
+    except SchemaError as exc:
+        log.error("%s", exc)
+        return EX_FAILURE
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EX_FAILURE
+    return EX_OK
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from relay.store import Store
+
+    config = _load(args.config)
+    configure_logging(config.log.level, config.log.format)
+
+    async def run() -> int:
+        store = Store(config.store)
+        version = await store.open(migrate=True)
+        await store.close()
+        return version
+
+    version = asyncio.run(run())
+    print(f"schema is at version {version}")
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", "-c", default=None,
+                       help="relay.toml to load (default ./relay.toml, then "
+                            "/etc/relay/relay.toml); keys overridable by RELAY_<SECTION>__<KEY>")
+        return p
+
+    add("serve", "run the daemon").set_defaults(func=_cmd_serve)
+    add("check-config", "print the effective configuration, secrets redacted").set_defaults(
+        func=_cmd_check_config)
+    add("migrate", "apply pending database migrations").set_defaults(func=_cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print("relay: configuration error:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_FAILURE
