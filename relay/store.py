@@ -105,6 +105,7 @@ class Store:
         self._thread: threading.Thread | None = None
         self.last_heartbeat = 0.0  # loop time of the last job the thread finished
         self.groups_committed = 0
+        self._commit_listeners: list[Callable[[], None]] = []
 
     @property
     def description(self) -> str:
@@ -163,6 +164,10 @@ class Store:
         result: T = await job.future
         return result
 
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` on the event loop after every committed write group."""
+        self._commit_listeners.append(listener)
+
     async def ping(self) -> bool:
         try:
             await self.read(lambda: self.db.execute_sql("SELECT 1").fetchone())  # type: ignore[no-untyped-call]
@@ -200,13 +205,16 @@ class Store:
                     job.result = job.fn()
                 except BaseException as exc:  # handed to the awaiting coroutine
                     job.error = _translate(exc)
-        if writes:
-            self._commit_group(writes)
+        committed = bool(writes) and self._commit_group(writes)
+        if committed:
+            loop = writes[0].loop
+            for listener in self._commit_listeners:
+                loop.call_soon_threadsafe(listener)
         for job in group:
             job.loop.call_soon_threadsafe(_settle, job.future, job.result, job.error)
             self.last_heartbeat = job.loop.time()
 
-    def _commit_group(self, writes: list[_Job]) -> None:
+    def _commit_group(self, writes: list[_Job]) -> bool:
         try:
             with self.db.atomic():
                 if len(writes) == 1:
@@ -217,8 +225,9 @@ class Store:
                 if len(writes) == 1 and writes[0].error is not None:
                     raise _Rollback
             self.groups_committed += 1
+            return True
         except _Rollback:
-            pass
+            return False
         except BaseException as exc:
             err = _unavailable(exc)
             log.error("commit of %d write(s) failed: %s", len(writes), exc)
@@ -227,6 +236,7 @@ class Store:
                     job.error = err
                     job.result = None
             self._recover_connection()
+            return False
 
     def _run_one(self, job: _Job, *, savepoint: bool) -> None:
         try:
