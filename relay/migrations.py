@@ -17,6 +17,7 @@ from relay.models import (
     AppUser,
     Attempt,
     Delivery,
+    EndpointState,
     Event,
     Inbox,
     Lease,
@@ -41,7 +42,14 @@ def _m2_attempts_users_leases(db: Database) -> None:
     db.create_tables([Attempt, AppUser, Lease])
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_m1_core, _m2_attempts_users_leases)
+def _m3_endpoint_state(db: Database) -> None:
+    """Paused and disabled (410) downstream endpoints."""
+    db.create_tables([EndpointState])
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (
+    _m1_core, _m2_attempts_users_leases, _m3_endpoint_state,
+)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

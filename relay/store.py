@@ -76,6 +76,7 @@ class _Job:
     write: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    notify: bool = True
     result: Any = None
     error: BaseException | None = field(default=None)
 
@@ -151,15 +152,19 @@ class Store:
         """Run `fn()` on the database thread, outside any explicit transaction."""
         return await self._submit(fn, write=False)
 
-    async def write(self, fn: Callable[[], T]) -> T:
-        """Run `fn()` in a transaction (group commit); return after COMMIT."""
-        return await self._submit(fn, write=True)
+    async def write(self, fn: Callable[[], T], *, notify: bool = True) -> T:
+        """Run `fn()` in a transaction (group commit); return after COMMIT.
 
-    async def _submit(self, fn: Callable[[], T], *, write: bool) -> T:
+        `notify=False`: this write alone does not call the commit listeners (a worker's
+        own claim must not wake that worker again).
+        """
+        return await self._submit(fn, write=True, notify=notify)
+
+    async def _submit(self, fn: Callable[[], T], *, write: bool, notify: bool = True) -> T:
         if self._thread is None:
             raise StoreUnavailableError("the store is not open")
         loop = asyncio.get_running_loop()
-        job = _Job(fn, write, loop, loop.create_future())
+        job = _Job(fn, write, loop, loop.create_future(), notify)
         self._queue.put(job)
         result: T = await job.future
         return result
@@ -206,7 +211,7 @@ class Store:
                 except BaseException as exc:  # handed to the awaiting coroutine
                     job.error = _translate(exc)
         committed = bool(writes) and self._commit_group(writes)
-        if committed:
+        if committed and any(j.notify for j in writes):
             loop = writes[0].loop
             for listener in self._commit_listeners:
                 loop.call_soon_threadsafe(listener)

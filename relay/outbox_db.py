@@ -1,0 +1,192 @@
+"""The outbox worker's SQL: claim due rows in order, record attempts, pause and resume.
+
+Every function runs on the store thread, inside the caller's `store.write` transaction.
+A claim's token is its `claimed_until_ms`: a record whose token no longer matches
+(the lease expired and another worker took the row) keeps its attempt, not its verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from peewee import SQL, fn
+
+from relay.models import Attempt, Delivery, EndpointState, Event
+from relay.retry_policy import Verdict
+
+OPEN_STATUSES = ("pending", "held")  # rows that still block later sequences
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    endpoint: str
+    event_id: str
+    body: bytes
+    attempts: int  # before this attempt
+    token: int  # the claimed_until_ms this claim set
+    subject: str
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivery_id: int
+    endpoint: str
+    token: int
+    verdict: Verdict
+    next_attempt_ms: int
+    started_ms: int
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    excerpt: str | None
+
+
+@dataclass(slots=True)
+class CycleResult:
+    claimed: list[Claimed] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # endpoints that answered 410 this cycle
+    dead: list[int] = field(default_factory=list)
+    stale: int = 0  # records whose claim had been taken over
+    next_due_ms: int | None = None
+
+
+def _open_earlier() -> Any:
+    earlier = Delivery.alias("earlier")
+    return fn.EXISTS(
+        earlier.select(SQL("1")).where(
+            (earlier.endpoint == Delivery.endpoint) & (earlier.subject == Delivery.subject)
+            & (earlier.sequence < Delivery.sequence) & earlier.status.in_(OPEN_STATUSES)))
+
+
+def claim(endpoint: str, limit: int, now_ms: int, lease_until_ms: int,
+          skip_locked: bool = False) -> list[Claimed]:
+    """Lease up to `limit` due rows of `endpoint` whose subject has no earlier open row."""
+    if limit <= 0:
+        return []
+    query = (Delivery
+             .select(Delivery.id, Delivery.attempts, Delivery.subject, Delivery.sequence,
+                     Event.id.alias("event_id"), Event.body.alias("body"))
+             .join(Event, on=(Delivery.event == Event.cursor))
+             .where((Delivery.endpoint == endpoint) & (Delivery.status == "pending")
+                    & (Delivery.next_attempt_ms <= now_ms)
+                    & (Delivery.claimed_until_ms.is_null()
+                       | (Delivery.claimed_until_ms < now_ms))
+                    & ~_open_earlier())
+             .order_by(Delivery.next_attempt_ms, Delivery.id)
+             .limit(limit))
+    if skip_locked:  # PostgreSQL: several instances claim without waiting on each other
+        query = query.for_update(of=Delivery, skip_locked=True)
+    rows: list[dict[str, Any]] = list(query.dicts())  # type: ignore[arg-type]
+    if not rows:
+        return []
+    Delivery.update(claimed_until_ms=lease_until_ms).where(
+        Delivery.id.in_([r["id"] for r in rows])).execute()
+    return [Claimed(id=r["id"], endpoint=endpoint, event_id=r["event_id"],
+                    body=r["body"].encode("utf-8"), attempts=r["attempts"],
+                    token=lease_until_ms, subject=r["subject"], sequence=r["sequence"])
+            for r in rows]
+
+
+def hold_endpoint(name: str, reason: str, detail: str | None, now_ms: int) -> int:
+    """Persist the pause, hold the endpoint's pending rows; return how many were held."""
+    EndpointState.insert(name=name, reason=reason, detail=detail, since_ms=now_ms).on_conflict(
+        conflict_target=[EndpointState.name],
+        update={EndpointState.reason: reason, EndpointState.detail: detail,
+                EndpointState.since_ms: now_ms}).execute()
+    held: int = Delivery.update(status="held").where(
+        (Delivery.endpoint == name) & (Delivery.status == "pending")).execute()
+    return held
+
+
+def release_held(names: Iterable[str], now_ms: int) -> int:
+    """Turn held rows of active endpoints back to pending, due now; return how many."""
+    names = list(names)
+    if not names:
+        return 0
+    released: int = Delivery.update(status="pending", next_attempt_ms=now_ms).where(
+        (Delivery.endpoint.in_(names)) & (Delivery.status == "held")).execute()
+    return released
+
+
+def resume_endpoint(name: str, now_ms: int, active: bool) -> int:
+    """Forget the pause; if the endpoint can send, release its held rows."""
+    EndpointState.delete().where(EndpointState.name == name).execute()
+    return release_held([name], now_ms) if active else 0
+
+
+def paused_endpoints() -> dict[str, EndpointState]:
+    return {s.name: s for s in EndpointState.select()}
+
+
+def record(o: Outcome, now_ms: int) -> str | None:
+    """Store one attempt and, if the claim is still ours, its verdict; the new status."""
+    Attempt.insert(delivery=o.delivery_id, started_ms=o.started_ms, duration_ms=o.duration_ms,
+                   status_code=o.status_code, error=o.error,
+                   response_excerpt=o.excerpt).execute()
+    row = (Delivery.select(Delivery.status, Delivery.attempts, Delivery.claimed_until_ms)
+           .where(Delivery.id == o.delivery_id).first())
+    if row is None or row.claimed_until_ms != o.token:
+        return None
+    values: dict[str, object] = {
+        "attempts": row.attempts + 1, "claimed_until_ms": None,
+        "last_status": o.status_code, "last_error": o.error,
+    }
+    if o.verdict == Verdict.DELIVERED:
+        values.update(status="delivered", delivered_ms=now_ms, last_error=None)
+    elif o.verdict == Verdict.GONE:
+        hold_endpoint(o.endpoint, "gone", f"HTTP 410 Gone from {o.endpoint}", now_ms)
+        values.update(status="held", next_attempt_ms=now_ms)
+    elif row.status == "held":  # paused while in flight: keep it for the resume
+        values.update(next_attempt_ms=now_ms)
+    elif o.verdict == Verdict.DEAD:
+        values.update(status="dead")
+    else:
+        values.update(status="pending", next_attempt_ms=o.next_attempt_ms)
+    Delivery.update(**values).where(Delivery.id == o.delivery_id).execute()
+    return str(values.get("status", row.status))
+
+
+def release(claims: Sequence[Claimed]) -> int:
+    """Give back leases of attempts cancelled at shutdown, so they are retried at once."""
+    released = 0
+    for c in claims:
+        released += Delivery.update(claimed_until_ms=None).where(
+            (Delivery.id == c.id) & (Delivery.claimed_until_ms == c.token)).execute()
+    return released
+
+
+def next_due_ms(endpoints: Sequence[str], now_ms: int) -> int | None:
+    """The earliest future retry among `endpoints`' pending rows (for the worker's timer)."""
+    if not endpoints:
+        return None
+    value = (Delivery.select(fn.MIN(Delivery.next_attempt_ms))
+             .where((Delivery.status == "pending") & Delivery.endpoint.in_(list(endpoints))
+                    & (Delivery.next_attempt_ms > now_ms))
+             .scalar())
+    return int(value) if value is not None else None
+
+
+def cycle(outcomes: Sequence[Outcome], wants: Mapping[str, int], now_ms: int,
+          lease_until_ms: Mapping[str, int], skip_locked: bool = False) -> CycleResult:
+    """One worker turn in one transaction: record finished attempts, then claim more.
+
+    `wants` maps every active endpoint to how many rows it may take now (0 when full).
+    """
+    result = CycleResult()
+    for o in outcomes:
+        status = record(o, now_ms)
+        result.stale += status is None
+        if o.verdict == Verdict.GONE and status is not None and o.endpoint not in result.gone:
+            result.gone.append(o.endpoint)
+        if status == "dead":
+            result.dead.append(o.delivery_id)
+    active = [name for name in wants if name not in result.gone]
+    for name in active:
+        result.claimed.extend(claim(name, wants[name], now_ms, lease_until_ms[name],
+                                    skip_locked))
+    result.next_due_ms = next_due_ms(active, now_ms)
+    return result
