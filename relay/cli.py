@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__, systemd
+from relay import __version__, cli_admin, systemd
 from relay.app import create_app
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.log import AccessLogger, configure_logging
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", "print the effective configuration, secrets redacted").set_defaults(
         func=_cmd_check_config)
     add("migrate", "apply pending database migrations").set_defaults(func=_cmd_migrate)
+    cli_admin.register(add)
     return parser
 
 
