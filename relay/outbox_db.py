@@ -80,15 +80,17 @@ def claim(endpoint: str, limit: int, now_ms: int, lease_until_ms: int,
              .limit(limit))
     if skip_locked:  # PostgreSQL: several instances claim without waiting on each other
         query = query.for_update(of=Delivery, skip_locked=True)
-    rows: list[dict[str, Any]] = list(query.dicts())  # type: ignore[arg-type]
+    rows: list[tuple[Any, ...]] = list(query.tuples())  # type: ignore[arg-type]
     if not rows:
         return []
-    Delivery.update(claimed_until_ms=lease_until_ms).where(
-        Delivery.id.in_([r["id"] for r in rows])).execute()
-    return [Claimed(id=r["id"], endpoint=endpoint, event_id=r["event_id"],
-                    body=r["body"].encode("utf-8"), attempts=r["attempts"],
-                    token=lease_until_ms, subject=r["subject"], sequence=r["sequence"])
-            for r in rows]
+    # next_attempt_ms moves to the lease end too: the next claim's index scan skips rows
+    # in flight, and a row whose worker died comes due again when its lease runs out.
+    Delivery.update(claimed_until_ms=lease_until_ms, next_attempt_ms=lease_until_ms).where(
+        Delivery.id.in_([r[0] for r in rows])).execute()
+    return [Claimed(id=row_id, endpoint=endpoint, event_id=event_id,
+                    body=body.encode("utf-8"), attempts=attempts, token=lease_until_ms,
+                    subject=subject, sequence=sequence)
+            for row_id, attempts, subject, sequence, event_id, body in rows]
 
 
 def hold_endpoint(name: str, reason: str, detail: str | None, now_ms: int) -> int:
@@ -122,40 +124,81 @@ def paused_endpoints() -> dict[str, EndpointState]:
     return {s.name: s for s in EndpointState.select()}
 
 
-def record(o: Outcome, now_ms: int) -> str | None:
-    """Store one attempt and, if the claim is still ours, its verdict; the new status."""
-    Attempt.insert(delivery=o.delivery_id, started_ms=o.started_ms, duration_ms=o.duration_ms,
-                   status_code=o.status_code, error=o.error,
-                   response_excerpt=o.excerpt).execute()
-    row = (Delivery.select(Delivery.status, Delivery.attempts, Delivery.claimed_until_ms)
-           .where(Delivery.id == o.delivery_id).first())
-    if row is None or row.claimed_until_ms != o.token:
-        return None
+CHUNK = 100  # rows per multi-row statement, well under SQLite's bound-variable limit
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i:i + CHUNK]
+
+
+def record(outcomes: Sequence[Outcome], now_ms: int) -> dict[int, str]:
+    """Store the attempts and, where the claim is still ours, their verdicts.
+
+    Returns the new status of every row whose verdict was applied. Successes (the
+    common case) are written with one UPDATE per (status code, claim), not per row.
+    """
+    if not outcomes:
+        return {}
+    fields = [Attempt.delivery, Attempt.started_ms, Attempt.duration_ms, Attempt.status_code,
+              Attempt.error, Attempt.response_excerpt]
+    for part in _chunks(outcomes):
+        Attempt.insert_many([(o.delivery_id, o.started_ms, o.duration_ms, o.status_code,
+                              o.error, o.excerpt) for o in part], fields=fields).execute()
+    applied: dict[int, str] = {}
+    delivered: dict[tuple[int | None, int], list[int]] = {}
+    failed = [o for o in outcomes if o.verdict != Verdict.DELIVERED]
+    for o in outcomes:
+        if o.verdict == Verdict.DELIVERED:
+            delivered.setdefault((o.status_code, o.token), []).append(o.delivery_id)
+    for (code, token), ids in delivered.items():
+        for part in _chunks(ids):
+            # The token check keeps a row another claim took over (lease expired) as it is.
+            Delivery.update(status="delivered", attempts=Delivery.attempts + 1,
+                            claimed_until_ms=None, last_status=code, last_error=None,
+                            delivered_ms=now_ms).where(
+                Delivery.id.in_(list(part)) & (Delivery.claimed_until_ms == token)).execute()
+    if delivered:
+        ok = Delivery.select(Delivery.id).where(
+            Delivery.id.in_([o.delivery_id for o in outcomes if o.verdict == Verdict.DELIVERED])
+            & (Delivery.delivered_ms == now_ms) & Delivery.claimed_until_ms.is_null())
+        applied.update((int(row[0]), "delivered") for row in ok.tuples())  # type: ignore[index]
+    for o in failed:
+        row = (Delivery.select(Delivery.status, Delivery.attempts, Delivery.claimed_until_ms)
+               .where(Delivery.id == o.delivery_id).first())
+        if row is not None and row.claimed_until_ms == o.token:
+            applied[o.delivery_id] = _record_failure(o, row.status, row.attempts, now_ms)
+    return applied
+
+
+def _record_failure(o: Outcome, status: str, attempts: int, now_ms: int) -> str:
     values: dict[str, object] = {
-        "attempts": row.attempts + 1, "claimed_until_ms": None,
+        "attempts": attempts + 1, "claimed_until_ms": None,
         "last_status": o.status_code, "last_error": o.error,
     }
-    if o.verdict == Verdict.DELIVERED:
-        values.update(status="delivered", delivered_ms=now_ms, last_error=None)
-    elif o.verdict == Verdict.GONE:
+    if o.verdict == Verdict.GONE:
         hold_endpoint(o.endpoint, "gone", f"HTTP 410 Gone from {o.endpoint}", now_ms)
         values.update(status="held", next_attempt_ms=now_ms)
-    elif row.status == "held":  # paused while in flight: keep it for the resume
+    elif status == "held":  # paused while in flight: keep it for the resume
         values.update(next_attempt_ms=now_ms)
     elif o.verdict == Verdict.DEAD:
         values.update(status="dead")
     else:
         values.update(status="pending", next_attempt_ms=o.next_attempt_ms)
     Delivery.update(**values).where(Delivery.id == o.delivery_id).execute()
-    return str(values.get("status", row.status))
+    return str(values.get("status", status))
 
 
-def release(claims: Sequence[Claimed]) -> int:
-    """Give back leases of attempts cancelled at shutdown, so they are retried at once."""
-    released = 0
+def release(claims: Sequence[Claimed], now_ms: int) -> int:
+    """Give back leases not used (shutdown, pause, 410): the rows are due again at once."""
+    by_token: dict[int, list[int]] = {}
     for c in claims:
-        released += Delivery.update(claimed_until_ms=None).where(
-            (Delivery.id == c.id) & (Delivery.claimed_until_ms == c.token)).execute()
+        by_token.setdefault(c.token, []).append(c.id)
+    released = 0
+    for token, ids in by_token.items():
+        for part in _chunks(ids):
+            released += Delivery.update(claimed_until_ms=None, next_attempt_ms=now_ms).where(
+                Delivery.id.in_(list(part)) & (Delivery.claimed_until_ms == token)).execute()
     return released
 
 
@@ -171,15 +214,18 @@ def next_due_ms(endpoints: Sequence[str], now_ms: int) -> int | None:
 
 
 def cycle(outcomes: Sequence[Outcome], wants: Mapping[str, int], now_ms: int,
-          lease_until_ms: Mapping[str, int], skip_locked: bool = False) -> CycleResult:
-    """One worker turn in one transaction: record finished attempts, then claim more.
+          lease_until_ms: Mapping[str, int], skip_locked: bool = False,
+          releases: Sequence[Claimed] = ()) -> CycleResult:
+    """One worker turn in one transaction: record finished attempts, release, claim more.
 
     `wants` maps every active endpoint to how many rows it may take now (0 when full).
     """
     result = CycleResult()
+    release(releases, now_ms)
+    applied = record(outcomes, now_ms)
+    result.stale = len(outcomes) - len(applied)
     for o in outcomes:
-        status = record(o, now_ms)
-        result.stale += status is None
+        status = applied.get(o.delivery_id)
         if o.verdict == Verdict.GONE and status is not None and o.endpoint not in result.gone:
             result.gone.append(o.endpoint)
         if status == "dead":
