@@ -7,6 +7,7 @@ SSRF guard, so a name that resolves to a refused address fails at connect time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -45,7 +46,7 @@ async def attempt(session: aiohttp.ClientSession, ep: Endpoint, c: Claimed,
                                ep.ed25519_keys)
         headers["Content-Type"] = "application/json"
         async with session.post(ep.url, data=c.body, headers=headers, allow_redirects=False,
-                                timeout=aiohttp.ClientTimeout(total=ep.timeout_s)) as resp:
+                                timeout=_timeout(ep.timeout_s)) as resp:
             status = resp.status
             retry_after = resp.headers.get("Retry-After")
             excerpt = (await resp.content.read(EXCERPT_BYTES)).decode("utf-8", "replace")
@@ -77,6 +78,11 @@ async def attempt(session: aiohttp.ClientSession, ep: Endpoint, c: Claimed,
         delivery_id=c.id, endpoint=c.endpoint, token=c.token, verdict=decision.verdict,
         next_attempt_ms=finished_ms + int(decision.delay_s * 1000), started_ms=started_ms,
         duration_ms=duration_ms, status_code=status, error=error, excerpt=excerpt)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 def _next_step(decision: Decision) -> str:

@@ -48,6 +48,8 @@ class Outbox:
         self._claim_timeout_s = cfg.claim_timeout_s
         self._sweep_s = cfg.sweep_s
         self._wake = asyncio.Event()
+        self._urgent = True  # the next wake must run a cycle (new rows, a poke, a timer)
+        self._dry: set[str] = set()  # endpoints whose last claim found fewer rows than asked
         self._idle = asyncio.Event()
         self._idle.set()
         self._cycle_cond = asyncio.Condition()
@@ -114,6 +116,8 @@ class Outbox:
         return list(self._inflight.values()) + ready + self._to_release
 
     def wake(self) -> None:
+        """Look for work at once (a commit listener: new rows may be due)."""
+        self._urgent = True
         self._wake.set()
 
     async def poke(self) -> None:
@@ -175,14 +179,31 @@ class Outbox:
                     async with asyncio.timeout(self._wait_s()):
                         await self._wake.wait()
                 except TimeoutError:
-                    pass
+                    self._urgent = True
                 self._wake.clear()
+                if not self._worth_a_cycle():
+                    continue
+                self._urgent = False
                 if not await self._cycle():
                     await asyncio.sleep(ERROR_BACKOFF_S)  # store down: do not spin
         finally:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _worth_a_cycle(self) -> bool:
+        """Batch the store round trips: a finished attempt alone does not call for one.
+
+        A cycle runs when asked to, when nothing is in flight, when at least half of
+        what was in flight has finished, or when an endpoint that may have more due
+        rows is down to less than one round of ready ones.
+        """
+        if self._urgent or self._to_release or not self._inflight:
+            return True
+        if len(self._done) >= len(self._inflight):
+            return True
+        return any(len(self._ready.get(name, ())) < self._per_endpoint and name not in self._dry
+                   for name in self.active_endpoints())
 
     def _wait_s(self) -> float:
         if self._next_due_ms is None:
@@ -241,6 +262,9 @@ class Outbox:
             self._cycles_done = number
             async with self._cycle_cond:
                 self._cycle_cond.notify_all()
+        if ok:
+            got: dict[str, int] = collections.Counter(c.endpoint for c in result.claimed)
+            self._dry = {name for name, n in wants.items() if got[name] < n}
         self._after(result)
         return ok
 
@@ -248,7 +272,7 @@ class Outbox:
         for name in result.gone:
             self._runtime.set_paused(self._runtime.paused | {name})
             self._drop_ready(name)
-            self._wake.set()  # release their leases in the next cycle
+            self.wake()  # release their leases in the next cycle
             log.warning("endpoint %s answered 410 Gone: disabled, its events are held "
                         "until `relay resume %s`", name, name)
         for delivery_id in result.dead:

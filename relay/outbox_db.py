@@ -14,8 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from peewee import fn
-
 from relay.models import Delivery, EndpointState
 from relay.retry_policy import Verdict
 
@@ -217,10 +215,11 @@ def next_due_ms(endpoints: Sequence[str], now_ms: int) -> int | None:
     """The earliest future retry among `endpoints`' pending rows (for the worker's timer)."""
     if not endpoints:
         return None
-    value = (Delivery.select(fn.MIN(Delivery.next_attempt_ms))
-             .where((Delivery.status == "pending") & Delivery.endpoint.in_(list(endpoints))
-                    & (Delivery.next_attempt_ms > now_ms))
-             .scalar())
+    db = _db()
+    (value,) = db.execute_sql(
+        f"SELECT MIN(next_attempt_ms) FROM delivery WHERE status = 'pending' "
+        f"AND next_attempt_ms > {db.param} AND endpoint IN {_in(len(endpoints))}",
+        (now_ms, *endpoints)).fetchone()
     return int(value) if value is not None else None
 
 
