@@ -28,6 +28,7 @@ from relay.store import Store
 log = logging.getLogger(__name__)
 
 ERROR_BACKOFF_S = 1.0  # wait after a failed cycle (store unavailable) before the next
+RECORD_WITHIN_S = 0.05  # a finished attempt is recorded at most this long after
 MAX_DEPTH = 8  # an endpoint holds at most this many times its concurrency (in flight + ready)
 
 
@@ -49,7 +50,7 @@ class Outbox:
         self._sweep_s = cfg.sweep_s
         self._wake = asyncio.Event()
         self._urgent = True  # the next wake must run a cycle (new rows, a poke, a timer)
-        self._dry: set[str] = set()  # endpoints whose last claim found fewer rows than asked
+        self._hungry: set[str] = set()  # active endpoints whose last claim got all it asked
         self._idle = asyncio.Event()
         self._idle.set()
         self._cycle_cond = asyncio.Condition()
@@ -57,12 +58,14 @@ class Outbox:
         self._cycles_done = 0
         self._last_claimed = 0
         self._next_due_ms: int | None = None
-        self._ready: dict[str, collections.deque[Claimed]] = collections.defaultdict(
-            collections.deque)
+        # Claimed rows waiting for a lane; the deques live as long as the worker.
+        self._ready = {name: collections.deque[Claimed]() for name in self.endpoints}
+        self._has_ready = {name: asyncio.Event() for name in self.endpoints}
+        self._slots = asyncio.Semaphore(self._concurrency)  # attempts in flight, overall
         self._depth: dict[str, int] = {}  # rows an endpoint may hold, adapted every cycle
         self._inflight: dict[int, Claimed] = {}
         self._per_ep: collections.Counter[str] = collections.Counter()
-        self._tasks: set[asyncio.Task[Outcome]] = set()
+        self._lanes: list[asyncio.Task[None]] = []
         self._done: list[Outcome] = []
         self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
         self.task: asyncio.Task[None] | None = None
@@ -93,7 +96,8 @@ class Outbox:
         done, self._done = self._done, []
         recorded = {o.delivery_id for o in done}
         unfinished = [c for c in claims if c.id not in recorded]
-        self._ready.clear()
+        for queue in self._ready.values():
+            queue.clear()
         self._to_release = []
         now_ms = self._runtime.now_ms()
 
@@ -148,7 +152,9 @@ class Outbox:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
 
     def _drop_ready(self, name: str) -> None:
-        self._to_release.extend(self._ready.pop(name, ()))
+        queue = self._ready[name]
+        self._to_release.extend(queue)
+        queue.clear()
 
     async def pause(self, name: str, reason: str = "paused", detail: str | None = None) -> int:
         """Hold `name`'s rows (now and for new events) until resume; survives restarts."""
@@ -173,6 +179,8 @@ class Outbox:
     # ---- the worker --------------------------------------------------------------
 
     async def _run(self) -> None:
+        self._lanes = [asyncio.create_task(self._lane(name), name=f"relay-outbox-{name}-{i}")
+                       for name in self.endpoints for i in range(self._per_endpoint)]
         try:
             while True:
                 try:
@@ -187,29 +195,27 @@ class Outbox:
                 if not await self._cycle():
                     await asyncio.sleep(ERROR_BACKOFF_S)  # store down: do not spin
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for lane in self._lanes:
+                lane.cancel()
+            await asyncio.gather(*self._lanes, return_exceptions=True)
 
     def _worth_a_cycle(self) -> bool:
         """Batch the store round trips: a finished attempt alone does not call for one.
 
-        A cycle runs when asked to, when nothing is in flight, when at least half of
-        what was in flight has finished, or when an endpoint that may have more due
-        rows is down to less than one round of ready ones.
+        A cycle runs when asked to (new rows, a poke, a timer: finished attempts wait
+        at most RECORD_WITHIN_S), when nothing is in flight, or when an endpoint that
+        may have more due rows is down to less than one round of ready ones.
         """
         if self._urgent or self._to_release or not self._inflight:
             return True
-        if len(self._done) >= len(self._inflight):
-            return True
-        return any(len(self._ready.get(name, ())) < self._per_endpoint and name not in self._dry
-                   for name in self.active_endpoints())
+        return any(len(self._ready[name]) < self._per_endpoint for name in self._hungry)
 
     def _wait_s(self) -> float:
+        wait = RECORD_WITHIN_S if self._done else self._sweep_s
         if self._next_due_ms is None:
-            return self._sweep_s
+            return wait
         due_in = (self._next_due_ms - self._runtime.now_ms()) / 1000
-        return min(self._sweep_s, max(due_in, 0.0))
+        return min(wait, max(due_in, 0.0))
 
     def _wants(self, now_ms: int) -> tuple[dict[str, int], dict[str, int]]:
         """How many rows each active endpoint may claim now, and their lease ends.
@@ -224,7 +230,7 @@ class Outbox:
         leases: dict[str, int] = {}
         for name in self.active_endpoints():
             ep = self.endpoints[name]
-            ready = len(self._ready.get(name, ()))
+            ready = len(self._ready[name])
             depth = self._depth.get(name, self._per_endpoint)
             if ready < self._per_endpoint:  # less than one round left: it keeps up
                 depth = min(depth * 2, MAX_DEPTH * self._per_endpoint)
@@ -264,7 +270,7 @@ class Outbox:
                 self._cycle_cond.notify_all()
         if ok:
             got: dict[str, int] = collections.Counter(c.endpoint for c in result.claimed)
-            self._dry = {name for name, n in wants.items() if got[name] < n}
+            self._hungry = {name for name, n in wants.items() if got[name] >= n}
         self._after(result)
         return ok
 
@@ -283,49 +289,40 @@ class Outbox:
         self._last_claimed = len(result.claimed)
         for claimed in result.claimed:
             self._ready[claimed.endpoint].append(claimed)
-        self._pump()
+            self._has_ready[claimed.endpoint].set()
 
-    def _pump(self) -> None:
-        """Start ready rows while there are free slots, taking endpoints in turn."""
-        progress = True
-        while progress and len(self._inflight) < self._concurrency:
-            progress = False
-            for name in list(self._ready):
-                queue = self._ready[name]
-                if not queue:
-                    del self._ready[name]
-                elif (self._per_ep[name] < self._per_endpoint
-                        and len(self._inflight) < self._concurrency):
-                    self._dispatch(queue.popleft())
-                    progress = True
+    async def _lane(self, name: str) -> None:
+        """One of `name`'s per_endpoint_concurrency lanes: take ready rows, one at a time.
 
-    def _dispatch(self, c: Claimed) -> None:
-        self._inflight[c.id] = c
-        self._per_ep[c.endpoint] += 1
-        self._idle.clear()
-        task = asyncio.create_task(
-            deliver.attempt(self._session, self.endpoints[c.endpoint], c,
-                            self._runtime.now_ms, self._rand),
-            name=f"relay-delivery-{c.id}")
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(c, t))
-
-    def _finished(self, c: Claimed, task: asyncio.Task[Outcome]) -> None:
-        self._tasks.discard(task)
-        del self._inflight[c.id]
-        self._per_ep[c.endpoint] -= 1
-        if task.cancelled():
-            self._idle_check()
-            return
-        self._done.append(task.result())  # attempt() catches everything but cancellation
-        self._wake.set()
-        if self.task is not None and not self.task.done():
-            self._pump()
-        self._idle_check()
-
-    def _idle_check(self) -> None:
-        if not self._inflight:
-            self._idle.set()
+        A lane awaits the attempt itself (no task per attempt); the global bound is
+        the `_slots` semaphore. A cancelled attempt leaves its row claimed: stop()
+        releases it, a crash lets the lease run out.
+        """
+        queue, has_ready = self._ready[name], self._has_ready[name]
+        ep = self.endpoints[name]
+        while True:
+            if not queue:
+                has_ready.clear()
+                await has_ready.wait()
+                continue
+            async with self._slots:
+                if not queue:  # another lane of this endpoint took the last one
+                    continue
+                c = queue.popleft()
+                self._inflight[c.id] = c
+                self._per_ep[name] += 1
+                self._idle.clear()
+                try:
+                    outcome = await deliver.attempt(self._session, ep, c, self._runtime.now_ms,
+                                                    self._rand)
+                finally:
+                    del self._inflight[c.id]
+                    self._per_ep[name] -= 1
+                    if not self._inflight:
+                        self._idle.set()
+            self._done.append(outcome)
+            if self._worth_a_cycle():  # checked here: a wake per attempt costs the loop
+                self._wake.set()
 
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)

@@ -129,7 +129,7 @@ def paused_endpoints() -> dict[str, EndpointState]:
     return {s.name: s for s in EndpointState.select()}
 
 
-CHUNK = 100  # rows per multi-row statement, well under SQLite's bound-variable limit
+CHUNK = 100  # rows per multi-row statement: 600 bound values, under SQLite's 999
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -147,12 +147,15 @@ def record(outcomes: Sequence[Outcome], now_ms: int) -> tuple[dict[int, str], in
     if not outcomes:
         return {}, 0
     db = _db()
-    cursor = db.cursor()
-    cursor.executemany(
-        "INSERT INTO attempt (delivery_id, started_ms, duration_ms, status_code, error, "
-        f"response_excerpt) VALUES {_in(6)}",
-        [(o.delivery_id, o.started_ms, o.duration_ms, o.status_code, o.error, o.excerpt)
-         for o in outcomes])
+    for part in _chunks(outcomes):
+        # One multi-row INSERT, not executemany: one statement step instead of one per
+        # row (each step hands the GIL to the event loop and back).
+        values = ", ".join([_in(6)] * len(part))
+        db.execute_sql(
+            "INSERT INTO attempt (delivery_id, started_ms, duration_ms, status_code, error, "
+            f"response_excerpt) VALUES {values}",
+            [v for o in part for v in (o.delivery_id, o.started_ms, o.duration_ms,
+                                       o.status_code, o.error, o.excerpt)])
     stale = 0
     delivered: dict[tuple[int | None, int], list[int]] = {}
     for o in outcomes:
