@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -61,7 +62,11 @@ class Outbox:
         # Claimed rows waiting for a lane; the deques live as long as the worker.
         self._ready = {name: collections.deque[Claimed]() for name in self.endpoints}
         self._has_ready = {name: asyncio.Event() for name in self.endpoints}
-        self._slots = asyncio.Semaphore(self._concurrency)  # attempts in flight, overall
+        # The overall bound; not needed (and not paid for) while the lanes cannot exceed it.
+        lanes = self._per_endpoint * len(self.endpoints)
+        self._slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(self._concurrency) if lanes > self._concurrency
+            else contextlib.nullcontext())
         self._depth: dict[str, int] = {}  # rows an endpoint may hold, adapted every cycle
         self._inflight: dict[int, Claimed] = {}
         self._per_ep: collections.Counter[str] = collections.Counter()
@@ -199,16 +204,19 @@ class Outbox:
                 lane.cancel()
             await asyncio.gather(*self._lanes, return_exceptions=True)
 
-    def _worth_a_cycle(self) -> bool:
+    def _worth_a_cycle(self, endpoint: str | None = None) -> bool:
         """Batch the store round trips: a finished attempt alone does not call for one.
 
         A cycle runs when asked to (new rows, a poke, a timer: finished attempts wait
         at most RECORD_WITHIN_S), when nothing is in flight, or when an endpoint that
-        may have more due rows is down to less than one round of ready ones.
+        may have more due rows has used half of its ready ones (so the refill arrives
+        before its lanes run dry). A lane asks about its own endpoint only.
         """
         if self._urgent or self._to_release or not self._inflight:
             return True
-        return any(len(self._ready[name]) < self._per_endpoint for name in self._hungry)
+        names = self._hungry if endpoint is None else (endpoint,)
+        return any(name in self._hungry and len(self._ready[name])
+                   < max(self._per_endpoint, self._depth[name] // 2) for name in names)
 
     def _wait_s(self) -> float:
         wait = RECORD_WITHIN_S if self._done else self._sweep_s
@@ -295,7 +303,7 @@ class Outbox:
         """One of `name`'s per_endpoint_concurrency lanes: take ready rows, one at a time.
 
         A lane awaits the attempt itself (no task per attempt); the global bound is
-        the `_slots` semaphore. A cancelled attempt leaves its row claimed: stop()
+        `_slots`. A cancelled attempt leaves its row claimed: stop()
         releases it, a crash lets the lease run out.
         """
         queue, has_ready = self._ready[name], self._has_ready[name]
@@ -311,7 +319,8 @@ class Outbox:
                 c = queue.popleft()
                 self._inflight[c.id] = c
                 self._per_ep[name] += 1
-                self._idle.clear()
+                if self._idle.is_set():
+                    self._idle.clear()
                 try:
                     outcome = await deliver.attempt(self._session, ep, c, self._runtime.now_ms,
                                                     self._rand)
@@ -321,7 +330,7 @@ class Outbox:
                     if not self._inflight:
                         self._idle.set()
             self._done.append(outcome)
-            if self._worth_a_cycle():  # checked here: a wake per attempt costs the loop
+            if self._worth_a_cycle(name):  # checked here: a wake per attempt costs the loop
                 self._wake.set()
 
 
