@@ -131,6 +131,8 @@ class Outbox:
 
     async def poke(self) -> None:
         """Run one full cycle that starts after this call (record, claim, dispatch)."""
+        if self.task is None or self.task.done():
+            raise RuntimeError("the outbox worker is not running")
         target = self._cycles_started + 1
         self.wake()
         async with self._cycle_cond:
@@ -156,28 +158,43 @@ class Outbox:
     def in_flight(self, endpoint: str | None = None) -> int:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
 
-    def _drop_ready(self, name: str) -> None:
+    def _drop_ready(self, name: str) -> list[Claimed]:
         queue = self._ready[name]
-        self._to_release.extend(queue)
+        dropped = list(queue)
         queue.clear()
+        return dropped
 
     async def pause(self, name: str, reason: str = "paused", detail: str | None = None) -> int:
         """Hold `name`'s rows (now and for new events) until resume; survives restarts."""
         self._runtime.set_paused(self._runtime.paused | {name})
-        self._drop_ready(name)
-        held = await self._store.write(
-            lambda: outbox_db.hold_endpoint(name, reason, detail, self._runtime.now_ms()))
+        dropped = self._drop_ready(name)  # claimed but not started: give the leases back
+        now_ms = self._runtime.now_ms()
+
+        def work() -> int:
+            held = outbox_db.hold_endpoint(name, reason, detail, now_ms)
+            outbox_db.release(dropped, now_ms)
+            return held
+
+        held = await self._store.write(work)
         log.warning("endpoint %s %s: %d deliveries held", name, reason, held)
         return held
 
     async def resume(self, name: str) -> int:
         """Send `name`'s held rows again and route new events to it."""
-        if self._to_release:
-            await self.poke()  # give back leases of rows dropped at pause first
         self._runtime.set_paused(self._runtime.paused - {name})
         active = name in self.active_endpoints()
-        released = await self._store.write(
-            lambda: outbox_db.resume_endpoint(name, self._runtime.now_ms(), active))
+        releases, self._to_release = self._to_release, []  # from a 410 not yet given back
+        now_ms = self._runtime.now_ms()
+
+        def work() -> int:
+            outbox_db.release(releases, now_ms)
+            return outbox_db.resume_endpoint(name, now_ms, active)
+
+        try:
+            released = await self._store.write(work)
+        except BaseException:
+            self._to_release[:0] = releases
+            raise
         log.info("endpoint %s resumed: %d held deliveries released", name, released)
         return released
 
@@ -197,7 +214,12 @@ class Outbox:
                 if not self._worth_a_cycle():
                     continue
                 self._urgent = False
-                if not await self._cycle():
+                try:
+                    ok = await self._cycle()
+                except Exception:  # a bug must not stop deliveries for good
+                    log.exception("outbox cycle crashed")
+                    ok = False
+                if not ok:
                     await asyncio.sleep(ERROR_BACKOFF_S)  # store down: do not spin
         finally:
             for lane in self._lanes:
@@ -285,7 +307,7 @@ class Outbox:
     def _after(self, result: CycleResult) -> None:
         for name in result.gone:
             self._runtime.set_paused(self._runtime.paused | {name})
-            self._drop_ready(name)
+            self._to_release.extend(self._drop_ready(name))
             self.wake()  # release their leases in the next cycle
             log.warning("endpoint %s answered 410 Gone: disabled, its events are held "
                         "until `relay resume %s`", name, name)
@@ -308,6 +330,7 @@ class Outbox:
         """
         queue, has_ready = self._ready[name], self._has_ready[name]
         ep = self.endpoints[name]
+        now_ms = self._runtime.now_ms
         while True:
             if not queue:
                 has_ready.clear()
@@ -317,13 +340,14 @@ class Outbox:
                 if not queue:  # another lane of this endpoint took the last one
                     continue
                 c = queue.popleft()
+                if c.token <= now_ms():  # waited past its lease: claimable again, skip it
+                    continue
                 self._inflight[c.id] = c
                 self._per_ep[name] += 1
                 if self._idle.is_set():
                     self._idle.clear()
                 try:
-                    outcome = await deliver.attempt(self._session, ep, c, self._runtime.now_ms,
-                                                    self._rand)
+                    outcome = await deliver.attempt(self._session, ep, c, now_ms, self._rand)
                 finally:
                     del self._inflight[c.id]
                     self._per_ep[name] -= 1

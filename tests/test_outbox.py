@@ -365,3 +365,51 @@ async def test_event_body_is_stored_once_and_sent_byte_identical(
     assert receiver.received[0].body == stored.encode()
     assert json.loads(stored)["sequence"] == 1
     assert parse_secret(DOWNSTREAM_SECRET)  # the fixture secret is a valid whsec_
+
+
+async def test_a_new_row_wakes_the_worker_at_once(relay_factory: RelayFactory,
+                                                  receiver: DownstreamReceiver,
+                                                  receiver_url: str) -> None:
+    # No sweep for an hour: only the commit listener can bring the worker to this row.
+    client = await start(relay_factory, endpoint(receiver_url),
+                         outbox={"sweep_s": 3600.0, "allow_networks": ("127.0.0.0/8",)})
+    await outbox_of(client).settle()
+    [event] = await emit(client)
+    [got] = await receiver.wait_for(1)
+    assert got.headers["webhook-id"] == event.id
+
+
+async def test_pause_gives_back_claims_of_rows_not_started(
+        relay_factory: RelayFactory, aiohttp_server: Any) -> None:
+    hang = Hanging()
+    client = await start(relay_factory, endpoint(await serve(aiohttp_server, hang.app())),
+                         outbox={"per_endpoint_concurrency": 1, "concurrency": 4,
+                                 "allow_networks": ("127.0.0.0/8",)})
+    outbox = outbox_of(client)
+    for subject in ("a", "b", "c"):
+        await emit(client, subject)
+    await hang.entered.wait()
+    await outbox.poke()
+    assert outbox.in_flight("billing") == 1
+    assert await outbox.pause("billing") == 3  # one in flight, two claimed and waiting
+    rows = await deliveries(client)
+    assert [r["status"] for r in rows] == ["held"] * 3
+    assert sum(r["claimed_until_ms"] is not None for r in rows) == 1  # only the one in flight
+    hang.release.set()
+    await outbox.settle()
+    assert [r["status"] for r in await deliveries(client)] == ["delivered", "held", "held"]
+    assert await outbox.resume("billing") == 2
+    await outbox.settle()
+    assert [r["status"] for r in await deliveries(client)] == ["delivered"] * 3
+    assert hang.count == 3
+
+
+async def test_poke_refuses_when_the_worker_is_not_running(relay_factory: RelayFactory,
+                                                           receiver_url: str) -> None:
+    client = await start(relay_factory, endpoint(receiver_url))
+    outbox = outbox_of(client)
+    assert outbox.task is not None
+    outbox.task.cancel()
+    await asyncio.gather(outbox.task, return_exceptions=True)
+    with pytest.raises(RuntimeError, match="not running"):
+        await outbox.poke()
