@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -266,6 +267,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--serve-receiver"]:
         serve_receiver()
         sys.exit(0)
+    logging.basicConfig(level=logging.ERROR)  # relay's start-up warnings are not figures
     figures = main()
     for key, value in figures.items():
         print(f"{key:>24}: {value}")
