@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, outbox
+from relay import __version__, outbox_app
 from relay.appkeys import HTTP_KEY, RUNTIME_KEY, STORE_KEY
 from relay.config import Config
 from relay.middlewares import error_middleware, request_id_middleware
@@ -34,7 +34,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app[STORE_KEY] = Store(config.store, environ, store_pragmas)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
-    app.cleanup_ctx.append(outbox.outbox_ctx)
+    app.cleanup_ctx.append(outbox_app.outbox_ctx)
     app.router.add_routes(health.routes())
     app.router.add_routes(admin.routes())
     app.router.add_routes(events.routes())

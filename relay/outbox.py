@@ -2,7 +2,7 @@
 
 One transaction per cycle records every finished attempt and claims more; claimed rows
 wait in a per-endpoint ready queue so a freed slot is refilled without a round trip to
-the store. The worker task and the delivery session live in `outbox_ctx`.
+the store. `outbox_app` starts and stops it with the application.
 """
 
 from __future__ import annotations
@@ -12,18 +12,14 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
-from aiohttp import web
-from aiohttp.abc import AbstractResolver
 
 from relay import deliver, outbox_db
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
-from relay.endpoints import Endpoint, build_endpoints
+from relay.endpoints import Endpoint
 from relay.outbox_db import Claimed, CycleResult, Outcome
 from relay.runtime import Runtime
-from relay.ssrf import GuardedResolver, parse_allow_networks
 from relay.store import Store
 
 log = logging.getLogger(__name__)
@@ -356,30 +352,3 @@ class Outbox:
             self._done.append(outcome)
             if self._worth_a_cycle(name):  # checked here: a wake per attempt costs the loop
                 self._wake.set()
-
-
-OUTBOX_KEY = web.AppKey("outbox", Outbox)
-# Tests map hostnames to addresses with their own resolver; the guard still wraps it.
-RESOLVER_KEY = web.AppKey("outbox_resolver", AbstractResolver)
-
-
-async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Start the worker after the store opens; stop it (and release claims) before it closes."""
-    runtime, store = app[RUNTIME_KEY], app[STORE_KEY]
-    config = runtime.config
-    endpoints = build_endpoints(config)
-    allow = parse_allow_networks(config.outbox.allow_networks)
-    resolver = GuardedResolver(allow, app.get(RESOLVER_KEY))
-    session = deliver.delivery_session(resolver, config.outbox.concurrency)
-    try:
-        await deliver.check_hostnames(resolver, endpoints, allow, config.source)
-        outbox = Outbox(store, runtime, session, endpoints)
-        app[OUTBOX_KEY] = outbox
-        store.add_commit_listener(outbox.wake)
-        await outbox.start()
-        log.info("outbox started: %d endpoint(s), %d active", len(endpoints),
-                 len(outbox.active_endpoints()))
-        yield
-        await outbox.stop()
-    finally:
-        await session.close()
