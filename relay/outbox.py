@@ -45,6 +45,8 @@ class Outbox:
         self._per_endpoint = cfg.per_endpoint_concurrency
         self._claim_timeout_s = cfg.claim_timeout_s
         self._sweep_s = cfg.sweep_s
+        self._stop_grace_s = cfg.stop_grace_s
+        self._stopping = False  # lanes start nothing new, cycles claim nothing
         self._wake = asyncio.Event()
         self._urgent = True  # the next wake must run a cycle (new rows, a poke, a timer)
         self._hungry: set[str] = set()  # active endpoints whose last claim got all it asked
@@ -88,7 +90,15 @@ class Outbox:
         self.task = asyncio.create_task(self._run(), name="relay-outbox")
 
     async def stop(self) -> None:
-        """Cancel the worker and its attempts; record what finished, release the rest."""
+        """Let attempts in flight finish (up to stop_grace_s), then cancel the rest.
+
+        What finished is recorded; every other claim is given back for the next start.
+        """
+        self._stopping = True
+        if self.task is not None and not self.task.done() and self._inflight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._stop_grace_s):
+                    await self._idle.wait()
         claims = self._claims()  # before cancelling: cancelled attempts leave _inflight
         if self.task is not None:
             self.task.cancel()
@@ -254,7 +264,7 @@ class Outbox:
         """
         wants: dict[str, int] = {}
         leases: dict[str, int] = {}
-        for name in self.active_endpoints():
+        for name in ([] if self._stopping else self.active_endpoints()):
             ep = self.endpoints[name]
             ready = len(self._ready[name])
             depth = self._depth.get(name, self._per_endpoint)
@@ -328,7 +338,7 @@ class Outbox:
         ep = self.endpoints[name]
         now_ms = self._runtime.now_ms
         while True:
-            if not queue:
+            if not queue or self._stopping:
                 has_ready.clear()
                 await has_ready.wait()
                 continue

@@ -323,20 +323,38 @@ async def test_worker_killed_mid_attempt_row_is_delivered_after_restart(
         await session.close()
 
 
-async def test_graceful_stop_releases_claims_for_the_next_start(
+async def test_graceful_stop_cancels_after_the_grace_and_releases_the_claim(
+        relay_factory: RelayFactory, aiohttp_server: Any, tmp_path: Path) -> None:
+    hang = Hanging()
+    cfg = make_config(tmp_path, downstream=(endpoint(await serve(aiohttp_server, hang.app())),),
+                      outbox={"stop_grace_s": 0.05, "allow_networks": ("127.0.0.0/8",)})
+    client = await relay_factory(cfg, use_clock=True)
+    await emit(client)
+    await hang.entered.wait()
+    await client.close()  # the attempt outlives the grace: cancelled, its lease given back
+    hang.release.set()
+    client = await relay_factory(cfg, use_clock=True)  # same clock: no lease expiry needed
+    await outbox_of(client).settle()
+    [row] = await deliveries(client)
+    assert (row["status"], row["attempts"]) == ("delivered", 1)
+    assert hang.count == 2
+
+
+async def test_graceful_stop_lets_an_attempt_in_flight_finish(
         relay_factory: RelayFactory, aiohttp_server: Any, tmp_path: Path) -> None:
     hang = Hanging()
     cfg = make_config(tmp_path, downstream=(endpoint(await serve(aiohttp_server, hang.app())),))
     client = await relay_factory(cfg, use_clock=True)
     await emit(client)
     await hang.entered.wait()
-    await client.close()  # runs the cleanup contexts: the attempt is cancelled, lease released
-    hang.release.set()
-    client = await relay_factory(cfg, use_clock=True)  # same clock: no lease expiry needed
+    closing = asyncio.create_task(client.close())
+    hang.release.set()  # the downstream answers while relay is stopping
+    await closing
+    client = await relay_factory(cfg, use_clock=True)
     await outbox_of(client).settle()
     [row] = await deliveries(client)
-    assert row["status"] == "delivered"
-    assert hang.count == 2
+    assert (row["status"], row["attempts"]) == ("delivered", 1)
+    assert hang.count == 1  # recorded before the stop: not sent twice
 
 
 async def test_disabled_endpoint_holds_then_delivers_when_enabled(
