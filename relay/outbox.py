@@ -256,7 +256,7 @@ class Outbox:
     def _wants(self, now_ms: int) -> tuple[dict[str, int], dict[str, int]]:
         """How many rows each active endpoint may claim now, and their lease ends.
 
-        An endpoint that nearly drained its ready queue since the last cycle may hold
+        An endpoint that used half of its ready queue since the last cycle may hold
         twice as many rows (up to MAX_DEPTH times its concurrency): one store round
         trip then feeds more attempts. One whose queue barely moved, half as many.
         The lease covers the attempts queued ahead of a row, so a waiting row never
@@ -268,7 +268,7 @@ class Outbox:
             ep = self.endpoints[name]
             ready = len(self._ready[name])
             depth = self._depth.get(name, self._per_endpoint)
-            if ready < self._per_endpoint:  # less than one round left: it keeps up
+            if ready < max(self._per_endpoint, depth // 2):  # used half since: it keeps up
                 depth = min(depth * 2, MAX_DEPTH * self._per_endpoint)
             elif ready >= depth - self._per_endpoint:  # barely moved since: it is slow
                 depth = max(depth // 2, self._per_endpoint)
