@@ -53,12 +53,19 @@ class Hanging:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self.count = 0
+        self._arrived = asyncio.Condition()
+
+    async def wait_count(self, n: int) -> None:
+        async with asyncio.timeout(5), self._arrived:
+            await self._arrived.wait_for(lambda: self.count >= n)
 
     def app(self) -> web.Application:
         async def handle(request: web.Request) -> web.Response:
             await request.read()
             self.count += 1
             self.entered.set()
+            async with self._arrived:
+                self._arrived.notify_all()
             await self.release.wait()
             return web.Response(text="ok")
 
@@ -279,9 +286,10 @@ async def test_slow_endpoint_never_delays_another(relay_factory: RelayFactory,
     outbox = outbox_of(client)
     for i in range(5):
         await emit(client, f"s{i}")
-    await receiver.wait_for(5)
-    await slow.entered.wait()
+    await receiver.wait_for(5)  # all five reached the fast endpoint meanwhile
+    await slow.wait_count(2)
     assert outbox.in_flight("slow") == 2  # bounded per endpoint; the rest wait their turn
+    await outbox.poke()
     assert slow.count == 2
     slow.release.set()
     await outbox.settle()
