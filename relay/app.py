@@ -14,7 +14,7 @@ from relay import __version__
 from relay.appkeys import HTTP_KEY, RUNTIME_KEY, STORE_KEY
 from relay.config import Config
 from relay.middlewares import error_middleware, request_id_middleware
-from relay.routes import health
+from relay.routes import health, webhooks
 from relay.runtime import Runtime
 from relay.store import Store
 
@@ -35,6 +35,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.router.add_routes(health.routes())
+    webhooks.install(app, config.webhooks.path)
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app

@@ -1,0 +1,124 @@
+"""`POST /v1/webhooks/attesto`: authenticate, read, and store one Attesto delivery.
+
+Thin: the signature check is `attesto_signature`, the reading is `normalizer`, the write
+unit is `inbox.ingest` (one transaction). No outbound HTTP here; 2xx only after COMMIT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from peewee import DatabaseError
+
+from relay.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.attesto_signature import AttestoSignatureError, verify_attesto
+from relay.bodies import parse_json_object, read_capped
+from relay.errors import (
+    BadRequestError,
+    NotConfiguredError,
+    StoreUnavailableError,
+    UnauthorizedError,
+)
+from relay.inbox import Inbound, ingest
+from relay.normalizer import normalize
+
+log = logging.getLogger(__name__)
+
+# Kept with the inbox row (never the signature): enough to audit a delivery later.
+KEPT_HEADERS = ("Content-Type", "User-Agent", "X-Attesto-Event", "X-Attesto-Event-Id",
+                "X-Attesto-Timestamp", "X-Attesto-Version")
+
+
+@dataclass
+class WebhookStats:
+    """Counters by outcome; `rejected` by stable reason (signature reasons, bad input)."""
+
+    accepted: int = 0
+    duplicate: int = 0
+    stale: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+WEBHOOK_STATS_KEY = web.AppKey("webhook_stats", WebhookStats)
+
+_ACCEPTED = json.dumps({"status": "accepted"}).encode()
+_DUPLICATE = json.dumps({"status": "duplicate"}).encode()
+
+
+def _answer(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+async def handle_attesto(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    stats = request.app[WEBHOOK_STATS_KEY]
+    config = runtime.config
+    secrets = [s.reveal() for s in config.credentials.attesto_webhook_secrets]
+    if not secrets:
+        stats.rejected["not_configured"] += 1
+        raise NotConfiguredError("no Attesto webhook secret is configured; every delivery "
+                                 "is refused (credential 'attesto-webhook-secret')")
+    raw = await read_capped(request, config.server.max_body_bytes)
+    now_ms = runtime.now_ms()
+    header_id = request.headers.get("X-Attesto-Event-Id")
+    try:
+        t = verify_attesto(request.headers.get("X-Attesto-Signature"), raw, secrets,
+                           now_ms // 1000, config.webhooks.tolerance_s)
+    except AttestoSignatureError as exc:
+        stats.rejected[f"signature_{exc.reason}"] += 1
+        log.warning("webhook rejected: signature %s event_id=%s", exc.reason,
+                    (header_id or "-")[:64])
+        raise UnauthorizedError(f"X-Attesto-Signature is {exc.reason}",
+                                code="invalid_signature",
+                                details={"reason": exc.reason}) from None
+    try:
+        norm = normalize(parse_json_object(raw), now_ms)
+        if header_id != norm.event_id:
+            raise BadRequestError("X-Attesto-Event-Id does not match the body's eventId",
+                                  code="event_id_mismatch")
+    except BadRequestError as exc:
+        stats.rejected[exc.code] += 1
+        log.warning("webhook rejected: %s event_id=%s", exc.code, (header_id or "-")[:64])
+        raise
+    inbound = Inbound(norm.event_id, norm.event, now_ms, t, json.dumps(
+        {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}), raw)
+    rules = runtime.rules
+    try:
+        outcome = await request.app[STORE_KEY].write(
+            lambda: ingest(inbound, norm, rules, now_ms))
+    except StoreUnavailableError:
+        stats.rejected["store_unavailable"] += 1
+        raise
+    except DatabaseError as exc:
+        # Rolled back whole; 503 makes Attesto deliver again later.
+        stats.rejected["store_unavailable"] += 1
+        log.error("webhook not stored event_id=%s: %s", norm.event_id, exc)
+        raise StoreUnavailableError("the delivery could not be stored; retry later",
+                                    retry_after_s=30) from None
+    if outcome.duplicate:
+        stats.duplicate += 1
+        log.info("webhook duplicate event_id=%s", norm.event_id)
+        return _answer(_DUPLICATE)
+    stats.accepted += 1
+    stats.stale += outcome.stale
+    p = outcome.purchase
+    log.info("webhook accepted event_id=%s type=%s subject=%s state=%s events=%s%s",
+             norm.event_id, norm.event, _short(f"{p.platform}:{p.subject_key}") if p else "-",
+             p.state if p else "-", ",".join(e.id for e in outcome.events) or "-",
+             " stale" if outcome.stale else "")
+    return _answer(_ACCEPTED)
+
+
+def _short(subject: str) -> str:
+    # Google keys are long purchase tokens: enough of one to grep, not the whole token.
+    return subject if len(subject) <= 40 else subject[:40] + "..."
+
+
+def install(app: web.Application, path: str) -> None:
+    """Register the receiver at `path` (`[webhooks] path`) and its counters."""
+    app[WEBHOOK_STATS_KEY] = WebhookStats()
+    app.router.add_post(path, handle_attesto)
