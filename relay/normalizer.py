@@ -150,7 +150,9 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
         observed_ms=occurred_ms, received_ms=received_ms, kind=kind,
         product_id=_text(subject.get("productId")) or _text(txn.get("productId")),
         environment=environment, app_user_id=app_user_id, event_type=event,
-        event_reason=reason, attesto_event_id=event_id)
+        event_reason=reason, attesto_event_id=event_id,
+        # The newest transaction: what a re-poll must ask for (attesto-contract §3).
+        latest_ref=_text(txn.get("transactionId")) or _str_of(txn.get("transactionId")))
     row = transition_for(event)
     if not row.touches:
         return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
@@ -163,8 +165,7 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
                           apple_status=_int(inner.get("status")),
                           revoked=txn.get("revocationDate") is not None)
     snap = replace(base, state=state, state_reason=reason if state is not None else None,
-                   expires_ms=_int(txn.get("expiresDate")), auto_renew=auto_renew,
-                   latest_ref=_text(txn.get("transactionId")) or _str_of(txn.get("transactionId")))
+                   expires_ms=_int(txn.get("expiresDate")), auto_renew=auto_renew)
     return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
                       app_user_id, snap)
 
@@ -192,6 +193,7 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
         observed_ms=occurred_ms, received_ms=received_ms, kind=kind, product_id=product_id,
         app_user_id=app_user_id, package_name=_text(data.get("packageName")),
         event_type=event, event_reason=reason, attesto_event_id=event_id,
+        latest_ref=_text(note.get("purchaseToken")) or subject["key"],
         # Google notifications carry no expiry: re-verify the newest token at once.
         poll_now=True)
     row = transition_for(event)
@@ -200,8 +202,7 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
                           base)
     state = resolve_state(event, kind, auto_renew=row.auto_renew)
     snap = replace(base, state=state, state_reason=reason if state is not None else None,
-                   auto_renew=row.auto_renew if kind == "subscription" else None,
-                   latest_ref=_text(note.get("purchaseToken")) or subject["key"])
+                   auto_renew=row.auto_renew if kind == "subscription" else None)
     return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id, snap)
 
 

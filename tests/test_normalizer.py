@@ -87,7 +87,8 @@ def test_apple_unknown_keeps_identity_only(sim: AttestoSimulator) -> None:
                                         auto_renew=False)), NOW)
     s = n.snapshot
     assert n.event == "unknown" and s is not None
-    assert (s.state, s.expires_ms, s.auto_renew, s.latest_ref) == (None, None, None, None)
+    assert (s.state, s.expires_ms, s.auto_renew) == (None, None, None)
+    assert s.latest_ref == "2000000000000002"  # identity, not state: the newest transaction
     assert s.subject_key == "2000000000000001" and s.event_type == "unknown"
 
 
