@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay import ids, pipeline, statements
-from relay.domain import EventView, PurchaseView
+from relay.domain import EventView, PurchaseView, Snapshot
 from relay.models import Purchase
 from relay.normalizer import Normalized, refund_snapshot
 from relay.pipeline import Rules
@@ -36,20 +36,56 @@ class Outcome:
     stale: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """One item of `ingest_many`: a delivery, what it says, and the rules at arrival."""
+
+    inbound: Inbound
+    norm: Normalized
+    rules: Rules
+    now_ms: int
+
+
 def ingest(inbound: Inbound, norm: Normalized, rules: Rules, now_ms: int) -> Outcome:
     """Store `inbound` once and apply what it says; call inside `store.write`."""
-    if not statements.insert_inbox(inbound.event_id, inbound.event_type, inbound.received_ms,
-                                   inbound.signature_t, inbound.headers, inbound.body):
-        return Outcome(duplicate=True)
-    snap = norm.snapshot
-    if snap is None and norm.refund_token is not None:
-        row = _find_google_purchase(norm.refund_token)
-        if row is not None:
-            snap = refund_snapshot(norm, row.subject_key, row.kind, now_ms)
-    if snap is None:
-        return Outcome(False, (record_subjectless(norm, rules, now_ms),))
-    applied = pipeline.apply(snap, rules, now_ms)
-    return Outcome(False, applied.events, applied.purchase, applied.stale)
+    return ingest_many([Delivered(inbound, norm, rules, now_ms)])[0]
+
+
+def ingest_many(items: list[Delivered]) -> list[Outcome]:
+    """`ingest` for several deliveries with a few multi-row statements (`store.write_many`).
+
+    An eventId already stored, or repeated within `items`, is a duplicate: only its first
+    occurrence is applied.
+    """
+    unique: dict[str, Delivered] = {}
+    for item in items:
+        unique.setdefault(item.inbound.event_id, item)
+    new_ids = statements.insert_inbox_many([
+        (i.inbound.event_id, i.inbound.event_type, i.inbound.received_ms,
+         i.inbound.signature_t, i.inbound.headers, i.inbound.body) for i in unique.values()])
+    outcomes: dict[int, Outcome] = {}
+    runs: list[tuple[Rules, list[tuple[Delivered, Snapshot]]]] = []
+    for item in unique.values():
+        if item.inbound.event_id not in new_ids:
+            continue
+        snap = item.norm.snapshot
+        if snap is None and item.norm.refund_token is not None:
+            row = _find_google_purchase(item.norm.refund_token)
+            if row is not None:
+                snap = refund_snapshot(item.norm, row.subject_key, row.kind, item.now_ms)
+        if snap is None:
+            event = record_subjectless(item.norm, item.rules, item.now_ms)
+            outcomes[id(item)] = Outcome(False, (event,))
+            continue
+        if not runs or runs[-1][0] is not item.rules:
+            runs.append((item.rules, []))
+        runs[-1][1].append((item, snap))
+    for rules, run in runs:
+        now_ms = max(item.now_ms for item, _ in run)
+        applied = pipeline.apply_many([snap for _, snap in run], rules, now_ms)
+        for (item, _), a in zip(run, applied, strict=True):
+            outcomes[id(item)] = Outcome(False, a.events, a.purchase, a.stale)
+    return [outcomes.get(id(item), Outcome(duplicate=True)) for item in items]
 
 
 def _find_google_purchase(token: str) -> Purchase | None:

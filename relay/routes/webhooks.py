@@ -1,7 +1,8 @@
 """`POST /v1/webhooks/attesto`: authenticate, read, and store one Attesto delivery.
 
 Thin: the signature check is `attesto_signature`, the reading is `normalizer`, the write
-unit is `inbox.ingest` (one transaction). No outbound HTTP here; 2xx only after COMMIT.
+unit is `inbox.ingest_many` (one transaction, shared by the deliveries that arrive while
+the store is busy: group commit). No outbound HTTP here; 2xx only after COMMIT.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from relay.errors import (
     StoreUnavailableError,
     UnauthorizedError,
 )
-from relay.inbox import Inbound, ingest
+from relay.inbox import Delivered, Inbound, ingest_many
 from relay.normalizer import normalize
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ async def handle_attesto(request: web.Request) -> web.Response:
         {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}), raw)
     rules = runtime.rules
     try:
-        outcome = await request.app[STORE_KEY].write(
-            lambda: ingest(inbound, norm, rules, now_ms))
+        outcome = await request.app[STORE_KEY].write_many(
+            ingest_many, Delivered(inbound, norm, rules, now_ms))
     except StoreUnavailableError:
         stats.rejected["store_unavailable"] += 1
         raise
