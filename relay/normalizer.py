@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from relay.domain import Snapshot, State, parse_time_ms
@@ -145,7 +145,7 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
         return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
                           app_user_id, None)
     kind = subject.get("type") or "subscription"
-    base = Snapshot(
+    fields: dict[str, Any] = dict(
         platform="apple", subject_key=subject["key"], source="webhook",
         observed_ms=occurred_ms, received_ms=received_ms, kind=kind,
         product_id=_text(subject.get("productId")) or _text(txn.get("productId")),
@@ -154,20 +154,18 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
         # The newest transaction: what a re-poll must ask for (attesto-contract §3).
         latest_ref=_text(txn.get("transactionId")) or _str_of(txn.get("transactionId")))
     row = transition_for(event)
-    if not row.touches:
-        return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
-                          app_user_id, base)
-    renewal = decode_jws_payload(inner.get("signedRenewalInfo"))
-    # The renewal info is the truth about auto-renew; the event name is the fallback.
-    renew = _int(renewal.get("autoRenewStatus"))
-    auto_renew = row.auto_renew if renew not in (0, 1) else renew == 1
-    state = resolve_state(event, kind, auto_renew=auto_renew,
-                          apple_status=_int(inner.get("status")),
-                          revoked=txn.get("revocationDate") is not None)
-    snap = replace(base, state=state, state_reason=reason if state is not None else None,
-                   expires_ms=_int(txn.get("expiresDate")), auto_renew=auto_renew)
+    if row.touches:
+        renewal = decode_jws_payload(inner.get("signedRenewalInfo"))
+        # The renewal info is the truth about auto-renew; the event name is the fallback.
+        renew = _int(renewal.get("autoRenewStatus"))
+        auto_renew = row.auto_renew if renew not in (0, 1) else renew == 1
+        state = resolve_state(event, kind, auto_renew=auto_renew,
+                              apple_status=_int(inner.get("status")),
+                              revoked=txn.get("revocationDate") is not None)
+        fields.update(state=state, state_reason=reason if state is not None else None,
+                      expires_ms=_int(txn.get("expiresDate")), auto_renew=auto_renew)
     return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
-                      app_user_id, snap)
+                      app_user_id, Snapshot(**fields))
 
 
 def _str_of(value: Any) -> str | None:
@@ -188,7 +186,7 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
                 else data.get("oneTimeProductNotification"))
     product_id = (_text(subject.get("productId")) or _text(note.get("subscriptionId"))
                   or _text(note.get("sku")) or _text(note.get("productId")))
-    base = Snapshot(
+    fields: dict[str, Any] = dict(
         platform="google", subject_key=subject["key"], source="webhook",
         observed_ms=occurred_ms, received_ms=received_ms, kind=kind, product_id=product_id,
         app_user_id=app_user_id, package_name=_text(data.get("packageName")),
@@ -197,13 +195,12 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
         # Google notifications carry no expiry: re-verify the newest token at once.
         poll_now=True)
     row = transition_for(event)
-    if not row.touches:
-        return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id,
-                          base)
-    state = resolve_state(event, kind, auto_renew=row.auto_renew)
-    snap = replace(base, state=state, state_reason=reason if state is not None else None,
-                   auto_renew=row.auto_renew if kind == "subscription" else None)
-    return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id, snap)
+    if row.touches:
+        state = resolve_state(event, kind, auto_renew=row.auto_renew)
+        fields.update(state=state, state_reason=reason if state is not None else None,
+                      auto_renew=row.auto_renew if kind == "subscription" else None)
+    return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id,
+                      Snapshot(**fields))
 
 
 def refund_snapshot(n: Normalized, subject_key: str, kind: str, received_ms: int) -> Snapshot:

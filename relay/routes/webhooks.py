@@ -106,11 +106,15 @@ async def handle_attesto(request: web.Request) -> web.Response:
         return _answer(_DUPLICATE)
     stats.accepted += 1
     stats.stale += outcome.stale
-    p = outcome.purchase
-    log.info("webhook accepted event_id=%s type=%s subject=%s state=%s events=%s%s",
-             norm.event_id, norm.event, _short(f"{p.platform}:{p.subject_key}") if p else "-",
-             p.state if p else "-", ",".join(e.id for e in outcome.events) or "-",
-             " stale" if outcome.stale else "")
+    # Routine deliveries are in the access log and the inbox; a stale one is news.
+    level = logging.INFO if outcome.stale else logging.DEBUG
+    if log.isEnabledFor(level):
+        p = outcome.purchase
+        log.log(level, "webhook accepted event_id=%s type=%s subject=%s state=%s events=%s%s",
+                norm.event_id, norm.event,
+                _short(f"{p.platform}:{p.subject_key}") if p else "-", p.state if p else "-",
+                ",".join(e.id for e in outcome.events) or "-",
+                " stale (state kept)" if outcome.stale else "")
     return _answer(_ACCEPTED)
 
 
