@@ -309,8 +309,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with sqlite3.connect(tmp / "relay.sqlite3") as db:
             stored = db.execute("SELECT count(*) FROM inbox").fetchone()[0]
             events = db.execute("SELECT count(*) FROM event").fetchone()[0]
-        expected = warm["accepted"] + results["relay"]["accepted"]
-        results["relay"].update(stored=stored, events=events, stored_ok=stored == expected)
+        # wrk stops with requests in flight: relay still commits those (a 2xx nobody read),
+        # so the inbox may hold up to one extra row per connection and run, never fewer.
+        answered = warm["accepted"] + results["relay"]["accepted"]
+        results["relay"].update(stored=stored, events=events,
+                                stored_ok=0 <= stored - answered <= 2 * args.connections)
 
         c, r = results["ceiling"], results["relay"]
         results["ratio"] = {"accepted_per_s": r["accepted_per_s"] / c["accepted_per_s"],
@@ -332,8 +335,8 @@ def _print(res: dict[str, Any]) -> None:
           f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['p999_ms']:>10.2f}")
     print(f"{'relay / ceiling':32}{q['accepted_per_s']:>12.2f}{q['p50']:>9.2f}{q['p99']:>9.2f}")
     print(f"relay: {r['accepted']:,} accepted, {r['non2xx']} non-2xx, {r['duplicates']} "
-          f"duplicates, {r['socket_errors']} socket errors; inbox rows match 2xx answers: "
-          f"{r['stored_ok']} ({r['stored']:,} rows, {r['events']:,} events)")
+          f"duplicates, {r['socket_errors']} socket errors; every 2xx has its inbox row: "
+          f"{r['stored_ok']} ({r['stored']:,} rows, {r['events']:,} events, warm-up included)")
 
 
 if __name__ == "__main__":

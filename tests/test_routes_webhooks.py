@@ -6,6 +6,7 @@ runs as the real app on a real SQLite file, its clock injected.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import types
 from collections.abc import Callable
@@ -243,3 +244,25 @@ async def test_accepted_event_is_relayed_with_its_attesto_id(relay_factory: Rela
     assert event["entitlements"] == ["premium"] and event["stale"] is False
     assert event["occurred_at"] == "2027-01-15T07:59:59.000Z"
     assert event["received_at"] == "2027-01-15T08:00:00.000Z"
+
+
+async def test_concurrent_deliveries_and_copies_apply_once_each(
+        relay_factory: RelayFactory, sim: AttestoSimulator) -> None:
+    """Deliveries arriving together share commits; copies of one eventId apply once."""
+    client = await start(relay_factory)
+    bodies = []
+    for i in range(20):
+        txn = sim.add_apple(transaction_id=f"t{i}", original_transaction_id=f"o{i % 5}",
+                            product_id="com.example.premium",
+                            expires_ms=(NOW_S + 86_400) * 1000 + i, purchase_ms=NOW_S * 1000)
+        bodies.append(sim.apple_webhook("DID_RENEW", txn, signed_ms=NOW_S * 1000 - 100 + i))
+    # Every delivery three times at once, as several Attesto instances may send it.
+    answers = await asyncio.gather(*(post(client, sim, b, t=NOW_S) for b in bodies * 3))
+    assert all(status == 200 for status, _ in answers)
+    statuses = [a["status"] for _, a in answers]
+    assert statuses.count("accepted") == 20 and statuses.count("duplicate") == 40
+    assert await counts(client) == {"inbox": 20, "event": 20, "delivery": 20, "purchase": 5}
+    per_subject: dict[str, list[int]] = {}
+    for e in await events(client):
+        per_subject.setdefault(e["subject_key"], []).append(e["sequence"])
+    assert all(sorted(s) == [1, 2, 3, 4] for s in per_subject.values())
