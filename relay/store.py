@@ -67,8 +67,10 @@ def make_database(cfg: StoreConfig, environ: Mapping[str, str] | None = None,
         "busy_timeout": int(cfg.busy_timeout_s * 1000),
     }
     all_pragmas.update(pragmas or {})
+    # Multi-row statements have one text per row count (statements.py); keep them all
+    # prepared rather than re-parse them (sqlite3's default cache holds 128).
     return SqliteDatabase(str(path), pragmas=all_pragmas, autoconnect=False,
-                          check_same_thread=False)
+                          check_same_thread=False, cached_statements=1024)
 
 
 @dataclass(eq=False)
