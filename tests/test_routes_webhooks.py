@@ -166,6 +166,7 @@ async def test_body_over_the_cap_is_413(relay_factory: RelayFactory,
     status, answer = await post(client, sim, body, t=NOW_S)
     assert status == 413 and answer["error"]["code"] == "payload_too_large"
     assert await counts(client) == EMPTY
+    assert client.app[WEBHOOK_STATS_KEY].rejected == {"payload_too_large": 1}
 
 
 @pytest.mark.parametrize(("body", "headers", "drop", "code"), [

@@ -21,6 +21,7 @@ from relay.bodies import parse_json_object, read_capped
 from relay.errors import (
     BadRequestError,
     NotConfiguredError,
+    PayloadTooLargeError,
     StoreUnavailableError,
     UnauthorizedError,
 )
@@ -63,7 +64,11 @@ async def handle_attesto(request: web.Request) -> web.Response:
         stats.rejected["not_configured"] += 1
         raise NotConfiguredError("no Attesto webhook secret is configured; every delivery "
                                  "is refused (credential 'attesto-webhook-secret')")
-    raw = await read_capped(request, config.server.max_body_bytes)
+    try:
+        raw = await read_capped(request, config.server.max_body_bytes)
+    except PayloadTooLargeError:
+        stats.rejected["payload_too_large"] += 1
+        raise
     now_ms = runtime.now_ms()
     header_id = request.headers.get("X-Attesto-Event-Id")
     try:
