@@ -8,6 +8,7 @@ Call only on the store thread, inside its transaction.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import fields
@@ -59,6 +60,8 @@ def insert_inbox(event_id: str, event_type: str, received_ms: int, signature_t: 
 # PurchaseView's fields are the purchase columns; the view is built positionally.
 _PURCHASE_COLUMNS = tuple(f.name for f in fields(PurchaseView))
 _AUTO_RENEW = _PURCHASE_COLUMNS.index("auto_renew")
+_STATE = _PURCHASE_COLUMNS.index("state")
+_purchase_values = operator.attrgetter(*_PURCHASE_COLUMNS)
 _SELECT_PURCHASE = ("SELECT " + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
                     + ' FROM "purchase" WHERE "platform" = {p} AND "subject_key" = {p}')
 _MUTABLE = _PURCHASE_COLUMNS[2:]  # everything but the key
@@ -212,8 +215,11 @@ _UPSERT_TAIL = (' ON CONFLICT ("platform", "subject_key") DO UPDATE SET '
 
 def upsert_purchases(views: Sequence[PurchaseView]) -> None:
     """Insert or update whole purchase rows (the key decides; `created_ms` is kept)."""
-    rows = [tuple(str(v.state) if c == "state" else getattr(v, c) for c in _PURCHASE_COLUMNS)
-            for v in views]
+    rows = []
+    for v in views:
+        row = list(_purchase_values(v))
+        row[_STATE] = str(row[_STATE])
+        rows.append(row)
     head = ('INSERT INTO "purchase" (' + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
             + ', "poll_failures") VALUES ')
     _many("upsert_purchases", head, _row(len(_PURCHASE_COLUMNS), ", 0"), _UPSERT_TAIL, rows,
