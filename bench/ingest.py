@@ -222,8 +222,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def run_wrk(url: str, script: Path, prefix: Path, threads: int, connections: int,
             duration_s: float) -> dict[str, Any]:
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
-         "-s", str(script), url, "--", str(prefix)],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
+         "--timeout", "10s", "-s", str(script), url, "--", str(prefix)],
         capture_output=True, text=True, timeout=duration_s + 60, check=True)
     for line in out.stdout.splitlines():
         if line.startswith("WRK_JSON "):
