@@ -16,6 +16,7 @@ from aiohttp import web
 
 from relay import __version__, systemd
 from relay.app import create_app
+from relay.appkeys import RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.log import AccessLogger, configure_logging
 from relay.migrations import SchemaError
@@ -26,20 +27,54 @@ EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
 
 def _load(path: str | None) -> Config:
+    if path == "(defaults)":
+        path = None
     found = find_config_path(path)
     return load_config(found)
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set): bind, READY=1, wait, STOPPING=1, clean up."""
+async def reload(app: web.Application, path: str | None) -> bool:
+    """Re-read relay.toml and credentials; keep the running config if the new one is invalid."""
+    systemd.notify("RELOADING=1")
+    try:
+        new = await asyncio.get_running_loop().run_in_executor(None, _load, path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s",
+                  "; ".join(exc.problems))
+        systemd.notify("READY=1\nSTATUS=reload refused (see log)")
+        return False
+    runtime = app[RUNTIME_KEY]
+    old = runtime.config
+    for key in ("server", "store"):
+        if getattr(new, key) != getattr(old, key):
+            log.warning("reload: [%s] changes take effect only after a restart", key)
+    runtime.replace(new)
+    log.info("configuration reloaded from %s", new.source)
+    systemd.notify("READY=1\nSTATUS=serving")
+    return True
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None,
+                config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set): bind, READY=1, wait, STOPPING=1, clean up.
+
+    SIGHUP re-reads the configuration (`reload`)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    app = create_app(config)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload(app, config_path or config.source))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set),
+                         (signal.SIGHUP, on_hup)):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-    app = create_app(config)
     runner = web.AppRunner(app, shutdown_timeout=config.server.shutdown_timeout_s,
                            access_log_class=AccessLogger, handle_signals=False)
     await runner.setup()
@@ -54,7 +89,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                  config.server.shutdown_timeout_s)
         systemd.notify("STOPPING=1")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
         log.info("stopped")
@@ -96,7 +131,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     log.info("relay %s starting (config: %s)", __version__, config.source)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, config_path=args.config))
     except SchemaError as exc:
         log.error("%s", exc)
         return EX_FAILURE
