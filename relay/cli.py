@@ -158,6 +158,27 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay.backup import BackupError, backup_sqlite
+    from relay.store import resolve_sqlite_path
+
+    config = _load(args.config)
+    if config.store.url:
+        print("relay backup copies the SQLite store; for PostgreSQL use pg_dump",
+              file=sys.stderr)
+        return EX_FAILURE
+    source = resolve_sqlite_path(config.store.path)
+    try:
+        version = backup_sqlite(source, Path(args.path))
+    except (BackupError, OSError) as exc:
+        print(f"relay backup: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    print(f"backed up {source} to {args.path} (schema {version})")
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -174,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", "print the effective configuration, secrets redacted").set_defaults(
         func=_cmd_check_config)
     add("migrate", "apply pending database migrations").set_defaults(func=_cmd_migrate)
+    backup = add("backup", "copy the SQLite store consistently while relay runs")
+    backup.add_argument("path", help="where to write the copy (must not exist)")
+    backup.set_defaults(func=_cmd_backup)
     return parser
 
 
