@@ -43,7 +43,7 @@ def _m2_attempts_users_leases(db: Database) -> None:
 
 def _m3_purchase_latest_ref_index(db: Database) -> None:
     """Index purchases by their newest reference (a Google upgrade's token finds its row)."""
-    db.execute_sql("CREATE INDEX IF NOT EXISTS purchase_platform_latest_ref "
+    db.execute_sql("CREATE INDEX IF NOT EXISTS purchase_platform_latest_ref "  # type: ignore[no-untyped-call]
                    "ON purchase (platform, latest_ref)")
 
 
