@@ -36,8 +36,8 @@ DAY_MS = 86_400_000
 
 
 def verify_config(tmp_path: Path, attesto_url: str, **sections: Any) -> Config:
-    return make_config(tmp_path, attesto_url=attesto_url, entitlements=ENTITLEMENTS,
-                       products=PRODUCTS, **sections)
+    sections = {"entitlements": ENTITLEMENTS, "products": PRODUCTS, **sections}
+    return make_config(tmp_path, attesto_url=attesto_url, **sections)
 
 
 @asynccontextmanager
