@@ -177,10 +177,11 @@ class AttestoClient:
                 answer = await self._post(path, payload, headers)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 self._failed()
-                last = UpstreamUnavailableError(f"Attesto could not be reached: {exc!r}"[:300],
+                # The detail (addresses) goes to the log only, never to the caller.
+                last = UpstreamUnavailableError("Attesto could not be reached",
                                                 code="attesto_unavailable")
-                log.info("attesto %s attempt %d: %s request_id=%s", path, attempt,
-                         type(exc).__name__, request_id or "-")
+                log.info("attesto %s attempt %d: %s: %.200s request_id=%s", path, attempt,
+                         type(exc).__name__, exc, request_id or "-")
                 if attempt == self.config.max_attempts:
                     raise last from None
                 await self._backoff(attempt, None, deadline, last)
