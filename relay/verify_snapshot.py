@@ -135,9 +135,18 @@ def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | No
 
 
 def identity_only(snap: Snapshot, stored: PurchaseView) -> Snapshot:
-    """What a verify may still say about a row it is not newer than: who owns it."""
-    return replace(snap, state=None, state_reason=None, expires_ms=None, auto_renew=None,
-                   latest_ref=None, observed_ms=stored.store_time_ms - 1)
+    """What a verify may still say about a row it is not newer than: who owns it, and
+    descriptive fields the row lacks. Same time as the row: not stale, changes no state
+    (so a transfer it causes is a current event, not a stale one)."""
+    def missing(new: str | None, old: str | None) -> str | None:
+        return new if old is None else None
+
+    return replace(snap, observed_ms=stored.store_time_ms, kind=None, state=None,
+                   state_reason=None, expires_ms=None, auto_renew=None, latest_ref=None,
+                   product_id=missing(snap.product_id, stored.product_id),
+                   base_plan_id=missing(snap.base_plan_id, stored.base_plan_id),
+                   environment=missing(snap.environment, stored.environment),
+                   package_name=missing(snap.package_name, stored.package_name))
 
 
 def reconcile_apple(snap: Snapshot, stored: PurchaseView | None) -> Snapshot:

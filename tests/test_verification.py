@@ -3,6 +3,7 @@ appUserId binding, Google upgrades, owner conflicts, restore."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from relay import pipeline
 from relay.domain import State
 from relay.errors import ConflictError, UpstreamError
+from relay.models import Event
 from relay.simulator import AttestoSimulator
 from relay.verification import AppleItem, GoogleItem, Verifier
 from tests.conftest import Clock
@@ -194,6 +196,10 @@ async def test_owner_conflict_policy(policy: str, tmp_path: Path, sim: AttestoSi
         else:
             moved = await v.verify("user-2", AppleItem("t1"))
             assert moved.events == ("subscription.transferred",)
+            body = json.loads(await v.store.read(lambda: Event.select().order_by(
+                Event.cursor.desc()).first().body))
+            assert (body["user_id"], body["previous_user_id"], body["stale"]) == (
+                "user-2", "user-1", False)
             assert [e.key for e in moved.entitlements] == ["premium"]
             assert await v.entitlements("user-1") == []
 

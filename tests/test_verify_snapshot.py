@@ -162,7 +162,8 @@ def test_reconcile_apple_identity_only(row: PurchaseView) -> None:
     assert (got.state, got.expires_ms, got.auto_renew, got.latest_ref) == (None, None, None,
                                                                           None)
     assert got.user_id == "u" and got.app_user_id == snap.app_user_id
-    assert got.observed_ms < row.store_time_ms  # stale: only fills identity
+    assert got.observed_ms == row.store_time_ms and got.kind is None
+    assert got.product_id is None  # the row has one: an older transaction's must not win
 
 
 def test_reconcile_google() -> None:
@@ -171,4 +172,5 @@ def test_reconcile_google() -> None:
     assert reconcile_google(snap, row, current=True) == snap
     assert reconcile_google(snap, None, current=False) == snap
     old = reconcile_google(snap, row, current=False)
-    assert old.state is None and old.observed_ms < row.store_time_ms
+    assert old.state is None and old.observed_ms == row.store_time_ms
+    assert old.base_plan_id == "monthly"  # the row has none: filled in
