@@ -112,8 +112,11 @@ async def test_attesto_failures_are_stable_errors_and_write_nothing(
         attesto_url: str) -> None:
     sim.add_apple(transaction_id="t1", original_transaction_id="o1", product_id="p",
                   expires_ms=None, purchase_ms=1)
+    # A short deadline only where the fake is slow on purpose: elsewhere real backoff
+    # sleeps on a busy machine must not turn into a timeout.
+    timeout_s = 0.5 if "delay_s" in fault else 5.0
     client = await start(relay_factory, tmp_path, attesto_url,
-                         attesto={"base_url": attesto_url, "timeout_s": 0.5})
+                         attesto={"base_url": attesto_url, "timeout_s": timeout_s})
     sim.fail_next(**fault)
     resp = await client.post("/v1/verify/apple", headers=auth(),
                              json={"user_id": "u", "transaction_id": "t1"})
