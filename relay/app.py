@@ -11,10 +11,11 @@ import aiohttp
 from aiohttp import web
 
 from relay import __version__
-from relay.appkeys import HTTP_KEY, RUNTIME_KEY, STORE_KEY
+from relay.appkeys import ATTESTO_KEY, HTTP_KEY, RUNTIME_KEY, STORE_KEY
+from relay.attesto import AttestoClient
 from relay.config import Config
 from relay.middlewares import error_middleware, request_id_middleware
-from relay.routes import health
+from relay.routes import health, iap, verify
 from relay.runtime import Runtime
 from relay.store import Store
 
@@ -34,7 +35,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app[STORE_KEY] = Store(config.store, environ, store_pragmas)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
+    app.cleanup_ctx.append(_attesto_ctx)
     app.router.add_routes(health.routes())
+    app.router.add_routes(verify.routes())
+    app.router.add_routes(iap.routes())
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app
@@ -63,3 +67,10 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HTTP_KEY] = session
     yield
     await session.close()
+
+
+async def _attesto_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Attesto client on the shared session (its breaker and cap live as long as the app)."""
+    cfg = app[RUNTIME_KEY].config
+    app[ATTESTO_KEY] = AttestoClient(app[HTTP_KEY], cfg.attesto, cfg.credentials.attesto_api_key)
+    yield

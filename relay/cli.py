@@ -103,9 +103,9 @@ def _print_config(config: Config) -> None:
     data = redacted(config)
     print(f"# effective configuration (source: {config.source}); credentials redacted")
     for section, values in data.items():
-        if section == "downstream":
+        if section in ("downstream", "products"):
             for ds in values:
-                print("\n[[downstream]]")
+                print(f"\n[[{section}]]")
                 for key, value in ds.items():
                     print(f"{key} = {_toml_value(value)}")
             continue
