@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from relay import pipeline
+from relay.attesto import AttestoClient
 from relay.domain import PurchaseView, Snapshot, State
 from relay.errors import RelayError, UpstreamError
 from relay.models import Purchase
@@ -22,6 +23,13 @@ from relay.poll_policy import next_poll_ms
 from relay.ratelimit import TokenBucket
 from relay.runtime import Runtime
 from relay.store import Store
+from relay.verify_snapshot import (
+    AttestoResponseError,
+    apple_snapshot,
+    google_snapshot,
+    reconcile_apple,
+    reconcile_google,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +99,14 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
     outcome = Outcome.UNCHANGED
     applied = None
     if snap is not None:
-        applied = pipeline.apply(replace(snap, source="poll", observed_ms=max(
-            snap.observed_ms, now_ms)), rules, now_ms)
+        stored = view_of(row)
+        if snap.platform == "apple":
+            snap = reconcile_apple(snap, stored)
+        else:
+            snap = reconcile_google(snap, stored, current=snap.latest_ref in (
+                stored.latest_ref, stored.subject_key))
+        applied = pipeline.apply(replace(snap, source="poll", subject_key=stored.subject_key),
+                                 rules, now_ms)
         if applied.events:
             outcome = Outcome.CHANGED
     else:
@@ -192,6 +206,37 @@ class Poller:
             else:
                 outcomes.append(result)
         return outcomes
+
+
+def attesto_fetcher(attesto: AttestoClient, runtime: Runtime) -> Fetcher:
+    """Ask Attesto about a stored purchase: the newest Apple transaction or Google token."""
+
+    async def fetch(view: PurchaseView) -> Snapshot | None:
+        now_ms = runtime.now_ms()
+        try:
+            if view.platform == "apple":
+                if not view.latest_ref:
+                    return None
+                verdict = await attesto.verify_apple(view.latest_ref, view.environment)
+                return apple_snapshot(verdict.body, None, now_ms, "poll") \
+                    if verdict.valid else None
+            token = view.latest_ref or view.subject_key
+            if not view.package_name or not view.product_id:
+                log.warning("re-poll skipped: google row without package or product "
+                            "subject=%s", view.subject_key[:32])
+                return None
+            verdict = await attesto.verify_google(view.package_name, view.product_id, token,
+                                                  "product" if view.kind == "product"
+                                                  else "subscription")
+            if not verdict.valid:
+                return None
+            snap, _linked = google_snapshot(verdict.body, token, None, now_ms, "poll")
+            return snap
+        except AttestoResponseError as exc:
+            raise UpstreamError(f"Attesto answered a body relay cannot read: {exc}",
+                                code="attesto_bad_response") from None
+
+    return fetch
 
 
 __all__ = ["Fetcher", "Outcome", "Poller", "UpstreamError", "claim_due", "due_stats"]

@@ -29,18 +29,21 @@ async def test_backup_under_write_load_matches_row_counts(tmp_path: Path) -> Non
         Event.insert(id=f"rly_{i}", type="t", source="webhook", occurred_ms=i,
                      received_ms=i, body="{}").execute()
 
+    import asyncio
+
+    some_landed = asyncio.Event()
+
     async def load() -> int:
         i = 0
         while not stop.is_set():
             await store.write(lambda i=i: one(i))
             i += 1
+            if i == 20:
+                some_landed.set()
         return i
 
-    import asyncio
-
     writer = asyncio.create_task(load())
-    for _ in range(50):  # let some writes land first
-        await asyncio.sleep(0)
+    await asyncio.wait_for(some_landed.wait(), 10)  # the copy starts mid-load
     target = tmp_path / "copy.sqlite3"
     version = await asyncio.get_running_loop().run_in_executor(
         None, backup_sqlite, tmp_path / "live.sqlite3", target)
