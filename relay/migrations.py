@@ -41,7 +41,14 @@ def _m2_attempts_users_leases(db: Database) -> None:
     db.create_tables([Attempt, AppUser, Lease])
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_m1_core, _m2_attempts_users_leases)
+def _m3_purchase_latest_ref_index(db: Database) -> None:
+    """Index purchases by their newest reference (a Google upgrade's token finds its row)."""
+    db.execute_sql("CREATE INDEX IF NOT EXISTS purchase_platform_latest_ref "  # type: ignore[no-untyped-call]
+                   "ON purchase (platform, latest_ref)")
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (
+    _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -128,7 +128,8 @@ def derive_event(before: PurchaseView | None, after: PurchaseView) -> str | None
 
 
 def _later(after: PurchaseView, before: PurchaseView) -> bool:
-    return (after.expires_ms or 0) > (before.expires_ms or 0)
+    # No stored expiry (e.g. a Google webhook came first): learning one is not a renewal.
+    return before.expires_ms is not None and (after.expires_ms or 0) > before.expires_ms
 
 
 def _coalesce(new: Any, old: Any) -> Any:

@@ -7,6 +7,7 @@ under test with a later store time, as the fake Attesto would send it.
 from __future__ import annotations
 
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,3 +276,37 @@ async def test_app_user_id_binds_the_user_and_never_erases_one(
     await post(client, sim, sim.apple_webhook("DID_RENEW", txn, signed_ms=NOW_MS), t=NOW_S)
     p = await purchase(client, "apple", "o1")
     assert p is not None and p.user_id == "bob"
+
+
+async def test_google_webhook_then_the_scheduled_re_verify_fills_the_expiry(
+        relay_factory: RelayFactory, sim: AttestoSimulator, attesto_url: str,
+        tmp_path: Path, clock: Clock) -> None:
+    """The whole Google loop: webhook (no expiry) -> due now -> re-verify the newest token."""
+    from relay.appkeys import SCHEDULER_KEY
+    from relay.repoll import claim_due
+    from tests.conftest import make_config
+
+    client: Client = await relay_factory(
+        make_config(tmp_path, attesto_url=attesto_url, downstream=(BILLING,),
+                    entitlements=types.MappingProxyType(ENTITLEMENTS)), use_clock=True)
+    sim.add_google(token="root", product_id="premium_monthly", expiry_ms=NOW_MS - 86_400_000,
+                   start_ms=NOW_MS - 40 * 86_400_000)
+    newest = sim.add_google(token="tok-2", product_id="premium_monthly", linked_token="root",
+                            expiry_ms=NOW_MS + 30 * 86_400_000, start_ms=NOW_MS)
+    body = sim.google_webhook(2, newest, event_time_ms=NOW_MS - 5, root_token="root")
+    assert await post(client, sim, body, t=NOW_S) == (200, {"status": "accepted"})
+    p = await purchase(client, "google", "root")
+    assert p is not None and p.expires_ms is None and p.next_poll_ms == NOW_MS
+    assert sim.calls == []  # the handler made no outbound call
+
+    scheduler = client.app[SCHEDULER_KEY]
+    assert scheduler.poller is not None
+    store = client.app[STORE_KEY]
+    due = await store.write(lambda: claim_due(NOW_MS, 100))
+    assert [(v.platform, v.subject_key) for v in due] == [("google", "root")]
+    for view in due:
+        await scheduler.poller.poll_one(view)
+    assert [c[1]["purchaseToken"] for c in sim.calls] == ["tok-2"]  # the newest token
+    p = await purchase(client, "google", "root")
+    assert p is not None and p.expires_ms == NOW_MS + 30 * 86_400_000
+    assert p.state == "active" and p.next_poll_ms is not None and p.next_poll_ms > NOW_MS
