@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay import ids, pipeline, statements
+from relay import ids, lookups, pipeline, statements
 from relay.domain import EventView, PurchaseView, Snapshot
-from relay.models import Purchase
 from relay.normalizer import Normalized, refund_snapshot
 from relay.pipeline import Rules
 
@@ -70,7 +69,7 @@ def ingest_many(items: list[Delivered]) -> list[Outcome]:
             continue
         snap = item.norm.snapshot
         if snap is None and item.norm.refund_token is not None:
-            row = _find_google_purchase(item.norm.refund_token)
+            row = lookups.google_row(item.norm.refund_token)
             if row is not None:
                 snap = refund_snapshot(item.norm, row.subject_key, row.kind, item.now_ms)
         if snap is None:
@@ -86,16 +85,6 @@ def ingest_many(items: list[Delivered]) -> list[Outcome]:
         for (item, _), a in zip(run, applied, strict=True):
             outcomes[id(item)] = Outcome(False, a.events, a.purchase, a.stale)
     return [outcomes.get(id(item), Outcome(duplicate=True)) for item in items]
-
-
-def _find_google_purchase(token: str) -> Purchase | None:
-    """The Google purchase a voided token names: its root token, else its newest token."""
-    row: Purchase | None = Purchase.get_or_none(
-        (Purchase.platform == "google") & (Purchase.subject_key == token))
-    if row is None:
-        row = Purchase.get_or_none((Purchase.platform == "google")
-                                   & (Purchase.latest_ref == token))
-    return row
 
 
 def record_subjectless(norm: Normalized, rules: Rules, now_ms: int) -> EventView:
