@@ -17,7 +17,6 @@ import pytest
 from relay.appkeys import STORE_KEY
 from relay.attesto_signature import sign_attesto
 from relay.models import database
-from relay.routes.webhooks import WEBHOOK_STATS_KEY
 from relay.simulator import AttestoSimulator
 from tests.conftest import Clock, RelayFactory
 from tests.webhooks_support import (
@@ -25,6 +24,7 @@ from tests.webhooks_support import (
     ENTITLEMENTS,
     PATH,
     Client,
+    counted,
     counts,
     events,
     inbox_rows,
@@ -95,16 +95,15 @@ async def test_signature_cases(relay_factory: RelayFactory, sim: AttestoSimulato
         resp = await client.post(PATH, data=transform(body), headers=headers)
     answer = await resp.json()
     assert resp.status == status
-    stats = client.app[WEBHOOK_STATS_KEY]
     if status == 200:
         assert answer == {"status": "accepted"}
         assert (await counts(client))["inbox"] == 1
-        assert stats.accepted == 1 and not stats.rejected
+        assert counted(client) == {("accepted", ""): 1}
     else:
         assert answer["error"]["code"] == "invalid_signature"
         assert answer["error"]["details"] == {"reason": reason}
         assert await counts(client) == EMPTY
-        assert stats.rejected == {f"signature_{reason}": 1} and stats.accepted == 0
+        assert counted(client) == {("rejected", f"signature_{reason}"): 1}
         assert f"signature {reason}" in caplog.text
     assert signature is None or signature.split("v1=")[-1].lower() not in caplog.text.lower()
 
@@ -155,7 +154,7 @@ async def test_a_retry_with_a_new_t_is_a_duplicate(relay_factory: RelayFactory,
     assert row["received_ms"] == NOW_S * 1000 and row["event_type"] == "subscription.renewed"
     assert row["headers"]["X-Attesto-Event-Id"] == row["event_id"]
     assert "X-Attesto-Signature" not in row["headers"]
-    assert client.app[WEBHOOK_STATS_KEY].duplicate == 1
+    assert counted(client) == {("accepted", ""): 1, ("duplicate", ""): 1}
 
 
 async def test_body_over_the_cap_is_413(relay_factory: RelayFactory,
@@ -166,7 +165,7 @@ async def test_body_over_the_cap_is_413(relay_factory: RelayFactory,
     status, answer = await post(client, sim, body, t=NOW_S)
     assert status == 413 and answer["error"]["code"] == "payload_too_large"
     assert await counts(client) == EMPTY
-    assert client.app[WEBHOOK_STATS_KEY].rejected == {"payload_too_large": 1}
+    assert counted(client) == {("rejected", "payload_too_large"): 1}
 
 
 @pytest.mark.parametrize(("body", "headers", "drop", "code"), [
@@ -190,7 +189,7 @@ async def test_malformed_signed_bodies_are_400(relay_factory: RelayFactory,
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == code
     assert await counts(client) == EMPTY
-    assert client.app[WEBHOOK_STATS_KEY].rejected == {code: 1}
+    assert counted(client) == {("rejected", code): 1}
 
 
 async def test_no_secret_configured_refuses_every_delivery(relay_factory: RelayFactory,
@@ -215,6 +214,7 @@ async def test_a_store_error_mid_transaction_leaves_nothing(relay_factory: Relay
     status, answer = await post(client, sim, body, t=NOW_S)
     assert status == 503 and answer["error"]["code"] == "store_unavailable"
     assert await counts(client) == EMPTY
+    assert counted(client) == {("failed", "store_unavailable"): 1}
     await store.write(lambda: database.execute_sql("DROP TRIGGER fail_purchase"))
     # Attesto retries the same event: it is processed once, in full.
     assert await post(client, sim, body, t=NOW_S + 30) == (200, {"status": "accepted"})

@@ -16,7 +16,16 @@ from relay.appkeys import STORE_KEY
 from relay.models import AppUser, Purchase
 from relay.simulator import AppleTransaction, AttestoSimulator, GooglePurchase
 from tests.conftest import Clock, RelayFactory
-from tests.webhooks_support import BILLING, ENTITLEMENTS, Client, counts, events, post, purchase
+from tests.webhooks_support import (
+    BILLING,
+    ENTITLEMENTS,
+    Client,
+    counted,
+    counts,
+    events,
+    post,
+    purchase,
+)
 
 NOW_S = 1_800_000_000
 NOW_MS = NOW_S * 1000
@@ -246,6 +255,7 @@ async def test_out_of_order_apple(relay_factory: RelayFactory, sim: AttestoSimul
     assert [e["sequence"] for e in relayed] == [1, 2]
     assert relayed[-1]["state"] == final  # a stale event reports the state it left alone
     assert (await counts(client))["delivery"] == 2  # stale events are relayed too
+    assert counted(client).get(("accepted", "stale"), 0) == (1 if late else 0)
 
 
 async def test_out_of_order_google(relay_factory: RelayFactory, sim: AttestoSimulator) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from relay.appkeys import STORE_KEY
+from relay.appkeys import METRICS_KEY, STORE_KEY
 from relay.config import DownstreamConfig
 from relay.domain import PurchaseView
 from relay.models import Delivery, Event, Inbox, Purchase
@@ -65,3 +65,13 @@ async def inbox_rows(client: Client) -> list[dict[str, Any]]:
                  "received_ms": r.received_ms, "headers": json.loads(r.headers),
                  "body": bytes(r.body)} for r in Inbox.select()]
     return await client.app[STORE_KEY].read(run)
+
+
+def counted(client: Client) -> dict[tuple[str, str], float]:
+    """relay_webhooks_total by (outcome, reason), the non-zero ones."""
+    out: dict[tuple[str, str], float] = {}
+    for family in client.app[METRICS_KEY].registry.collect():
+        for sample in family.samples:
+            if sample.name == "relay_webhooks_total" and sample.value:
+                out[(sample.labels["outcome"], sample.labels["reason"])] = sample.value
+    return out

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
 
 from aiohttp import web
 from peewee import DatabaseError
 
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.attesto_signature import AttestoSignatureError, verify_attesto
 from relay.bodies import parse_json_object, read_capped
 from relay.errors import (
@@ -35,18 +33,6 @@ KEPT_HEADERS = ("Content-Type", "User-Agent", "X-Attesto-Event", "X-Attesto-Even
                 "X-Attesto-Timestamp", "X-Attesto-Version")
 
 
-@dataclass
-class WebhookStats:
-    """Counters by outcome; `rejected` by stable reason (signature reasons, bad input)."""
-
-    accepted: int = 0
-    duplicate: int = 0
-    stale: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-
-
-WEBHOOK_STATS_KEY = web.AppKey("webhook_stats", WebhookStats)
-
 _ACCEPTED = json.dumps({"status": "accepted"}).encode()
 _DUPLICATE = json.dumps({"status": "duplicate"}).encode()
 
@@ -57,17 +43,17 @@ def _answer(body: bytes) -> web.Response:
 
 async def handle_attesto(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    stats = request.app[WEBHOOK_STATS_KEY]
+    counter = request.app[METRICS_KEY].webhooks
     config = runtime.config
     secrets = [s.reveal() for s in config.credentials.attesto_webhook_secrets]
     if not secrets:
-        stats.rejected["not_configured"] += 1
+        counter.labels("rejected", "not_configured").inc()
         raise NotConfiguredError("no Attesto webhook secret is configured; every delivery "
                                  "is refused (credential 'attesto-webhook-secret')")
     try:
         raw = await read_capped(request, config.server.max_body_bytes)
     except PayloadTooLargeError:
-        stats.rejected["payload_too_large"] += 1
+        counter.labels("rejected", "payload_too_large").inc()
         raise
     now_ms = runtime.now_ms()
     header_id = request.headers.get("X-Attesto-Event-Id")
@@ -75,7 +61,7 @@ async def handle_attesto(request: web.Request) -> web.Response:
         t = verify_attesto(request.headers.get("X-Attesto-Signature"), raw, secrets,
                            now_ms // 1000, config.webhooks.tolerance_s)
     except AttestoSignatureError as exc:
-        stats.rejected[f"signature_{exc.reason}"] += 1
+        counter.labels("rejected", f"signature_{exc.reason}").inc()
         log.warning("webhook rejected: signature %s event_id=%s", exc.reason,
                     (header_id or "-")[:64])
         raise UnauthorizedError(f"X-Attesto-Signature is {exc.reason}",
@@ -87,7 +73,7 @@ async def handle_attesto(request: web.Request) -> web.Response:
             raise BadRequestError("X-Attesto-Event-Id does not match the body's eventId",
                                   code="event_id_mismatch")
     except BadRequestError as exc:
-        stats.rejected[exc.code] += 1
+        counter.labels("rejected", exc.code).inc()
         log.warning("webhook rejected: %s event_id=%s", exc.code, (header_id or "-")[:64])
         raise
     inbound = Inbound(norm.event_id, norm.event, now_ms, t, json.dumps(
@@ -97,20 +83,19 @@ async def handle_attesto(request: web.Request) -> web.Response:
         outcome = await request.app[STORE_KEY].write_many(
             ingest_many, Delivered(inbound, norm, rules, now_ms))
     except StoreUnavailableError:
-        stats.rejected["store_unavailable"] += 1
+        counter.labels("failed", "store_unavailable").inc()
         raise
     except DatabaseError as exc:
         # Rolled back whole; 503 makes Attesto deliver again later.
-        stats.rejected["store_unavailable"] += 1
+        counter.labels("failed", "store_unavailable").inc()
         log.error("webhook not stored event_id=%s: %s", norm.event_id, exc)
         raise StoreUnavailableError("the delivery could not be stored; retry later",
                                     retry_after_s=30) from None
     if outcome.duplicate:
-        stats.duplicate += 1
+        counter.labels("duplicate", "").inc()
         log.info("webhook duplicate event_id=%s", norm.event_id)
         return _answer(_DUPLICATE)
-    stats.accepted += 1
-    stats.stale += outcome.stale
+    counter.labels("accepted", "stale" if outcome.stale else "").inc()
     # Routine deliveries are in the access log and the inbox; a stale one is news.
     level = logging.INFO if outcome.stale else logging.DEBUG
     if log.isEnabledFor(level):
@@ -129,6 +114,6 @@ def _short(subject: str) -> str:
 
 
 def install(app: web.Application, path: str) -> None:
-    """Register the receiver at `path` (`[webhooks] path`) and its counters."""
-    app[WEBHOOK_STATS_KEY] = WebhookStats()
+    """Register the receiver at `path` (`[webhooks] path`); it counts in
+    `relay_webhooks_total{outcome="accepted|duplicate|rejected|failed", reason}`."""
     app.router.add_post(path, handle_attesto)
