@@ -2,7 +2,8 @@
 
 Every input (verify, restore, webhook, poll) ends here. `apply()` runs on the store
 thread inside the caller's transaction, so the row, its events and their deliveries
-commit together or not at all.
+commit together or not at all. `apply_many()` is the same path for a batch (one pure
+decision per snapshot, then a few multi-row statements via `statements`).
 """
 
 from __future__ import annotations

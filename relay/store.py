@@ -4,6 +4,8 @@
 transaction with group commit: every write queued while the thread was busy joins
 one transaction (each in its own savepoint, so one failing unit rolls back alone),
 and the whole group commits as soon as the thread is free, with no fixed wait.
+`Store.write_many(batch, item)` does the same, but hands every item queued with the same
+`batch` function to one call, so hot paths can use multi-row statements.
 A caller's future resolves only after its COMMIT returned.
 """
 
