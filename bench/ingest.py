@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=2, help="load generator threads")
     parser.add_argument("--log-level", default="info", help="relay's [log] level")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--ceiling-pool", type=int, default=20_000,
+                        help="signed deliveries for the ceiling run (it may reuse them)")
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_ceiling:
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    "duration_s": args.duration}
 
         # 1. The ceiling. It does not dedupe, so a smaller pool may wrap around.
-        make_request_files(tmp / "ceiling", 20_000, args.threads)
+        make_request_files(tmp / "ceiling", args.ceiling_pool, args.threads)
         port = free_port()
         proc = start_ceiling(port, tmp / "ceiling.log")
         try:
