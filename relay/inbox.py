@@ -1,8 +1,9 @@
 """The webhook write unit: the inbox row (exact bytes, unique on eventId) and its effect.
 
-`ingest()` runs on the store thread inside one `store.write`: the inbox row, the purchase
-upsert, the normalized event(s) and their outbox rows commit together or not at all.
-A repeated eventId finds its inbox row and changes nothing (exactly-once effect).
+`ingest_many()` runs on the store thread through `store.write_many` (`ingest()` inside a
+`store.write`): the inbox row, the purchase upsert, the normalized event(s) and their
+outbox rows commit together or not at all. A repeated eventId finds its inbox row and
+changes nothing (exactly-once effect).
 """
 
 from __future__ import annotations

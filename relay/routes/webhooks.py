@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 # Kept with the inbox row (never the signature): enough to audit a delivery later.
 KEPT_HEADERS = ("Content-Type", "User-Agent", "X-Attesto-Event", "X-Attesto-Event-Id",
                 "X-Attesto-Timestamp", "X-Attesto-Version")
-
-
 _ACCEPTED = json.dumps({"status": "accepted"}).encode()
 _DUPLICATE = json.dumps({"status": "duplicate"}).encode()
 
