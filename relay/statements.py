@@ -65,42 +65,12 @@ _purchase_values = operator.attrgetter(*_PURCHASE_COLUMNS)
 _SELECT_PURCHASE = ("SELECT " + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
                     + ' FROM "purchase" WHERE "platform" = {p} AND "subject_key" = {p}')
 _MUTABLE = _PURCHASE_COLUMNS[2:]  # everything but the key
-_INSERT_PURCHASE = (
-    'INSERT INTO "purchase" (' + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
-    + ', "poll_failures") VALUES (' + ", ".join("{p}" for _ in _PURCHASE_COLUMNS) + ", 0)")
-_UPDATE_PURCHASE = (
-    'UPDATE "purchase" SET ' + ", ".join(f'"{c}" = {{p}}' for c in _MUTABLE if c != "created_ms")
-    + ' WHERE "platform" = {p} AND "subject_key" = {p}')
-_SET_NEXT_POLL = ('UPDATE "purchase" SET "next_poll_ms" = {p} '
-                  'WHERE "platform" = {p} AND "subject_key" = {p}')
-_USER_OF_APP_USER = 'SELECT "user_id" FROM "app_user" WHERE "app_user_id" = {p}'
 
 
 def load_purchase(platform: str, subject_key: str) -> PurchaseView | None:
     """The stored purchase, or None."""
     row = execute("select_purchase", _SELECT_PURCHASE, (platform, subject_key)).fetchone()
     return None if row is None else _view(row)
-
-
-def insert_purchase(v: PurchaseView) -> None:
-    execute("insert_purchase", _INSERT_PURCHASE, tuple(
-        str(v.state) if c == "state" else getattr(v, c) for c in _PURCHASE_COLUMNS))
-
-
-def update_purchase(v: PurchaseView) -> None:
-    values = [str(v.state) if c == "state" else getattr(v, c)
-              for c in _MUTABLE if c != "created_ms"]
-    execute("update_purchase", _UPDATE_PURCHASE, (*values, v.platform, v.subject_key))
-
-
-def set_next_poll(platform: str, subject_key: str, next_poll_ms: int | None) -> None:
-    execute("set_next_poll", _SET_NEXT_POLL, (next_poll_ms, platform, subject_key))
-
-
-def user_of_app_user(app_user_id: str) -> str | None:
-    """The user an appUserId was minted for, or None."""
-    row = execute("user_of_app_user", _USER_OF_APP_USER, (app_user_id,)).fetchone()
-    return None if row is None else str(row[0])
 
 
 # ---- events and the outbox ------------------------------------------------------------
