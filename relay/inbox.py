@@ -1,8 +1,8 @@
 """The webhook write unit: the inbox row (exact bytes, unique on eventId) and its effect.
 
-`ingest_many()` runs on the store thread through `store.write_many` (`ingest()` inside a
-`store.write`): the inbox row, the purchase upsert, the normalized event(s) and their
-outbox rows commit together or not at all. A repeated eventId finds its inbox row and
+`ingest_many()` runs on the store thread through `store.write_many`: for each delivery
+the inbox row, the purchase upsert, the normalized event(s) and their outbox rows commit
+together or not at all. A repeated eventId finds its inbox row and
 changes nothing (exactly-once effect).
 """
 
@@ -46,13 +46,8 @@ class Delivered:
     now_ms: int
 
 
-def ingest(inbound: Inbound, norm: Normalized, rules: Rules, now_ms: int) -> Outcome:
-    """Store `inbound` once and apply what it says; call inside `store.write`."""
-    return ingest_many([Delivered(inbound, norm, rules, now_ms)])[0]
-
-
 def ingest_many(items: list[Delivered]) -> list[Outcome]:
-    """`ingest` for several deliveries with a few multi-row statements (`store.write_many`).
+    """Store each delivery once and apply what it says, with a few multi-row statements.
 
     An eventId already stored, or repeated within `items`, is a duplicate: only its first
     occurrence is applied.
