@@ -25,7 +25,7 @@ from relay.metrics import Metrics
 from relay.middlewares import error_middleware, request_id_middleware
 from relay.ratelimit import TokenBucket
 from relay.repoll import Outcome, Poller, attesto_fetcher
-from relay.routes import health, iap, verify
+from relay.routes import health, iap, verify, webhooks
 from relay.runtime import Runtime
 from relay.scheduler import Scheduler
 from relay.store import Store
@@ -52,6 +52,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.router.add_routes(health.routes())
     app.router.add_routes(verify.routes())
     app.router.add_routes(iap.routes())
+    webhooks.install(app, config.webhooks.path)
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app

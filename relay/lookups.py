@@ -48,7 +48,8 @@ def user_entitlements(user_id: str, rules: Rules, now_ms: int) -> list[Entitleme
                            rules.entitlement_policy)
 
 
-def _google_row(token: str) -> Purchase | None:
+def google_row(token: str) -> Purchase | None:
+    """The Google purchase `token` names: as its key (root token), else as its newest token."""
     row = Purchase.get_or_none((Purchase.platform == "google") & (Purchase.subject_key == token))
     if row is None:
         row = (Purchase.select().where((Purchase.platform == "google")
@@ -65,11 +66,11 @@ def resolve_google_key(token: str, linked: str | None) -> tuple[str, bool]:
     upgrade), else the token. The token is not the newest when the row already knows a
     newer one (its key is the root and `latest_ref` moved on).
     """
-    row = _google_row(token)
+    row = google_row(token)
     if row is not None:
         return row.subject_key, row.latest_ref in (None, token)
     if linked:
-        row = _google_row(linked)
+        row = google_row(linked)
         return (row.subject_key if row is not None else linked), True
     return token, True
 
