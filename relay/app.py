@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__
+from relay import __version__, outbox
 from relay.appkeys import (
     ATTESTO_KEY,
     HTTP_KEY,
@@ -25,7 +25,7 @@ from relay.metrics import Metrics
 from relay.middlewares import error_middleware, request_id_middleware
 from relay.ratelimit import TokenBucket
 from relay.repoll import Outcome, Poller, attesto_fetcher
-from relay.routes import health, iap, verify, webhooks
+from relay.routes import admin, events, health, iap, verify, webhooks
 from relay.runtime import Runtime
 from relay.scheduler import Scheduler
 from relay.store import Store
@@ -48,11 +48,14 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_attesto_ctx)
+    app.cleanup_ctx.append(outbox.outbox_ctx)
     app.cleanup_ctx.append(_scheduler_ctx)
     app.router.add_routes(health.routes())
     app.router.add_routes(verify.routes())
     app.router.add_routes(iap.routes())
     webhooks.install(app, config.webhooks.path)
+    app.router.add_routes(admin.routes())
+    app.router.add_routes(events.routes())
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app

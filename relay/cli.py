@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__, systemd
+from relay import __version__, cli_admin, systemd
 from relay.app import create_app
 from relay.appkeys import RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup = add("backup", "copy the SQLite store consistently while relay runs")
     backup.add_argument("path", help="where to write the copy (must not exist)")
     backup.set_defaults(func=_cmd_backup)
+    cli_admin.register(add)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Configuration: typed sections, `relay.toml` + `RELAY_*` overrides + credentials.
 
-Pure: stdlib only. `load_config` reports every problem at once in one `ConfigError`,
+Pure: stdlib only (plus relay's pure checkers for `[[downstream]]` keys and URLs).
+`load_config` reports every problem at once in one `ConfigError`,
 each line naming its source (file or variable), section and key.
 """
 
@@ -371,6 +372,11 @@ def _validate(cfg: Config, src: str) -> list[str]:
         if prod.type == "subscription" and not prod.android_plan_id:
             p.append(f"{where} android_plan_id is required for a subscription "
                      "(@nossdev/iap needs it)")
+    if cfg.downstream and not any("allow_networks" in line for line in p):
+        # Key material and the SSRF guard's refusal of literal addresses (exit 78).
+        from relay.endpoints import downstream_problems
+
+        p.extend(downstream_problems(cfg))
     return p
 
 

@@ -17,6 +17,7 @@ from relay.models import (
     AppUser,
     Attempt,
     Delivery,
+    EndpointState,
     Event,
     Inbox,
     Lease,
@@ -47,8 +48,14 @@ def _m3_purchase_latest_ref_index(db: Database) -> None:
                    "ON purchase (platform, latest_ref)")
 
 
+def _m4_endpoint_state(db: Database) -> None:
+    """Paused and disabled (410) downstream endpoints."""
+    db.create_tables([EndpointState])
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
-    _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index)
+    _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
+)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

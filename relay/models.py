@@ -23,7 +23,7 @@ from peewee import (
 database = DatabaseProxy()
 
 # Bumped with every migration in relay/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class BaseModel(Model):
@@ -150,6 +150,15 @@ class Lease(BaseModel):
     expires_ms = BigIntegerField()
 
 
+class EndpointState(BaseModel):
+    """A downstream endpoint paused by an admin or disabled by a 410; survives restarts."""
+
+    name = CharField(primary_key=True, max_length=64)
+    reason = CharField(max_length=32)  # paused (admin) | gone (the endpoint answered 410)
+    detail = TextField(null=True)
+    since_ms = BigIntegerField()
+
+
 MODELS: tuple[type[BaseModel], ...] = (
-    Meta, Purchase, Inbox, Event, Delivery, Attempt, AppUser, Lease,
+    Meta, Purchase, Inbox, Event, Delivery, Attempt, AppUser, Lease, EndpointState,
 )

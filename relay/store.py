@@ -81,6 +81,7 @@ class _Job:
     write: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    notify: bool = True
     result: Any = None
     error: BaseException | None = field(default=None)
     batch: Callable[[list[Any]], list[Any]] | None = None  # write_many: fn is unused
@@ -186,9 +187,13 @@ class Store:
         """Run `fn()` on the database thread, outside any explicit transaction."""
         return await self._submit(fn, write=False)
 
-    async def write(self, fn: Callable[[], T]) -> T:
-        """Run `fn()` in a transaction (group commit); return after COMMIT."""
-        return await self._submit(fn, write=True)
+    async def write(self, fn: Callable[[], T], *, notify: bool = True) -> T:
+        """Run `fn()` in a transaction (group commit); return after COMMIT.
+
+        `notify=False`: this write alone does not call the commit listeners (a worker's
+        own claim must not wake that worker again).
+        """
+        return await self._submit(fn, write=True, notify=notify)
 
     async def write_many(self, batch: Callable[[list[ItemT]], list[T]], item: ItemT) -> T:
         """Run `batch([..., item, ...])` in a transaction (group commit); return after COMMIT.
@@ -200,13 +205,13 @@ class Store:
         """
         return await self._submit(_unbatched, write=True, batch=batch, item=item)
 
-    async def _submit(self, fn: Callable[[], T], *, write: bool,
+    async def _submit(self, fn: Callable[[], T], *, write: bool, notify: bool = True,
                       batch: Callable[[list[Any]], list[Any]] | None = None,
                       item: Any = None) -> T:
         if self._thread is None:
             raise StoreUnavailableError("the store is not open")
         loop = asyncio.get_running_loop()
-        job = _Job(fn, write, loop, loop.create_future(), batch=batch, item=item)
+        job = _Job(fn, write, loop, loop.create_future(), notify, batch=batch, item=item)
         self._queue.put(job)
         result: T = await job.future
         return result
@@ -253,7 +258,7 @@ class Store:
                 except BaseException as exc:  # handed to the awaiting coroutine
                     job.error = _translate(exc)
         committed = bool(writes) and self._commit_group(writes)
-        if committed:
+        if committed and any(j.notify for j in writes):
             loop = writes[0].loop
             for listener in self._commit_listeners:
                 loop.call_soon_threadsafe(listener)

@@ -25,6 +25,7 @@ SECRET_PREFIX = "whsec_"
 SIGNING_KEY_PREFIX = "whsk_"
 PUBLIC_KEY_PREFIX = "whpk_"
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
+_MSG_ID_RE = re.compile(r"[^.\s]+")  # no '.' (it separates the signed parts), no space
 
 Reason = Literal["missing", "malformed", "stale", "mismatch"]
 
@@ -111,7 +112,7 @@ def sign_headers(
     `msg_id` is the event id (same on every retry); `timestamp_s` is the attempt time in
     integer Unix seconds. Entries are `v1` per HMAC key in order, then `v1a` per Ed25519 key.
     """
-    if not msg_id or "." in msg_id or any(c.isspace() for c in msg_id):
+    if not _MSG_ID_RE.fullmatch(msg_id):
         raise ValueError("webhook id must be non-empty, without '.' or whitespace")
     if not hmac_keys and not ed25519_keys:
         raise ValueError("at least one signing key is required")

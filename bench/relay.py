@@ -1,0 +1,238 @@
+"""Outbox throughput: deliveries/s to a loopback receiver vs a bare aiohttp client (the ceiling).
+
+Run from the worktree root:  /tmp/v/bin/python bench/relay.py [--events 20000]
+The receiver runs in its own process (a downstream is another service). Both sides
+post the same bodies with the same concurrency; relay also signs, claims, records
+and keeps per-subject order. A sample of relay's requests is verified with the
+independent `standardwebhooks` package. Bounded by --timeout seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from relay import pipeline  # noqa: E402
+from relay.app import create_app  # noqa: E402
+from relay.appkeys import RUNTIME_KEY, STORE_KEY  # noqa: E402
+from relay.config import Credentials, DownstreamConfig, Secret, load_config  # noqa: E402
+from relay.domain import Snapshot, State  # noqa: E402
+from relay.models import Delivery  # noqa: E402
+from relay.outbox import OUTBOX_KEY  # noqa: E402
+from relay.webhook_signing import generate_secret, parse_secret, verify_headers  # noqa: E402
+
+SAMPLE_EVERY = 100
+
+
+# ---- the receiver (its own process) --------------------------------------------------------
+
+def serve_receiver() -> None:
+    """`--serve-receiver`: print the port, serve until stdin closes."""
+    async def run() -> None:
+        count = 0
+        samples: list[dict[str, Any]] = []
+
+        async def hook(request: web.Request) -> web.Response:
+            nonlocal count
+            body = await request.read()
+            count += 1
+            if count % SAMPLE_EVERY == 0:
+                samples.append({"headers": dict(request.headers), "body": body.decode(),
+                                "at": time.time()})
+            return web.Response(text='{"ok":true}', content_type="application/json")
+
+        async def stats(request: web.Request) -> web.Response:
+            nonlocal count
+            out = {"count": count, "samples": samples[:]}
+            if request.query.get("reset"):
+                count = 0
+                samples.clear()
+            return web.json_response(out)
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        app.router.add_get("/stats", stats)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+        await runner.cleanup()
+
+    asyncio.run(run())
+
+
+async def _stats(session: aiohttp.ClientSession, base: str, reset: bool = False
+                 ) -> dict[str, Any]:
+    async with session.get(f"{base}/stats", params={"reset": "1"} if reset else {}) as resp:
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+# ---- the ceiling: a bare client ---------------------------------------------------------
+
+async def ceiling(url: str, bodies: Sequence[bytes], concurrency: int) -> float:
+    """Post every body with `concurrency` workers; return seconds taken."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        it = iter(bodies)
+
+        async def worker() -> None:
+            for body in it:
+                async with session.post(url, data=body, allow_redirects=False,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    await resp.content.read(256)
+                    assert resp.status == 200
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - t0
+
+
+# ---- relay ----------------------------------------------------------------------------------
+
+def _config(state: Path, url: str, secret: str, concurrency: int) -> Any:
+    base = load_config(None, environ={})
+    return dataclasses.replace(
+        base,
+        store=dataclasses.replace(base.store, path=str(state / "bench.sqlite3")),
+        outbox=dataclasses.replace(base.outbox, allow_networks=("127.0.0.0/8",),
+                                   concurrency=concurrency,
+                                   per_endpoint_concurrency=concurrency),
+        downstream=(DownstreamConfig(name="bench", url=url),),
+        credentials=Credentials(downstream_secrets=types.MappingProxyType(
+            {"bench": (Secret(secret),)})))
+
+
+def _enqueue(app: web.Application, start: int, count: int, per_subject: int) -> list[str]:
+    runtime = app[RUNTIME_KEY]
+    bodies: list[str] = []
+    now = runtime.now_ms()
+    for i in range(start, start + count):
+        snap = Snapshot(platform="apple", subject_key=f"{2_000_000_000 + i // per_subject}",
+                        source="webhook", observed_ms=now, received_ms=now,
+                        kind="subscription", product_id="premium.monthly", state=State.ACTIVE,
+                        expires_ms=now + 30 * 86_400_000, environment="production",
+                        event_type="subscription.renewed", attesto_event_id=f"evt_{i:08d}")
+        bodies.extend(e.body for e in pipeline.apply(snap, runtime.rules, now).events)
+    return bodies
+
+
+async def run_relay(url: str, events: int, per_subject: int, concurrency: int,
+                    secret: str) -> tuple[float, list[bytes], int]:
+    """Pause, enqueue `events`, resume and time the drain; return (s, bodies, delivered)."""
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as state:
+        app = create_app(_config(Path(state), url, secret, concurrency))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            outbox, store = app[OUTBOX_KEY], app[STORE_KEY]
+            await outbox.pause("bench")
+            bodies: list[str] = []
+            batch = 500
+            for start in range(0, events, batch):
+                n = min(batch, events - start)
+                bodies += await store.write(
+                    lambda s=start, n=n: _enqueue(app, s, n, per_subject))
+            t0 = time.perf_counter()
+            await outbox.resume("bench")
+            await outbox.settle()
+            elapsed = time.perf_counter() - t0
+            delivered = await store.read(lambda: Delivery.select().where(
+                Delivery.status == "delivered").count())
+        finally:
+            await runner.cleanup()
+    return elapsed, [b.encode() for b in bodies], delivered
+
+
+def _verify(samples: list[dict[str, Any]], secret: str) -> tuple[int, str]:
+    try:
+        from standardwebhooks.webhooks import Webhook
+    except ImportError:  # the test extra is not installed: relay's own verifier
+        key = parse_secret(secret)
+        for s in samples:
+            verify_headers(s["headers"], s["body"].encode(), [key], now_s=int(s["at"]))
+        return len(samples), "relay.webhook_signing"
+    hook = Webhook(secret)
+    for s in samples:
+        assert hook.verify(s["body"], s["headers"])["id"] == s["headers"]["webhook-id"]
+    return len(samples), "standardwebhooks"
+
+
+async def bench(events: int, per_subject: int, concurrency: int) -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-receiver"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        port = int(await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline))
+        base = f"http://127.0.0.1:{port}"
+        secret = generate_secret()
+        relay_s, bodies, delivered = await run_relay(f"{base}/hook", events, per_subject,
+                                                     concurrency, secret)
+        async with aiohttp.ClientSession() as session:
+            got = await _stats(session, base, reset=True)
+        verified, oracle = _verify(got["samples"], secret)
+        ceiling_s = await ceiling(f"{base}/hook", bodies, concurrency)
+        async with aiohttp.ClientSession() as session:
+            ceiling_got = (await _stats(session, base))["count"]
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    relay_rate, ceiling_rate = delivered / relay_s, ceiling_got / ceiling_s
+    return {
+        "events": events, "events_per_subject": per_subject, "concurrency": concurrency,
+        "relay_delivered": delivered, "receiver_count": got["count"],
+        "relay_seconds": round(relay_s, 3), "relay_deliveries_per_s": round(relay_rate),
+        "ceiling_seconds": round(ceiling_s, 3), "ceiling_posts_per_s": round(ceiling_rate),
+        "ratio_to_ceiling": round(relay_rate / ceiling_rate, 3),
+        "signatures_verified": verified, "verified_with": oracle,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--per-subject", type=int, default=4,
+                        help="events per purchase (delivered in sequence order)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+
+    async def bounded() -> dict[str, Any]:
+        async with asyncio.timeout(args.timeout):
+            return await bench(args.events, args.per_subject, args.concurrency)
+
+    result = asyncio.run(bounded())
+    ok = result["relay_delivered"] == args.events == result["receiver_count"]
+    result["all_delivered"] = ok
+    return result
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve-receiver"]:
+        serve_receiver()
+        sys.exit(0)
+    figures = main()
+    for key, value in figures.items():
+        print(f"{key:>24}: {value}")
+    print(json.dumps(figures))
+    sys.exit(0 if figures["all_delivered"] else 1)

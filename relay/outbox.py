@@ -1,0 +1,352 @@
+"""The outbox worker: claim due deliveries, hand them to `deliver.attempt`, record outcomes.
+
+One transaction per cycle records every finished attempt and claims more; claimed rows
+wait in a per-endpoint ready queue so a freed slot is refilled without a round trip to
+the store. The worker task and the delivery session live in `outbox_ctx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractResolver
+
+from relay import deliver, outbox_db
+from relay.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.endpoints import Endpoint, build_endpoints
+from relay.outbox_db import Claimed, CycleResult, Outcome
+from relay.runtime import Runtime
+from relay.ssrf import GuardedResolver, parse_allow_networks
+from relay.store import Store
+
+log = logging.getLogger(__name__)
+
+ERROR_BACKOFF_S = 1.0  # wait after a failed cycle (store unavailable) before the next
+RECORD_WITHIN_S = 0.05  # a finished attempt is recorded at most this long after
+MAX_DEPTH = 8  # an endpoint holds at most this many times its concurrency (in flight + ready)
+
+
+class Outbox:
+    """Delivers outbox rows; `wake()` (a commit listener) makes it look for work at once."""
+
+    def __init__(self, store: Store, runtime: Runtime, session: aiohttp.ClientSession,
+                 endpoints: Mapping[str, Endpoint], *,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._session = session
+        self.endpoints = dict(endpoints)
+        self._rand = rand
+        cfg = runtime.config.outbox
+        self._concurrency = cfg.concurrency
+        self._per_endpoint = cfg.per_endpoint_concurrency
+        self._claim_timeout_s = cfg.claim_timeout_s
+        self._sweep_s = cfg.sweep_s
+        self._wake = asyncio.Event()
+        self._urgent = True  # the next wake must run a cycle (new rows, a poke, a timer)
+        self._hungry: set[str] = set()  # active endpoints whose last claim got all it asked
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cycle_cond = asyncio.Condition()
+        self._cycles_started = 0
+        self._cycles_done = 0
+        self._last_claimed = 0
+        self._next_due_ms: int | None = None
+        # Claimed rows waiting for a lane; the deques live as long as the worker.
+        self._ready = {name: collections.deque[Claimed]() for name in self.endpoints}
+        self._has_ready = {name: asyncio.Event() for name in self.endpoints}
+        self._slots = asyncio.Semaphore(self._concurrency)  # attempts in flight, overall
+        self._depth: dict[str, int] = {}  # rows an endpoint may hold, adapted every cycle
+        self._inflight: dict[int, Claimed] = {}
+        self._per_ep: collections.Counter[str] = collections.Counter()
+        self._lanes: list[asyncio.Task[None]] = []
+        self._done: list[Outcome] = []
+        self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
+        self.task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore paused endpoints, release held rows of active ones, start the task."""
+        paused = await self._store.read(outbox_db.paused_endpoints)
+        self._runtime.set_paused(frozenset(paused))
+        for name, state in paused.items():
+            log.warning("endpoint %s is %s since %d: its events are held until "
+                        "`relay resume %s`", name, state.reason, state.since_ms, name)
+        active = self.active_endpoints()
+        released = await self._store.write(
+            lambda: outbox_db.release_held(active, self._runtime.now_ms()))
+        if released:
+            log.info("released %d held deliveries of active endpoints", released)
+        self.task = asyncio.create_task(self._run(), name="relay-outbox")
+
+    async def stop(self) -> None:
+        """Cancel the worker and its attempts; record what finished, release the rest."""
+        claims = self._claims()  # before cancelling: cancelled attempts leave _inflight
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+        done, self._done = self._done, []
+        recorded = {o.delivery_id for o in done}
+        unfinished = [c for c in claims if c.id not in recorded]
+        for queue in self._ready.values():
+            queue.clear()
+        self._to_release = []
+        now_ms = self._runtime.now_ms()
+
+        def final() -> int:
+            outbox_db.record(done, now_ms)
+            return outbox_db.release(unfinished, now_ms)
+
+        try:
+            released = await self._store.write(final, notify=False)
+        except Exception as exc:  # the leases expire on their own
+            log.warning("could not release %d claimed deliveries at stop: %s",
+                        len(unfinished), exc)
+        else:
+            if released:
+                log.info("released %d claimed deliveries for the next start", released)
+
+    def _claims(self) -> list[Claimed]:
+        """Every claim this worker holds: in flight, ready, or waiting for release."""
+        ready = [c for queue in self._ready.values() for c in queue]
+        return list(self._inflight.values()) + ready + self._to_release
+
+    def wake(self) -> None:
+        """Look for work at once (a commit listener: new rows may be due)."""
+        self._urgent = True
+        self._wake.set()
+
+    async def poke(self) -> None:
+        """Run one full cycle that starts after this call (record, claim, dispatch)."""
+        target = self._cycles_started + 1
+        self.wake()
+        async with self._cycle_cond:
+            await self._cycle_cond.wait_for(lambda: self._cycles_done >= target)
+
+    async def settle(self) -> None:
+        """Return once nothing is in flight, ready, unrecorded or due."""
+        while True:
+            await self.poke()
+            if (not self._inflight and not self._done and self._last_claimed == 0
+                    and not any(self._ready.values()) and not self._to_release
+                    and self._cycles_started == self._cycles_done):
+                return
+            await self._idle.wait()
+
+    # ---- state -------------------------------------------------------------------
+
+    def active_endpoints(self) -> list[str]:
+        paused = self._runtime.paused
+        return [name for name, ep in self.endpoints.items()
+                if ep.enabled and ep.can_sign and name not in paused]
+
+    def in_flight(self, endpoint: str | None = None) -> int:
+        return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
+
+    def _drop_ready(self, name: str) -> None:
+        queue = self._ready[name]
+        self._to_release.extend(queue)
+        queue.clear()
+
+    async def pause(self, name: str, reason: str = "paused", detail: str | None = None) -> int:
+        """Hold `name`'s rows (now and for new events) until resume; survives restarts."""
+        self._runtime.set_paused(self._runtime.paused | {name})
+        self._drop_ready(name)
+        held = await self._store.write(
+            lambda: outbox_db.hold_endpoint(name, reason, detail, self._runtime.now_ms()))
+        log.warning("endpoint %s %s: %d deliveries held", name, reason, held)
+        return held
+
+    async def resume(self, name: str) -> int:
+        """Send `name`'s held rows again and route new events to it."""
+        if self._to_release:
+            await self.poke()  # give back leases of rows dropped at pause first
+        self._runtime.set_paused(self._runtime.paused - {name})
+        active = name in self.active_endpoints()
+        released = await self._store.write(
+            lambda: outbox_db.resume_endpoint(name, self._runtime.now_ms(), active))
+        log.info("endpoint %s resumed: %d held deliveries released", name, released)
+        return released
+
+    # ---- the worker --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self._lanes = [asyncio.create_task(self._lane(name), name=f"relay-outbox-{name}-{i}")
+                       for name in self.endpoints for i in range(self._per_endpoint)]
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._wait_s()):
+                        await self._wake.wait()
+                except TimeoutError:
+                    self._urgent = True
+                self._wake.clear()
+                if not self._worth_a_cycle():
+                    continue
+                self._urgent = False
+                if not await self._cycle():
+                    await asyncio.sleep(ERROR_BACKOFF_S)  # store down: do not spin
+        finally:
+            for lane in self._lanes:
+                lane.cancel()
+            await asyncio.gather(*self._lanes, return_exceptions=True)
+
+    def _worth_a_cycle(self) -> bool:
+        """Batch the store round trips: a finished attempt alone does not call for one.
+
+        A cycle runs when asked to (new rows, a poke, a timer: finished attempts wait
+        at most RECORD_WITHIN_S), when nothing is in flight, or when an endpoint that
+        may have more due rows is down to less than one round of ready ones.
+        """
+        if self._urgent or self._to_release or not self._inflight:
+            return True
+        return any(len(self._ready[name]) < self._per_endpoint for name in self._hungry)
+
+    def _wait_s(self) -> float:
+        wait = RECORD_WITHIN_S if self._done else self._sweep_s
+        if self._next_due_ms is None:
+            return wait
+        due_in = (self._next_due_ms - self._runtime.now_ms()) / 1000
+        return min(wait, max(due_in, 0.0))
+
+    def _wants(self, now_ms: int) -> tuple[dict[str, int], dict[str, int]]:
+        """How many rows each active endpoint may claim now, and their lease ends.
+
+        An endpoint that nearly drained its ready queue since the last cycle may hold
+        twice as many rows (up to MAX_DEPTH times its concurrency): one store round
+        trip then feeds more attempts. One whose queue barely moved, half as many.
+        The lease covers the attempts queued ahead of a row, so a waiting row never
+        loses its claim.
+        """
+        wants: dict[str, int] = {}
+        leases: dict[str, int] = {}
+        for name in self.active_endpoints():
+            ep = self.endpoints[name]
+            ready = len(self._ready[name])
+            depth = self._depth.get(name, self._per_endpoint)
+            if ready < self._per_endpoint:  # less than one round left: it keeps up
+                depth = min(depth * 2, MAX_DEPTH * self._per_endpoint)
+            elif ready >= depth - self._per_endpoint:  # barely moved since: it is slow
+                depth = max(depth // 2, self._per_endpoint)
+            self._depth[name] = depth
+            wants[name] = max(0, depth - ready - self._per_ep[name])
+            rounds = -(-depth // self._per_endpoint)
+            lease_s = max(self._claim_timeout_s, ep.timeout_s + 5) + rounds * (ep.timeout_s + 5)
+            leases[name] = now_ms + int(lease_s * 1000)
+        return wants, leases
+
+    async def _cycle(self) -> bool:
+        self._cycles_started += 1
+        number = self._cycles_started
+        outcomes, self._done = self._done, []
+        releases, self._to_release = self._to_release, []
+        now_ms = self._runtime.now_ms()
+        wants, leases = self._wants(now_ms)
+        skip_locked = not self._store.is_sqlite
+        ok = True
+        try:
+            result = await self._store.write(
+                lambda: outbox_db.cycle(outcomes, wants, now_ms, leases, skip_locked,
+                                        releases),
+                notify=False)
+        except Exception as exc:
+            ok = False
+            self._done[:0] = outcomes  # recorded next time; the leases keep the rows
+            self._to_release[:0] = releases
+            result = CycleResult()
+            log.error("outbox cycle failed (%d outcomes kept for the next): %s",
+                      len(outcomes), exc)
+        finally:
+            self._cycles_done = number
+            async with self._cycle_cond:
+                self._cycle_cond.notify_all()
+        if ok:
+            got: dict[str, int] = collections.Counter(c.endpoint for c in result.claimed)
+            self._hungry = {name for name, n in wants.items() if got[name] >= n}
+        self._after(result)
+        return ok
+
+    def _after(self, result: CycleResult) -> None:
+        for name in result.gone:
+            self._runtime.set_paused(self._runtime.paused | {name})
+            self._drop_ready(name)
+            self.wake()  # release their leases in the next cycle
+            log.warning("endpoint %s answered 410 Gone: disabled, its events are held "
+                        "until `relay resume %s`", name, name)
+        for delivery_id in result.dead:
+            log.warning("delivery %d is dead: retry schedule exhausted", delivery_id)
+        if result.stale:
+            log.info("%d attempt(s) finished after their claim was taken over", result.stale)
+        self._next_due_ms = result.next_due_ms
+        self._last_claimed = len(result.claimed)
+        for claimed in result.claimed:
+            self._ready[claimed.endpoint].append(claimed)
+            self._has_ready[claimed.endpoint].set()
+
+    async def _lane(self, name: str) -> None:
+        """One of `name`'s per_endpoint_concurrency lanes: take ready rows, one at a time.
+
+        A lane awaits the attempt itself (no task per attempt); the global bound is
+        the `_slots` semaphore. A cancelled attempt leaves its row claimed: stop()
+        releases it, a crash lets the lease run out.
+        """
+        queue, has_ready = self._ready[name], self._has_ready[name]
+        ep = self.endpoints[name]
+        while True:
+            if not queue:
+                has_ready.clear()
+                await has_ready.wait()
+                continue
+            async with self._slots:
+                if not queue:  # another lane of this endpoint took the last one
+                    continue
+                c = queue.popleft()
+                self._inflight[c.id] = c
+                self._per_ep[name] += 1
+                self._idle.clear()
+                try:
+                    outcome = await deliver.attempt(self._session, ep, c, self._runtime.now_ms,
+                                                    self._rand)
+                finally:
+                    del self._inflight[c.id]
+                    self._per_ep[name] -= 1
+                    if not self._inflight:
+                        self._idle.set()
+            self._done.append(outcome)
+            if self._worth_a_cycle():  # checked here: a wake per attempt costs the loop
+                self._wake.set()
+
+
+OUTBOX_KEY = web.AppKey("outbox", Outbox)
+# Tests map hostnames to addresses with their own resolver; the guard still wraps it.
+RESOLVER_KEY = web.AppKey("outbox_resolver", AbstractResolver)
+
+
+async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the worker after the store opens; stop it (and release claims) before it closes."""
+    runtime, store = app[RUNTIME_KEY], app[STORE_KEY]
+    config = runtime.config
+    endpoints = build_endpoints(config)
+    allow = parse_allow_networks(config.outbox.allow_networks)
+    resolver = GuardedResolver(allow, app.get(RESOLVER_KEY))
+    session = deliver.delivery_session(resolver, config.outbox.concurrency)
+    try:
+        await deliver.check_hostnames(resolver, endpoints, allow, config.source)
+        outbox = Outbox(store, runtime, session, endpoints)
+        app[OUTBOX_KEY] = outbox
+        store.add_commit_listener(outbox.wake)
+        await outbox.start()
+        log.info("outbox started: %d endpoint(s), %d active", len(endpoints),
+                 len(outbox.active_endpoints()))
+        yield
+        await outbox.stop()
+    finally:
+        await session.close()
