@@ -109,3 +109,36 @@ async def test_apple_refund_found_by_poll_and_429_changes_nothing(
     last = (await events(client))[-1]
     assert (last["type"], last["source"], last["entitlements"]) == (
         "subscription.refunded", "poll", [])
+
+
+async def test_admin_due_and_resync(relay_factory: RelayFactory, tmp_path: Path,
+                                    sim: AttestoSimulator, attesto_url: str,
+                                    clock: Clock) -> None:
+    from tests.conftest import ADMIN_TOKEN
+
+    now = int(clock() * 1000)
+    txn = sim.add_apple(transaction_id="t9", original_transaction_id="o9",
+                        product_id="premium.monthly", expires_ms=now + DAY_MS,
+                        purchase_ms=now - 1000)
+    client = await start(relay_factory, tmp_path, attesto_url)
+    await client.post("/v1/verify/apple", headers=auth(),
+                      json={"user_id": "u9", "transaction_id": "t9"})
+    admin = auth(ADMIN_TOKEN)
+    resp = await client.get("/v1/admin/due", headers=admin)
+    assert await resp.json() == {"due": 0, "oldest_due_at": None, "overdue_s": None,
+                                 "scheduler": "stopped"}
+    await client.app[STORE_KEY].write(lambda: Purchase.update(next_poll_ms=now - 5000)
+                                      .execute())
+    body = await (await client.get("/v1/admin/due", headers=admin)).json()
+    assert (body["due"], body["overdue_s"]) == (1, 5)
+    assert (await client.get("/v1/admin/due", headers=auth())).status == 401
+    txn.revocation_ms = now + 1
+    resp = await client.post("/v1/admin/resync", headers=admin, json={"user_id": "u9"})
+    assert resp.status == 200
+    assert (await resp.json())["results"] == [{"platform": "apple", "subject_key": "o9",
+                                               "outcome": "changed", "state": "refunded"}]
+    resp = await client.post("/v1/admin/resync", headers=admin,
+                             json={"platform": "apple", "subject_key": "nope"})
+    assert resp.status == 404
+    resp = await client.post("/v1/admin/resync", headers=admin, json={"platform": "x"})
+    assert resp.status == 400
