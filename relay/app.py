@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, outbox
+from relay import __version__, openapi, outbox
 from relay.appkeys import (
     ATTESTO_KEY,
     HTTP_KEY,
@@ -25,7 +25,7 @@ from relay.metrics import Metrics
 from relay.middlewares import error_middleware, request_id_middleware
 from relay.ratelimit import TokenBucket
 from relay.repoll import Outcome, Poller, attesto_fetcher
-from relay.routes import admin, events, health, iap, verify, webhooks
+from relay.routes import admin, events, health, iap, metrics, verify, webhooks
 from relay.runtime import Runtime
 from relay.scheduler import Scheduler
 from relay.store import Store
@@ -56,6 +56,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     webhooks.install(app, config.webhooks.path)
     app.router.add_routes(admin.routes())
     app.router.add_routes(events.routes())
+    app.router.add_routes(metrics.routes())
+    app.router.add_routes(openapi.routes())
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app
