@@ -91,7 +91,8 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _attesto_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Attesto client on the shared session (its breaker and cap live as long as the app)."""
     cfg = app[RUNTIME_KEY].config
-    app[ATTESTO_KEY] = AttestoClient(app[HTTP_KEY], cfg.attesto, cfg.credentials.attesto_api_key)
+    app[ATTESTO_KEY] = AttestoClient(app[HTTP_KEY], cfg.attesto, cfg.credentials.attesto_api_key,
+                                     metrics=app[METRICS_KEY])
     yield
 
 
