@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, openapi, outbox
+from relay import __version__, openapi, outbox, watchdog
 from relay.appkeys import (
     ATTESTO_KEY,
     HTTP_KEY,
@@ -50,6 +50,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.cleanup_ctx.append(_attesto_ctx)
     app.cleanup_ctx.append(outbox.outbox_ctx)
     app.cleanup_ctx.append(_scheduler_ctx)
+    app.cleanup_ctx.append(watchdog.watchdog_ctx)
     app.router.add_routes(health.routes())
     app.router.add_routes(verify.routes())
     app.router.add_routes(iap.routes())

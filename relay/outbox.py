@@ -73,6 +73,7 @@ class Outbox:
         self._done: list[Outcome] = []
         self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
         self.task: asyncio.Task[None] | None = None
+        self.beat = 0.0  # loop time the worker last came round (idle or between cycles)
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -152,6 +153,12 @@ class Outbox:
         return [name for name, ep in self.endpoints.items()
                 if ep.enabled and ep.can_sign and name not in paused]
 
+    def healthy(self, stall_s: float) -> bool:
+        """The worker runs and came round within `stall_s` (it does at least every sweep_s)."""
+        if self.task is None or self.task.done():
+            return False
+        return asyncio.get_running_loop().time() - self.beat <= stall_s
+
     def in_flight(self, endpoint: str | None = None) -> int:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
 
@@ -185,8 +192,10 @@ class Outbox:
     async def _run(self) -> None:
         self._lanes = [asyncio.create_task(self._lane(name), name=f"relay-outbox-{name}-{i}")
                        for name in self.endpoints for i in range(self._per_endpoint)]
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                self.beat = loop.time()
                 try:
                     async with asyncio.timeout(self._wait_s()):
                         await self._wake.wait()
