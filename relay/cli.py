@@ -20,6 +20,7 @@ from relay.appkeys import RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.log import AccessLogger, configure_logging
 from relay.migrations import SchemaError
+from relay.outbox import OUTBOX_KEY
 
 log = logging.getLogger("relay.cli")
 
@@ -38,6 +39,15 @@ async def reload(app: web.Application, path: str | None) -> bool:
     systemd.notify("RELOADING=1")
     try:
         new = await asyncio.get_running_loop().run_in_executor(None, _load, path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s",
+                  "; ".join(exc.problems))
+        systemd.notify("READY=1\nSTATUS=reload refused (see log)")
+        return False
+    outbox = app.get(OUTBOX_KEY)
+    try:
+        if outbox is not None:
+            outbox.reconfigure(new)  # refuses (ConfigError) an unusable endpoint
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s",
                   "; ".join(exc.problems))

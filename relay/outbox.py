@@ -19,6 +19,7 @@ from aiohttp.abc import AbstractResolver
 
 from relay import deliver, outbox_db
 from relay.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
+from relay.config import Config
 from relay.endpoints import Endpoint, build_endpoints
 from relay.metrics import Metrics
 from relay.outbox_db import Claimed, CycleResult, Outcome
@@ -123,6 +124,22 @@ class Outbox:
         """Every claim this worker holds: in flight, ready, or waiting for release."""
         ready = [c for queue in self._ready.values() for c in queue]
         return list(self._inflight.values()) + ready + self._to_release
+
+    def reconfigure(self, config: Config) -> None:
+        """Adopt a reloaded config: new secrets, URLs, timeouts and endpoints apply to the
+        next attempt; attempts in flight finish as they started. ConfigError if unusable."""
+        endpoints = build_endpoints(config)
+        for name in endpoints.keys() - self.endpoints.keys():
+            self._ready[name] = collections.deque()
+            self._has_ready[name] = asyncio.Event()
+            if self.task is not None:
+                self._lanes += [asyncio.create_task(self._lane(name),
+                                                    name=f"relay-outbox-{name}-{i}")
+                                for i in range(self._per_endpoint)]
+        for name in self.endpoints.keys() - endpoints.keys():
+            self._drop_ready(name)
+        self.endpoints = endpoints
+        self.wake()
 
     def wake(self) -> None:
         """Look for work at once (a commit listener: new rows may be due)."""
@@ -312,7 +329,6 @@ class Outbox:
         releases it, a crash lets the lease run out.
         """
         queue, has_ready = self._ready[name], self._has_ready[name]
-        ep = self.endpoints[name]
         while True:
             if not queue:
                 has_ready.clear()
@@ -322,6 +338,11 @@ class Outbox:
                 if not queue:  # another lane of this endpoint took the last one
                     continue
                 c = queue.popleft()
+                ep = self.endpoints.get(name)  # per attempt: a reload may change it
+                if ep is None:  # removed by a reload: give the row back
+                    self._to_release.append(c)
+                    self.wake()
+                    continue
                 self._inflight[c.id] = c
                 self._per_ep[name] += 1
                 self._idle.clear()
