@@ -189,6 +189,14 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from relay import demo
+
+    configure_logging("warning", "plain")
+    asyncio.run(demo.run())
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -208,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup = add("backup", "copy the SQLite store consistently while relay runs")
     backup.add_argument("path", help="where to write the copy (must not exist)")
     backup.set_defaults(func=_cmd_backup)
+    sub.add_parser("demo", help="walk an Apple and a Google subscription through relay on "
+                   "loopback (built-in Attesto simulator; nothing to configure)").set_defaults(
+        func=_cmd_demo)
     cli_admin.register(add)
     return parser
 
