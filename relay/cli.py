@@ -20,6 +20,7 @@ from relay.appkeys import RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.log import AccessLogger, configure_logging
 from relay.migrations import SchemaError
+from relay.outbox import OUTBOX_KEY
 
 log = logging.getLogger("relay.cli")
 
@@ -38,6 +39,15 @@ async def reload(app: web.Application, path: str | None) -> bool:
     systemd.notify("RELOADING=1")
     try:
         new = await asyncio.get_running_loop().run_in_executor(None, _load, path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s",
+                  "; ".join(exc.problems))
+        systemd.notify("READY=1\nSTATUS=reload refused (see log)")
+        return False
+    outbox = app.get(OUTBOX_KEY)
+    try:
+        if outbox is not None:
+            outbox.reconfigure(new)  # refuses (ConfigError) an unusable endpoint
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s",
                   "; ".join(exc.problems))
@@ -179,6 +189,14 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from relay import demo
+
+    configure_logging("warning", "plain")
+    asyncio.run(demo.run())
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -198,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup = add("backup", "copy the SQLite store consistently while relay runs")
     backup.add_argument("path", help="where to write the copy (must not exist)")
     backup.set_defaults(func=_cmd_backup)
+    sub.add_parser("demo", help="walk an Apple and a Google subscription through relay on "
+                   "loopback (built-in Attesto simulator; nothing to configure)").set_defaults(
+        func=_cmd_demo)
     cli_admin.register(add)
     return parser
 

@@ -18,9 +18,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from relay import deliver, outbox_db
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
+from relay.config import Config
 from relay.endpoints import Endpoint, build_endpoints
+from relay.metrics import Metrics
 from relay.outbox_db import Claimed, CycleResult, Outcome
+from relay.retry_policy import Verdict
 from relay.runtime import Runtime
 from relay.ssrf import GuardedResolver, parse_allow_networks
 from relay.store import Store
@@ -37,8 +40,10 @@ class Outbox:
 
     def __init__(self, store: Store, runtime: Runtime, session: aiohttp.ClientSession,
                  endpoints: Mapping[str, Endpoint], *,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._runtime = runtime
         self._session = session
         self.endpoints = dict(endpoints)
@@ -69,6 +74,7 @@ class Outbox:
         self._done: list[Outcome] = []
         self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
         self.task: asyncio.Task[None] | None = None
+        self.beat = 0.0  # loop time the worker last came round (idle or between cycles)
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -119,6 +125,22 @@ class Outbox:
         ready = [c for queue in self._ready.values() for c in queue]
         return list(self._inflight.values()) + ready + self._to_release
 
+    def reconfigure(self, config: Config) -> None:
+        """Adopt a reloaded config: new secrets, URLs, timeouts and endpoints apply to the
+        next attempt; attempts in flight finish as they started. ConfigError if unusable."""
+        endpoints = build_endpoints(config)
+        for name in endpoints.keys() - self.endpoints.keys():
+            self._ready[name] = collections.deque()
+            self._has_ready[name] = asyncio.Event()
+            if self.task is not None:
+                self._lanes += [asyncio.create_task(self._lane(name),
+                                                    name=f"relay-outbox-{name}-{i}")
+                                for i in range(self._per_endpoint)]
+        for name in self.endpoints.keys() - endpoints.keys():
+            self._drop_ready(name)
+        self.endpoints = endpoints
+        self.wake()
+
     def wake(self) -> None:
         """Look for work at once (a commit listener: new rows may be due)."""
         self._urgent = True
@@ -147,6 +169,12 @@ class Outbox:
         paused = self._runtime.paused
         return [name for name, ep in self.endpoints.items()
                 if ep.enabled and ep.can_sign and name not in paused]
+
+    def healthy(self, stall_s: float) -> bool:
+        """The worker runs and came round within `stall_s` (it does at least every sweep_s)."""
+        if self.task is None or self.task.done():
+            return False
+        return asyncio.get_running_loop().time() - self.beat <= stall_s
 
     def in_flight(self, endpoint: str | None = None) -> int:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
@@ -181,8 +209,10 @@ class Outbox:
     async def _run(self) -> None:
         self._lanes = [asyncio.create_task(self._lane(name), name=f"relay-outbox-{name}-{i}")
                        for name in self.endpoints for i in range(self._per_endpoint)]
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                self.beat = loop.time()
                 try:
                     async with asyncio.timeout(self._wait_s()):
                         await self._wake.wait()
@@ -299,7 +329,6 @@ class Outbox:
         releases it, a crash lets the lease run out.
         """
         queue, has_ready = self._ready[name], self._has_ready[name]
-        ep = self.endpoints[name]
         while True:
             if not queue:
                 has_ready.clear()
@@ -309,6 +338,11 @@ class Outbox:
                 if not queue:  # another lane of this endpoint took the last one
                     continue
                 c = queue.popleft()
+                ep = self.endpoints.get(name)  # per attempt: a reload may change it
+                if ep is None:  # removed by a reload: give the row back
+                    self._to_release.append(c)
+                    self.wake()
+                    continue
                 self._inflight[c.id] = c
                 self._per_ep[name] += 1
                 self._idle.clear()
@@ -321,8 +355,18 @@ class Outbox:
                     if not self._inflight:
                         self._idle.set()
             self._done.append(outcome)
+            self._count(c, outcome)
             if self._worth_a_cycle():  # checked here: a wake per attempt costs the loop
                 self._wake.set()
+
+    def _count(self, c: Claimed, outcome: Outcome) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.delivery_attempts.labels(c.endpoint, str(outcome.verdict)).inc()
+        if outcome.verdict == Verdict.DELIVERED and c.created_ms:
+            finished_ms = outcome.started_ms + outcome.duration_ms
+            self._metrics.delivery_latency.labels(c.endpoint).observe(
+                max(0, finished_ms - c.created_ms) / 1000)
 
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
@@ -340,7 +384,7 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     session = deliver.delivery_session(resolver, config.outbox.concurrency)
     try:
         await deliver.check_hostnames(resolver, endpoints, allow, config.source)
-        outbox = Outbox(store, runtime, session, endpoints)
+        outbox = Outbox(store, runtime, session, endpoints, metrics=app[METRICS_KEY])
         app[OUTBOX_KEY] = outbox
         store.add_commit_listener(outbox.wake)
         await outbox.start()
