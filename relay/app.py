@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, outbox
+from relay import __version__, openapi, outbox, watchdog
 from relay.appkeys import (
     ATTESTO_KEY,
     HTTP_KEY,
@@ -25,7 +25,7 @@ from relay.metrics import Metrics
 from relay.middlewares import error_middleware, request_id_middleware
 from relay.ratelimit import TokenBucket
 from relay.repoll import Outcome, Poller, attesto_fetcher
-from relay.routes import admin, events, health, iap, verify, webhooks
+from relay.routes import admin, events, health, iap, metrics, verify, webhooks
 from relay.runtime import Runtime
 from relay.scheduler import Scheduler
 from relay.store import Store
@@ -50,12 +50,15 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.cleanup_ctx.append(_attesto_ctx)
     app.cleanup_ctx.append(outbox.outbox_ctx)
     app.cleanup_ctx.append(_scheduler_ctx)
+    app.cleanup_ctx.append(watchdog.watchdog_ctx)
     app.router.add_routes(health.routes())
     app.router.add_routes(verify.routes())
     app.router.add_routes(iap.routes())
     webhooks.install(app, config.webhooks.path)
     app.router.add_routes(admin.routes())
     app.router.add_routes(events.routes())
+    app.router.add_routes(metrics.routes())
+    app.router.add_routes(openapi.routes())
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app
@@ -89,7 +92,8 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _attesto_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Attesto client on the shared session (its breaker and cap live as long as the app)."""
     cfg = app[RUNTIME_KEY].config
-    app[ATTESTO_KEY] = AttestoClient(app[HTTP_KEY], cfg.attesto, cfg.credentials.attesto_api_key)
+    app[ATTESTO_KEY] = AttestoClient(app[HTTP_KEY], cfg.attesto, cfg.credentials.attesto_api_key,
+                                     metrics=app[METRICS_KEY])
     yield
 
 

@@ -31,6 +31,7 @@ from relay.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from relay.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ class AttestoClient:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  monotonic: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random,
-                 breaker: Breaker | None = None) -> None:
+                 breaker: Breaker | None = None, metrics: Metrics | None = None) -> None:
         self._session = session
+        self._metrics = metrics
         self.config = config
         self._api_key = api_key
         self._base = config.base_url.rstrip("/")
@@ -156,6 +158,7 @@ class AttestoClient:
                 async with self._slots:
                     return await self._attempts(path, body, request_id, deadline)
         except TimeoutError:
+            self._count_error("attesto_timeout")
             log.warning("attesto %s timed out after %.1fs request_id=%s", path,
                         self.config.timeout_s, request_id or "-")
             raise UpstreamTimeoutError(
@@ -173,10 +176,12 @@ class AttestoClient:
         last: RelayError | None = None
         for attempt in range(1, self.config.max_attempts + 1):
             await self._wait_turn(deadline, last)
+            started = time.perf_counter()
             try:
                 answer = await self._post(path, payload, headers)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 self._failed()
+                self._count_error("attesto_unavailable")
                 # The detail (addresses) goes to the log only, never to the caller.
                 last = UpstreamUnavailableError("Attesto could not be reached",
                                                 code="attesto_unavailable")
@@ -189,14 +194,22 @@ class AttestoClient:
             except BaseException:
                 self._failed()  # cancelled (deadline): a half-open probe must not stay out
                 raise
+            if self._metrics is not None:
+                self._metrics.attesto_latency.labels(path.split("/")[2]).observe(
+                    time.perf_counter() - started)
             if answer.status == 200:
                 self.breaker.success()
-                return self._verdict(answer)
+                try:
+                    return self._verdict(answer)
+                except RelayError as exc:
+                    self._count_error(exc.code)
+                    raise
             if answer.status >= 500:
                 self._failed()
             else:
                 self.breaker.success()  # Attesto is up; 4xx is about this request
             error = map_error(answer)
+            self._count_error(error.code)
             log.info("attesto %s attempt %d: HTTP %d %s request_id=%s", path, attempt,
                      answer.status, error.code, request_id or "-")
             if answer.status == 429 and answer.retry_after_s:
@@ -231,6 +244,10 @@ class AttestoClient:
                                 code="attesto_bad_response")
         return Verdict(body["valid"], body)
 
+    def _count_error(self, code: str) -> None:
+        if self._metrics is not None:
+            self._metrics.attesto_errors.labels(code).inc()
+
     def _failed(self) -> None:
         if self.breaker.failure(self._now()):
             log.warning("attesto circuit opened after %d failed attempts; refusing calls "
@@ -241,6 +258,7 @@ class AttestoClient:
         now = self._now()
         wait = self.breaker.refuse_for(now)
         if wait is not None:
+            self._count_error("circuit_open")
             raise UpstreamUnavailableError(
                 "Attesto is failing; relay stopped calling it for a moment",
                 code="attesto_unavailable", retry_after_s=max(1, math.ceil(wait)))

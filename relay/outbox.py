@@ -18,9 +18,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from relay import deliver, outbox_db
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.endpoints import Endpoint, build_endpoints
+from relay.metrics import Metrics
 from relay.outbox_db import Claimed, CycleResult, Outcome
+from relay.retry_policy import Verdict
 from relay.runtime import Runtime
 from relay.ssrf import GuardedResolver, parse_allow_networks
 from relay.store import Store
@@ -37,8 +39,10 @@ class Outbox:
 
     def __init__(self, store: Store, runtime: Runtime, session: aiohttp.ClientSession,
                  endpoints: Mapping[str, Endpoint], *,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._runtime = runtime
         self._session = session
         self.endpoints = dict(endpoints)
@@ -69,6 +73,7 @@ class Outbox:
         self._done: list[Outcome] = []
         self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
         self.task: asyncio.Task[None] | None = None
+        self.beat = 0.0  # loop time the worker last came round (idle or between cycles)
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -154,6 +159,12 @@ class Outbox:
         return [name for name, ep in self.endpoints.items()
                 if ep.enabled and ep.can_sign and name not in paused]
 
+    def healthy(self, stall_s: float) -> bool:
+        """The worker runs and came round within `stall_s` (it does at least every sweep_s)."""
+        if self.task is None or self.task.done():
+            return False
+        return asyncio.get_running_loop().time() - self.beat <= stall_s
+
     def in_flight(self, endpoint: str | None = None) -> int:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
 
@@ -187,8 +198,10 @@ class Outbox:
     async def _run(self) -> None:
         self._lanes = [asyncio.create_task(self._lane(name), name=f"relay-outbox-{name}-{i}")
                        for name in self.endpoints for i in range(self._per_endpoint)]
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                self.beat = loop.time()
                 try:
                     async with asyncio.timeout(self._wait_s()):
                         await self._wake.wait()
@@ -327,8 +340,18 @@ class Outbox:
                     if not self._inflight:
                         self._idle.set()
             self._done.append(outcome)
+            self._count(c, outcome)
             if self._worth_a_cycle():  # checked here: a wake per attempt costs the loop
                 self._wake.set()
+
+    def _count(self, c: Claimed, outcome: Outcome) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.delivery_attempts.labels(c.endpoint, str(outcome.verdict)).inc()
+        if outcome.verdict == Verdict.DELIVERED and c.created_ms:
+            finished_ms = outcome.started_ms + outcome.duration_ms
+            self._metrics.delivery_latency.labels(c.endpoint).observe(
+                max(0, finished_ms - c.created_ms) / 1000)
 
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
@@ -346,7 +369,7 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     session = deliver.delivery_session(resolver, config.outbox.concurrency)
     try:
         await deliver.check_hostnames(resolver, endpoints, allow, config.source)
-        outbox = Outbox(store, runtime, session, endpoints)
+        outbox = Outbox(store, runtime, session, endpoints, metrics=app[METRICS_KEY])
         app[OUTBOX_KEY] = outbox
         store.add_commit_listener(outbox.wake)
         await outbox.start()

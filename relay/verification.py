@@ -21,6 +21,7 @@ from relay.domain import (
     is_entitled,
 )
 from relay.errors import RelayError, UpstreamError
+from relay.metrics import Metrics
 from relay.runtime import Runtime
 from relay.store import Store
 from relay.verify_snapshot import (
@@ -81,14 +82,32 @@ class ItemResult:
 class Verifier:
     """Built per request from the app's runtime, store and Attesto client (cheap)."""
 
-    def __init__(self, runtime: Runtime, store: Store, attesto: AttestoClient) -> None:
+    def __init__(self, runtime: Runtime, store: Store, attesto: AttestoClient,
+                 metrics: Metrics | None = None) -> None:
         self.runtime = runtime
         self.store = store
         self.attesto = attesto
+        self.metrics = metrics
 
     async def verify(self, user_id: str, item: Item, *, source: str = "verify",
                      request_id: str | None = None, with_entitlements: bool = True) -> Outcome:
-        """Verify one purchase for `user_id` and apply it; RelayError on failure."""
+        """Verify one purchase for `user_id` and apply it; RelayError on failure.
+
+        Counted in relay_verify_total{platform, outcome}: valid, invalid, or the error code."""
+        label = "error"
+        try:
+            outcome = await self._verify(user_id, item, source, request_id, with_entitlements)
+            label = "valid" if outcome.valid else "invalid"
+            return outcome
+        except RelayError as exc:
+            label = exc.code
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.verifies.labels(_platform(item), label).inc()
+
+    async def _verify(self, user_id: str, item: Item, source: str, request_id: str | None,
+                      with_entitlements: bool) -> Outcome:
         if isinstance(item, AppleItem):
             verdict = await self.attesto.verify_apple(item.transaction_id, item.environment,
                                                       request_id=request_id)

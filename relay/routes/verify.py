@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from relay import verify_requests as rq
-from relay.appkeys import ATTESTO_KEY, RUNTIME_KEY, STORE_KEY
+from relay.appkeys import ATTESTO_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.auth import check_service_key
 from relay.bodies import read_json_object
 from relay.domain import PLATFORMS
@@ -20,7 +20,7 @@ from relay.verification import AppleItem, ItemResult, Outcome, Verifier
 
 def verifier(request: web.Request) -> Verifier:
     app = request.app
-    return Verifier(app[RUNTIME_KEY], app[STORE_KEY], app[ATTESTO_KEY])
+    return Verifier(app[RUNTIME_KEY], app[STORE_KEY], app[ATTESTO_KEY], app[METRICS_KEY])
 
 
 async def _service_body(request: web.Request) -> dict[str, Any]:
