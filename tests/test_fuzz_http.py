@@ -7,30 +7,24 @@ same: a clear 4xx JSON error (or 200 for a valid delivery), never a 5xx, never a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
-import types
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.app import create_app
 from relay.attesto_signature import sign_attesto
-from relay.config import DownstreamConfig
 from relay.errors import BadRequestError
 from relay.normalizer import normalize
 from relay.simulator import AttestoSimulator
-from tests.conftest import API_KEY, make_config
-from tests.webhooks_support import ENTITLEMENTS, PATH
+from tests.conftest import API_KEY
+from tests.live_support import LiveRelay
+from tests.webhooks_support import PATH
 
 SECRET = "whsec-example-0123456789abcdefghijklmnopqrstuv"
 json_values = st.recursive(
@@ -41,45 +35,6 @@ json_values = st.recursive(
     max_leaves=20)
 FIELDS = ("event", "reason", "platformEvent", "eventId", "externalId", "timestamp",
           "tenantId", "source", "subject", "appUserId", "data", "raw")
-
-
-class LiveRelay:
-    """relay served from a thread's own event loop; `url` is its base."""
-
-    def __init__(self, state: Path) -> None:
-        # A held endpoint: events get outbox rows, but no worker wakes (and draws from
-        # `random`) while hypothesis generates the next example.
-        held = DownstreamConfig(name="billing", url="http://127.0.0.1:9/hook", enabled=False)
-        self.config = make_config(state, downstream=(held,), server={"max_body_bytes": 65_536},
-                                  entitlements=types.MappingProxyType(ENTITLEMENTS))
-        self.ready = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        runner = web.AppRunner(create_app(self.config))
-        self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = runner.addresses[0][1]
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> LiveRelay:
-        self.thread.start()
-        assert self.ready.wait(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 @pytest.fixture(scope="module")
