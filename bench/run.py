@@ -93,8 +93,10 @@ def machine() -> dict[str, str]:
 def _load(name: str) -> Any:
     """Import bench/<name>.py. By its own name when free (spawned workers import it again
     that way); by path under bench_<name> when a package has the name (bench/relay.py)."""
-    if importlib.util.find_spec(name) is None:
-        sys.path.append(str(BENCH))
+    found = importlib.util.find_spec(name)
+    if found is None or found.origin == str(BENCH / f"{name}.py"):
+        if str(BENCH) not in sys.path:
+            sys.path.append(str(BENCH))
         return importlib.import_module(name)
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
