@@ -90,6 +90,12 @@ class Outbox:
             lambda: outbox_db.release_held(active, self._runtime.now_ms()))
         if released:
             log.info("released %d held deliveries of active endpoints", released)
+        if self._store.is_sqlite:  # one process owns the file: its claims died with it
+            orphaned = await self._store.write(
+                lambda: outbox_db.release_orphaned_claims(self._runtime.now_ms()))
+            if orphaned:
+                log.warning("released %d deliveries claimed by a process that did not stop "
+                            "cleanly; they are sent again now", orphaned)
         self.task = asyncio.create_task(self._run(), name="relay-outbox")
 
     async def stop(self) -> None:

@@ -120,6 +120,15 @@ def release_held(names: Iterable[str], now_ms: int) -> int:
     return released
 
 
+def release_orphaned_claims(now_ms: int) -> int:
+    """Claims left by a process that died (kill -9, power loss): due again now.
+
+    Only for a store one process owns (SQLite); elsewhere claims expire with their lease."""
+    released: int = Delivery.update(claimed_until_ms=None, next_attempt_ms=now_ms).where(
+        (Delivery.status == "pending") & Delivery.claimed_until_ms.is_null(False)).execute()
+    return released
+
+
 def resume_endpoint(name: str, now_ms: int, active: bool) -> int:
     """Forget the pause; if the endpoint can send, release its held rows."""
     EndpointState.delete().where(EndpointState.name == name).execute()
