@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 from relay.appkeys import ATTESTO_KEY, SCHEDULER_KEY, STORE_KEY
-from relay.models import Event, Purchase
+from relay.models import Delivery, Event, Purchase
 from relay.ratelimit import TokenBucket
 from relay.simulator import AttestoSimulator
 from tests.conftest import Clock, RelayFactory, auth
@@ -142,3 +143,35 @@ async def test_admin_due_and_resync(relay_factory: RelayFactory, tmp_path: Path,
     assert resp.status == 404
     resp = await client.post("/v1/admin/resync", headers=admin, json={"platform": "x"})
     assert resp.status == 400
+
+
+async def test_renewal_found_by_poll_is_relayed_downstream(
+        relay_factory: RelayFactory, tmp_path: Path, sim: AttestoSimulator, attesto_url: str,
+        clock: Clock, receiver: Any, receiver_url: str) -> None:
+    from relay.config import DownstreamConfig
+
+    now = int(clock() * 1000)
+    sub = sim.add_google(token="tok-r", product_id="premium", expiry_ms=now + DAY_MS,
+                         start_ms=now)
+    cfg = verify_config(tmp_path, attesto_url,
+                        downstream=(DownstreamConfig(name="app", url=receiver_url),))
+    receiver.clock = clock  # relay signs with the test clock
+    client = await relay_factory(cfg, use_clock=True)
+    await client.post("/v1/verify/google", headers=auth(), json={
+        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
+        "purchase_token": "tok-r", "type": "subscription"})
+    await receiver.wait_for(1)
+    store = client.app[STORE_KEY]
+    async with asyncio.timeout(5):  # recorded as delivered before time moves on
+        while await store.read(lambda: Delivery.select().where(
+                Delivery.status == "delivered").count()) < 1:
+            await asyncio.sleep(0.01)
+    sub.expiry_ms = now + 31 * DAY_MS
+    clock.advance(DAY_MS / 1000 + 601)
+    assert await due_now(client) == 1
+    received = await receiver.wait_for(2)
+    bodies = [r.json for r in received]
+    assert [(b["type"], b["source"]) for b in bodies] == [
+        ("subscription.purchased", "verify"), ("subscription.renewed", "poll")]
+    assert all(r.signature_ok for r in received)
+    assert bodies[1]["expires_at"] is not None and bodies[1]["sequence"] == 2
