@@ -35,7 +35,7 @@ from relay.appkeys import RUNTIME_KEY, STORE_KEY  # noqa: E402
 from relay.config import Credentials, DownstreamConfig, Secret, load_config  # noqa: E402
 from relay.domain import Snapshot, State  # noqa: E402
 from relay.models import Delivery  # noqa: E402
-from relay.outbox_app import OUTBOX_KEY  # noqa: E402
+from relay.outbox import OUTBOX_KEY  # noqa: E402
 from relay.webhook_signing import generate_secret, parse_secret, verify_headers  # noqa: E402
 
 SAMPLE_EVERY = 100

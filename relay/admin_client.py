@@ -94,6 +94,17 @@ class AdminClient:
             "since": since, "until": until, "endpoint": endpoint, "dry_run": dry_run})
         return result
 
+    def due(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/admin/due")
+        return result
+
+    def resync(self, *, platform: str | None = None, subject_key: str | None = None,
+               user_id: str | None = None) -> dict[str, Any]:
+        body = ({"user_id": user_id} if user_id is not None
+                else {"platform": platform, "subject_key": subject_key})
+        result: dict[str, Any] = self._call("POST", "/v1/admin/resync", body=body)
+        return result
+
     def replay(self, endpoint: str, *, subject: str | None = None, since: str | None = None,
                until: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/v1/admin/replay", body={

@@ -10,12 +10,24 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, outbox_app
-from relay.appkeys import HTTP_KEY, RUNTIME_KEY, STORE_KEY
+from relay import __version__, openapi, outbox, watchdog
+from relay.appkeys import (
+    ATTESTO_KEY,
+    HTTP_KEY,
+    METRICS_KEY,
+    RUNTIME_KEY,
+    SCHEDULER_KEY,
+    STORE_KEY,
+)
+from relay.attesto import AttestoClient
 from relay.config import Config
+from relay.metrics import Metrics
 from relay.middlewares import error_middleware, request_id_middleware
-from relay.routes import admin, events, health
+from relay.ratelimit import TokenBucket
+from relay.repoll import Outcome, Poller, attesto_fetcher
+from relay.routes import admin, events, health, iap, metrics, repoll_admin, verify, webhooks
 from relay.runtime import Runtime
+from relay.scheduler import Scheduler
 from relay.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,12 +44,22 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     )
     app[RUNTIME_KEY] = Runtime(config, clock)
     app[STORE_KEY] = Store(config.store, environ, store_pragmas)
+    app[METRICS_KEY] = Metrics()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
-    app.cleanup_ctx.append(outbox_app.outbox_ctx)
+    app.cleanup_ctx.append(_attesto_ctx)
+    app.cleanup_ctx.append(outbox.outbox_ctx)
+    app.cleanup_ctx.append(_scheduler_ctx)
+    app.cleanup_ctx.append(watchdog.watchdog_ctx)
     app.router.add_routes(health.routes())
+    app.router.add_routes(verify.routes())
+    app.router.add_routes(iap.routes())
+    webhooks.install(app, config.webhooks.path)
     app.router.add_routes(admin.routes())
     app.router.add_routes(events.routes())
+    app.router.add_routes(repoll_admin.routes())
+    app.router.add_routes(metrics.routes())
+    app.router.add_routes(openapi.routes())
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app
@@ -66,3 +88,33 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HTTP_KEY] = session
     yield
     await session.close()
+
+
+async def _attesto_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Attesto client on the shared session (its breaker and cap live as long as the app)."""
+    cfg = app[RUNTIME_KEY].config
+    app[ATTESTO_KEY] = AttestoClient(app[HTTP_KEY], cfg.attesto, cfg.credentials.attesto_api_key,
+                                     metrics=app[METRICS_KEY])
+    yield
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Re-polls and housekeeping; re-polls need the Attesto key, the scheduler needs enabling."""
+    runtime, store, metrics = app[RUNTIME_KEY], app[STORE_KEY], app[METRICS_KEY]
+    cfg = runtime.config
+    poller = None
+    if cfg.credentials.attesto_api_key is not None:
+        def count(view: object, outcome: Outcome) -> None:
+            metrics.repolls.labels(str(outcome)).inc()
+            if outcome is Outcome.EXPIRED_NO_RENEWAL:
+                metrics.renewal_not_seen.inc()
+
+        rate = cfg.scheduler.max_polls_per_s
+        poller = Poller(store, runtime, attesto_fetcher(app[ATTESTO_KEY], runtime),
+                        TokenBucket(rate, max(1.0, rate)), on_outcome=count)
+    scheduler = Scheduler(store, runtime, poller)
+    app[SCHEDULER_KEY] = scheduler
+    if cfg.scheduler.enabled:
+        scheduler.start()
+    yield
+    await scheduler.stop()

@@ -5,9 +5,15 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from relay.attesto import AttestoClient
+from relay.metrics import Metrics
 from relay.runtime import Runtime
+from relay.scheduler import Scheduler
 from relay.store import Store
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
 STORE_KEY = web.AppKey("store", Store)
 HTTP_KEY = web.AppKey("http", aiohttp.ClientSession)
+ATTESTO_KEY = web.AppKey("attesto", AttestoClient)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)

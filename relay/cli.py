@@ -16,9 +16,11 @@ from aiohttp import web
 
 from relay import __version__, cli_admin, systemd
 from relay.app import create_app
+from relay.appkeys import RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.log import AccessLogger, configure_logging
 from relay.migrations import SchemaError
+from relay.outbox import OUTBOX_KEY
 
 log = logging.getLogger("relay.cli")
 
@@ -26,20 +28,63 @@ EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
 
 def _load(path: str | None) -> Config:
+    if path == "(defaults)":
+        path = None
     found = find_config_path(path)
     return load_config(found)
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set): bind, READY=1, wait, STOPPING=1, clean up."""
+async def reload(app: web.Application, path: str | None) -> bool:
+    """Re-read relay.toml and credentials; keep the running config if the new one is invalid."""
+    systemd.notify("RELOADING=1")
+    try:
+        new = await asyncio.get_running_loop().run_in_executor(None, _load, path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s",
+                  "; ".join(exc.problems))
+        systemd.notify("READY=1\nSTATUS=reload refused (see log)")
+        return False
+    outbox = app.get(OUTBOX_KEY)
+    try:
+        if outbox is not None:
+            outbox.reconfigure(new)  # refuses (ConfigError) an unusable endpoint
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s",
+                  "; ".join(exc.problems))
+        systemd.notify("READY=1\nSTATUS=reload refused (see log)")
+        return False
+    runtime = app[RUNTIME_KEY]
+    old = runtime.config
+    for key in ("server", "store"):
+        if getattr(new, key) != getattr(old, key):
+            log.warning("reload: [%s] changes take effect only after a restart", key)
+    runtime.replace(new)
+    log.info("configuration reloaded from %s", new.source)
+    systemd.notify("READY=1\nSTATUS=serving")
+    return True
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None,
+                config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set): bind, READY=1, wait, STOPPING=1, clean up.
+
+    SIGHUP re-reads the configuration (`reload`)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    app = create_app(config)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload(app, config_path or config.source))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set),
+                         (signal.SIGHUP, on_hup)):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-    app = create_app(config)
     runner = web.AppRunner(app, shutdown_timeout=config.server.shutdown_timeout_s,
                            access_log_class=AccessLogger, handle_signals=False)
     await runner.setup()
@@ -54,7 +99,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                  config.server.shutdown_timeout_s)
         systemd.notify("STOPPING=1")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
         log.info("stopped")
@@ -68,9 +113,9 @@ def _print_config(config: Config) -> None:
     data = redacted(config)
     print(f"# effective configuration (source: {config.source}); credentials redacted")
     for section, values in data.items():
-        if section == "downstream":
+        if section in ("downstream", "products"):
             for ds in values:
-                print("\n[[downstream]]")
+                print(f"\n[[{section}]]")
                 for key, value in ds.items():
                     print(f"{key} = {_toml_value(value)}")
             continue
@@ -96,7 +141,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     log.info("relay %s starting (config: %s)", __version__, config.source)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, config_path=args.config))
     except SchemaError as exc:
         log.error("%s", exc)
         return EX_FAILURE
@@ -123,6 +168,35 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay.backup import BackupError, backup_sqlite
+    from relay.store import resolve_sqlite_path
+
+    config = _load(args.config)
+    if config.store.url:
+        print("relay backup copies the SQLite store; for PostgreSQL use pg_dump",
+              file=sys.stderr)
+        return EX_FAILURE
+    source = resolve_sqlite_path(config.store.path)
+    try:
+        version = backup_sqlite(source, Path(args.path))
+    except (BackupError, OSError) as exc:
+        print(f"relay backup: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    print(f"backed up {source} to {args.path} (schema {version})")
+    return EX_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from relay import demo
+
+    configure_logging("warning", "plain")
+    asyncio.run(demo.run())
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -139,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", "print the effective configuration, secrets redacted").set_defaults(
         func=_cmd_check_config)
     add("migrate", "apply pending database migrations").set_defaults(func=_cmd_migrate)
+    backup = add("backup", "copy the SQLite store consistently while relay runs")
+    backup.add_argument("path", help="where to write the copy (must not exist)")
+    backup.set_defaults(func=_cmd_backup)
+    sub.add_parser("demo", help="walk an Apple and a Google subscription through relay on "
+                   "loopback (built-in Attesto simulator; nothing to configure)").set_defaults(
+        func=_cmd_demo)
     cli_admin.register(add)
     return parser
 

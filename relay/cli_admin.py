@@ -157,6 +157,28 @@ def register(add: AddParser) -> None:
                    + (" (held: the endpoint is paused)" if r["held"] else "")
                    + (" (truncated)" if r["truncated"] else ""))))
 
+    admin("due", "show the re-poll queue: rows due now and the oldest overdue").set_defaults(
+        func=lambda a: _run(a, lambda c: c.due(), lambda r: (
+            f"{r['due']} due now; oldest due since {r['oldest_due_at'] or '-'} "
+            f"(overdue {r['overdue_s'] if r['overdue_s'] is not None else 0}s); "
+            f"scheduler {r['scheduler']}")))
+
+    p = admin("resync", "re-poll a purchase (or all of a user's) through Attesto now")
+    p.add_argument("platform", nargs="?", choices=["apple", "google"])
+    p.add_argument("subject_key", nargs="?")
+    p.add_argument("--user", help="every purchase of this user id")
+
+    def resync(a: argparse.Namespace) -> int:
+        if a.user is None and (a.platform is None or a.subject_key is None):
+            print("relay resync: give PLATFORM SUBJECT_KEY, or --user ID", file=sys.stderr)
+            return 2
+        return _run(a, lambda c: c.resync(platform=a.platform, subject_key=a.subject_key,
+                                          user_id=a.user),
+                    lambda r: "\n".join(f"{x['platform']}:{x['subject_key']}: {x['outcome']}"
+                                        f" (state {x['state']})" for x in r["results"]))
+
+    p.set_defaults(func=resync)
+
     for verb, what in (("pause", "hold an endpoint's deliveries (kept across restarts)"),
                        ("resume", "send an endpoint's held deliveries and new events again")):
         p = admin(verb, what)

@@ -152,6 +152,18 @@ class DownstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProductConfig:
+    """One entry of the catalogue `/api/iap/products` serves (@nossdev/iap's shape)."""
+
+    id: str
+    type: str  # subscription | product | consumable
+    android_plan_id: str = ""  # Google base plan; @nossdev/iap requires it for subscriptions
+
+
+PRODUCT_TYPES = ("subscription", "product", "consumable")
+
+
+@dataclass(frozen=True, slots=True)
 class Credentials:
     """Secrets read from `$CREDENTIALS_DIRECTORY` or `RELAY_CREDENTIAL_*`."""
 
@@ -180,6 +192,7 @@ class Config:
         default_factory=lambda: types.MappingProxyType({})
     )
     downstream: tuple[DownstreamConfig, ...] = ()
+    products: tuple[ProductConfig, ...] = ()
     credentials: Credentials = field(default_factory=Credentials)
     source: str = "(defaults)"
 
@@ -217,7 +230,7 @@ SECTIONS: dict[str, tuple[str, type[Any]]] = {
     "outbox": ("outbox", OutboxConfig),
     "log": ("log", LogConfig),
 }
-_TABLE_SECTIONS = ("entitlements", "downstream")
+_TABLE_SECTIONS = ("entitlements", "downstream", "products")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -348,6 +361,18 @@ def _validate(cfg: Config, src: str) -> list[str]:
         for plat in ds.platforms:
             if plat not in ("apple", "google"):
                 p.append(f"{where} platforms: {plat!r} is not 'apple' or 'google'")
+    ids: set[str] = set()
+    for i, prod in enumerate(cfg.products):
+        where = f"{src}: [[products]] #{i + 1} ({prod.id})"
+        if not prod.id or prod.id in ids:
+            p.append(f"{where} id must be non-empty and unique")
+        ids.add(prod.id)
+        if prod.type not in PRODUCT_TYPES:
+            p.append(f"{where} type must be one of {', '.join(PRODUCT_TYPES)} "
+                     f"(got {prod.type!r})")
+        if prod.type == "subscription" and not prod.android_plan_id:
+            p.append(f"{where} android_plan_id is required for a subscription "
+                     "(@nossdev/iap needs it)")
     if cfg.downstream and not any("allow_networks" in line for line in p):
         # Key material and the SSRF guard's refusal of literal addresses (exit 78).
         from relay.endpoints import downstream_problems
@@ -417,7 +442,7 @@ def _env_overrides(environ: Mapping[str, str], problems: list[str]
         if not var.startswith(ENV_PREFIX) or "__" not in var:
             continue
         section_part, _, key_part = var[len(ENV_PREFIX):].partition("__")
-        if section_part in ("DOWNSTREAM", "ENTITLEMENTS"):
+        if section_part in ("DOWNSTREAM", "ENTITLEMENTS", "PRODUCTS"):
             problems.append(f"env {var}: [{section_part.lower()}] can only be set in the file")
             continue
         section = env_names.get(section_part)
@@ -555,12 +580,28 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         if "name" in values and "url" in values:
             downstream.append(DownstreamConfig(**values))
 
+    products: list[ProductConfig] = []
+    prod_tables: Any = sections.get("products", [])
+    if not isinstance(prod_tables, list):
+        problems.append(f"{src}: products must be an array of tables ([[products]])")
+        prod_tables = []
+    for i, table in enumerate(prod_tables):
+        where = f"{src}: [[products]] #{i + 1}"
+        missing = [k for k in ("id", "type") if k not in table]
+        if missing:
+            problems.append(f"{where} missing required key(s): {', '.join(missing)}")
+            continue
+        values = _build_section(ProductConfig, table, where, problems)
+        if "id" in values and "type" in values:
+            products.append(ProductConfig(**values))
+
     creds_problems: list[str] = []
     credentials = load_credentials([d.name for d in downstream], credentials_dir, environ,
                                    creds_problems)
     problems.extend(creds_problems)
     cfg = Config(**kwargs, entitlements=types.MappingProxyType(entitlements),
-                 downstream=tuple(downstream), credentials=credentials, source=src)
+                 downstream=tuple(downstream), products=tuple(products),
+                 credentials=credentials, source=src)
     problems.extend(_validate(cfg, src))
     if problems:
         raise ConfigError(problems)
@@ -574,6 +615,7 @@ def redacted(cfg: Config) -> dict[str, Any]:
         out[name] = dataclasses.asdict(getattr(cfg, attr))
     out["entitlements"] = {k: list(v) for k, v in cfg.entitlements.items()}
     out["downstream"] = [dataclasses.asdict(d) for d in cfg.downstream]
+    out["products"] = [dataclasses.asdict(p) for p in cfg.products]
     c = cfg.credentials
 
     def state(v: object) -> str:

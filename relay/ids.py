@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 import uuid
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Ids must be unique, not secret: a PRNG seeded from the OS (at import) instead of one
+# os.urandom() call per id, a syscall that gives up the GIL on every request and event.
+_random = random.Random()
 
 
 def ulid(now_ms: int | None = None) -> str:
     """A new ULID: 48-bit millisecond time then 80 random bits."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | _random.getrandbits(80)
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

@@ -42,13 +42,19 @@ def _m2_attempts_users_leases(db: Database) -> None:
     db.create_tables([Attempt, AppUser, Lease])
 
 
-def _m3_endpoint_state(db: Database) -> None:
+def _m3_purchase_latest_ref_index(db: Database) -> None:
+    """Index purchases by their newest reference (a Google upgrade's token finds its row)."""
+    db.execute_sql("CREATE INDEX IF NOT EXISTS purchase_platform_latest_ref "  # type: ignore[no-untyped-call]
+                   "ON purchase (platform, latest_ref)")
+
+
+def _m4_endpoint_state(db: Database) -> None:
     """Paused and disabled (410) downstream endpoints."""
     db.create_tables([EndpointState])
 
 
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
-    _m1_core, _m2_attempts_users_leases, _m3_endpoint_state,
+    _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -2,7 +2,7 @@
 
 One transaction per cycle records every finished attempt and claims more; claimed rows
 wait in a per-endpoint ready queue so a freed slot is refilled without a round trip to
-the store. `outbox_app` starts and stops it with the application.
+the store. The worker task and the delivery session live in `outbox_ctx`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,21 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from relay import deliver, outbox_db
-from relay.endpoints import Endpoint
+from relay.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
+from relay.config import Config
+from relay.endpoints import Endpoint, build_endpoints
+from relay.metrics import Metrics
 from relay.outbox_db import Claimed, CycleResult, Outcome
+from relay.retry_policy import Verdict
 from relay.runtime import Runtime
+from relay.ssrf import GuardedResolver, parse_allow_networks
 from relay.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,8 +41,10 @@ class Outbox:
 
     def __init__(self, store: Store, runtime: Runtime, session: aiohttp.ClientSession,
                  endpoints: Mapping[str, Endpoint], *,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._runtime = runtime
         self._session = session
         self.endpoints = dict(endpoints)
@@ -60,11 +69,7 @@ class Outbox:
         # Claimed rows waiting for a lane; the deques live as long as the worker.
         self._ready = {name: collections.deque[Claimed]() for name in self.endpoints}
         self._has_ready = {name: asyncio.Event() for name in self.endpoints}
-        # The overall bound; not needed (and not paid for) while the lanes cannot exceed it.
-        lanes = self._per_endpoint * len(self.endpoints)
-        self._slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
-            asyncio.Semaphore(self._concurrency) if lanes > self._concurrency
-            else contextlib.nullcontext())
+        self._slots = self._overall_bound()
         self._depth: dict[str, int] = {}  # rows an endpoint may hold, adapted every cycle
         self._inflight: dict[int, Claimed] = {}
         self._per_ep: collections.Counter[str] = collections.Counter()
@@ -72,6 +77,7 @@ class Outbox:
         self._done: list[Outcome] = []
         self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
         self.task: asyncio.Task[None] | None = None
+        self.beat = 0.0  # loop time the worker last came round (idle or between cycles)
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -87,6 +93,12 @@ class Outbox:
             lambda: outbox_db.release_held(active, self._runtime.now_ms()))
         if released:
             log.info("released %d held deliveries of active endpoints", released)
+        if self._store.is_sqlite:  # one process owns the file: its claims died with it
+            orphaned = await self._store.write(
+                lambda: outbox_db.release_orphaned_claims(self._runtime.now_ms()))
+            if orphaned:
+                log.warning("released %d deliveries claimed by a process that did not stop "
+                            "cleanly; they are sent again now", orphaned)
         self.task = asyncio.create_task(self._run(), name="relay-outbox")
 
     async def stop(self) -> None:
@@ -130,6 +142,30 @@ class Outbox:
         ready = [c for queue in self._ready.values() for c in queue]
         return list(self._inflight.values()) + ready + self._to_release
 
+    def _overall_bound(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        """The overall bound; not needed (and not paid for) while the lanes cannot exceed it."""
+        if self._per_endpoint * len(self.endpoints) > self._concurrency:
+            return asyncio.Semaphore(self._concurrency)
+        return contextlib.nullcontext()
+
+    def reconfigure(self, config: Config) -> None:
+        """Adopt a reloaded config: new secrets, URLs, timeouts and endpoints apply to the
+        next attempt; attempts in flight finish as they started. ConfigError if unusable."""
+        endpoints = build_endpoints(config)
+        for name in endpoints.keys() - self.endpoints.keys():
+            self._ready[name] = collections.deque()
+            self._has_ready[name] = asyncio.Event()
+            if self.task is not None:
+                self._lanes += [asyncio.create_task(self._lane(name),
+                                                    name=f"relay-outbox-{name}-{i}")
+                                for i in range(self._per_endpoint)]
+        for name in self.endpoints.keys() - endpoints.keys():
+            self._to_release.extend(self._drop_ready(name))
+        self.endpoints = endpoints
+        if isinstance(self._slots, contextlib.nullcontext):
+            self._slots = self._overall_bound()  # more lanes now: the bound may be needed
+        self.wake()
+
     def wake(self) -> None:
         """Look for work at once (a commit listener: new rows may be due)."""
         self._urgent = True
@@ -160,6 +196,12 @@ class Outbox:
         paused = self._runtime.paused
         return [name for name, ep in self.endpoints.items()
                 if ep.enabled and ep.can_sign and name not in paused]
+
+    def healthy(self, stall_s: float) -> bool:
+        """The worker runs and came round within `stall_s` (it does at least every sweep_s)."""
+        if self.task is None or self.task.done():
+            return False
+        return asyncio.get_running_loop().time() - self.beat <= stall_s
 
     def in_flight(self, endpoint: str | None = None) -> int:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
@@ -209,8 +251,10 @@ class Outbox:
     async def _run(self) -> None:
         self._lanes = [asyncio.create_task(self._lane(name), name=f"relay-outbox-{name}-{i}")
                        for name in self.endpoints for i in range(self._per_endpoint)]
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                self.beat = loop.time()
                 try:
                     async with asyncio.timeout(self._wait_s()):
                         await self._wake.wait()
@@ -335,7 +379,6 @@ class Outbox:
         releases it, a crash lets the lease run out.
         """
         queue, has_ready = self._ready[name], self._has_ready[name]
-        ep = self.endpoints[name]
         now_ms = self._runtime.now_ms
         while True:
             if not queue or self._stopping:
@@ -347,6 +390,11 @@ class Outbox:
                     continue
                 c = queue.popleft()
                 if c.token <= now_ms():  # waited past its lease: claimable again, skip it
+                    continue
+                ep = self.endpoints.get(name)  # per attempt: a reload may change it
+                if ep is None:  # removed by a reload: give the row back
+                    self._to_release.append(c)
+                    self.wake()
                     continue
                 self._inflight[c.id] = c
                 self._per_ep[name] += 1
@@ -360,5 +408,42 @@ class Outbox:
                     if not self._inflight:
                         self._idle.set()
             self._done.append(outcome)
+            self._count(c, outcome)
             if self._worth_a_cycle(name):  # checked here: a wake per attempt costs the loop
                 self._wake.set()
+
+    def _count(self, c: Claimed, outcome: Outcome) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.delivery_attempts.labels(c.endpoint, str(outcome.verdict)).inc()
+        if outcome.verdict == Verdict.DELIVERED and c.created_ms:
+            finished_ms = outcome.started_ms + outcome.duration_ms
+            self._metrics.delivery_latency.labels(c.endpoint).observe(
+                max(0, finished_ms - c.created_ms) / 1000)
+
+
+OUTBOX_KEY = web.AppKey("outbox", Outbox)
+# Tests map hostnames to addresses with their own resolver; the guard still wraps it.
+RESOLVER_KEY = web.AppKey("outbox_resolver", AbstractResolver)
+
+
+async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Refuse unusable endpoints (ConfigError), then run the worker until the app stops."""
+    runtime, store = app[RUNTIME_KEY], app[STORE_KEY]
+    config = runtime.config
+    endpoints = build_endpoints(config)
+    allow = parse_allow_networks(config.outbox.allow_networks)
+    resolver = GuardedResolver(allow, app.get(RESOLVER_KEY))
+    session = deliver.delivery_session(resolver, config.outbox.concurrency)
+    try:
+        await deliver.check_hostnames(resolver, endpoints, allow, config.source)
+        outbox = Outbox(store, runtime, session, endpoints, metrics=app[METRICS_KEY])
+        app[OUTBOX_KEY] = outbox
+        store.add_commit_listener(outbox.wake)
+        await outbox.start()
+        log.info("outbox started: %d endpoint(s), %d active", len(endpoints),
+                 len(outbox.active_endpoints()))
+        yield
+        await outbox.stop()
+    finally:
+        await session.close()

@@ -30,6 +30,7 @@ class Claimed:
     token: int  # the claimed_until_ms this claim set
     subject: str
     sequence: int
+    created_ms: int = 0  # when the row was written: receive-to-delivered latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class CycleResult:
 
 
 _CLAIM = """
-SELECT d.id, d.attempts, d.subject, d.sequence, e.id, e.body
+SELECT d.id, d.attempts, d.subject, d.sequence, e.id, e.body, d.created_ms
 FROM delivery AS d JOIN event AS e ON e.cursor = d.event_cursor
 WHERE d.endpoint = {p} AND d.status = 'pending' AND d.next_attempt_ms <= {p}
   AND (d.claimed_until_ms IS NULL OR d.claimed_until_ms < {p})
@@ -94,8 +95,8 @@ def claim(endpoint: str, limit: int, now_ms: int, lease_until_ms: int,
                    (lease_until_ms, lease_until_ms, *(r[0] for r in rows)))
     return [Claimed(id=row_id, endpoint=endpoint, event_id=event_id,
                     body=body.encode("utf-8"), attempts=attempts, token=lease_until_ms,
-                    subject=subject, sequence=sequence)
-            for row_id, attempts, subject, sequence, event_id, body in rows]
+                    subject=subject, sequence=sequence, created_ms=created_ms)
+            for row_id, attempts, subject, sequence, event_id, body, created_ms in rows]
 
 
 def hold_endpoint(name: str, reason: str, detail: str | None, now_ms: int) -> int:
@@ -116,6 +117,15 @@ def release_held(names: Iterable[str], now_ms: int) -> int:
         return 0
     released: int = Delivery.update(status="pending", next_attempt_ms=now_ms).where(
         (Delivery.endpoint.in_(names)) & (Delivery.status == "held")).execute()
+    return released
+
+
+def release_orphaned_claims(now_ms: int) -> int:
+    """Claims left by a process that died (kill -9, power loss): due again now.
+
+    Only for a store one process owns (SQLite); elsewhere claims expire with their lease."""
+    released: int = Delivery.update(claimed_until_ms=None, next_attempt_ms=now_ms).where(
+        (Delivery.status == "pending") & Delivery.claimed_until_ms.is_null(False)).execute()
     return released
 
 

@@ -2,18 +2,19 @@
 
 Every input (verify, restore, webhook, poll) ends here. `apply()` runs on the store
 thread inside the caller's transaction, so the row, its events and their deliveries
-commit together or not at all.
+commit together or not at all. `apply_many()` is the same path for a batch (one pure
+decision per snapshot, then a few multi-row statements via `statements`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from relay import ids
+from relay import ids, statements
 from relay.domain import (
     ENTITLED_STATES,
     EntitlementPolicy,
@@ -26,7 +27,7 @@ from relay.domain import (
     iso,
 )
 from relay.errors import ConflictError
-from relay.models import AppUser, Delivery, Event, Purchase
+from relay.models import Purchase
 from relay.poll_policy import PollPolicy, next_poll_ms
 
 
@@ -128,28 +129,95 @@ def derive_event(before: PurchaseView | None, after: PurchaseView) -> str | None
 
 
 def _later(after: PurchaseView, before: PurchaseView) -> bool:
-    return (after.expires_ms or 0) > (before.expires_ms or 0)
+    # No stored expiry (e.g. a Google webhook came first): learning one is not a renewal.
+    return before.expires_ms is not None and (after.expires_ms or 0) > before.expires_ms
 
 
 def _coalesce(new: Any, old: Any) -> Any:
     return old if new is None else new
 
 
-def _resolve_user(snap: Snapshot) -> str | None:
-    if snap.user_id is not None or snap.app_user_id is None:
-        return snap.user_id
-    bound = AppUser.get_or_none(AppUser.app_user_id == snap.app_user_id)
-    return bound.user_id if bound else None
+_Pending = tuple[str, str, str | None, dict[str, Any]]  # (event id, type, reason, extra)
 
 
 def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
     """Apply `snap` inside the current transaction; see the module docstring."""
-    row = Purchase.get_or_none((Purchase.platform == snap.platform)
-                               & (Purchase.subject_key == snap.subject_key))
-    before = view_of(row) if row is not None else None
-    user_id = _resolve_user(snap)
-    events: list[tuple[str, str | None, dict[str, Any]]] = []  # (type, reason, extra)
+    return apply_many([snap], rules, now_ms)[0]
 
+
+def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int) -> list[Applied]:
+    """Apply `snaps` in order, as `apply` would one by one, with a few statements for all.
+
+    Several snapshots of one purchase chain (each sees the one before). Raises what
+    `apply` raises (ConflictError) for the first snapshot that fails; the caller's
+    transaction must then be rolled back as a whole.
+    """
+    current = statements.load_purchases({(s.platform, s.subject_key) for s in snaps})
+    wanted = {s.app_user_id for s in snaps if s.user_id is None and s.app_user_id is not None}
+    bound = statements.users_of_app_users(wanted) if wanted else {}
+    dirty: dict[tuple[str, str], PurchaseView] = {}
+    event_rows: list[statements.EventRow] = []
+    decided: list[tuple[PurchaseView, list[tuple[str, str, str, int]], bool]] = []
+    for snap in snaps:
+        key = (snap.platform, snap.subject_key)
+        before = current.get(key)
+        user_id = snap.user_id if snap.user_id is not None or snap.app_user_id is None \
+            else bound.get(snap.app_user_id)
+        after, events, stale = _decide(snap, before, user_id, rules, now_ms)
+        if before is not None and after == before and not events:
+            if snap.poll_now:
+                after = replace(before, next_poll_ms=now_ms)
+                current[key] = dirty[key] = after
+            decided.append((after, [], stale))
+            continue
+        seq = before.sequence if before is not None else 0
+        granted = (list(entitlement_keys(rules.entitlements, after.product_id,
+                                         after.base_plan_id))
+                   if is_entitled(after, now_ms, rules.entitlement_policy) else [])
+        made: list[tuple[str, str, str, int]] = []
+        for event_type, reason, extra in events:
+            seq += 1
+            eid = ids.event_id(now_ms)
+            body = event_body(eid, event_type, reason, snap.source, snap.observed_ms,
+                              snap.received_ms, snap.platform, snap.subject_key, after, before,
+                              seq, stale, snap.attesto_event_id, granted, extra)
+            event_rows.append((eid, event_type, snap.source, snap.platform, snap.subject_key,
+                               seq, after.user_id, snap.observed_ms, snap.received_ms,
+                               snap.attesto_event_id, stale, body))
+            made.append((eid, event_type, body, seq))
+        after = replace(after, sequence=seq, updated_ms=now_ms)
+        after = replace(after, next_poll_ms=next_poll_ms(after, now_ms, rules.poll,
+                                                         snap.poll_now))
+        current[key] = dirty[key] = after
+        decided.append((after, made, stale))
+
+    cursors = statements.insert_events(event_rows) if event_rows else {}
+    deliveries: list[statements.DeliveryRow] = []
+    results: list[Applied] = []
+    for after, made, stale in decided:
+        views = []
+        for eid, event_type, body, seq in made:
+            routes = _routes_for(rules, event_type, after.platform, after.environment)
+            subject = f"{after.platform}:{after.subject_key}"
+            deliveries.extend((cursors[eid], r.name, subject, seq,
+                               "pending" if r.active else "held", now_ms, now_ms)
+                              for r in routes)
+            views.append(EventView(cursor=cursors[eid], id=eid, type=event_type, body=body,
+                                   platform=after.platform, subject_key=after.subject_key,
+                                   sequence=seq, stale=stale, deliveries=len(routes)))
+        results.append(Applied(after, tuple(views), stale))
+    if deliveries:
+        statements.insert_deliveries(deliveries)
+    if dirty:
+        statements.upsert_purchases(list(dirty.values()))
+    return results
+
+
+def _decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rules: Rules,
+            now_ms: int) -> tuple[PurchaseView, list[tuple[str, str | None, dict[str, Any]]],
+                                  bool]:
+    """The row after `snap`, the events it makes (type, reason, extra) and staleness. Pure."""
+    events: list[tuple[str, str | None, dict[str, Any]]] = []
     if before is not None and snap.user_id and before.user_id and snap.user_id != before.user_id:
         if rules.owner_conflict == "keep":
             raise ConflictError("this purchase belongs to another user",
@@ -168,7 +236,7 @@ def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
             auto_renew=snap.auto_renew, latest_ref=snap.latest_ref,
             package_name=snap.package_name, store_time_ms=snap.observed_ms, sequence=0,
             created_ms=now_ms, updated_ms=now_ms)
-    else:
+    elif stale:
         # Identity fields fill in whatever the order; state fields only move forward.
         after = replace(
             before,
@@ -180,20 +248,23 @@ def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
             package_name=before.package_name or snap.package_name,
             kind=before.kind if snap.kind is None else snap.kind,
         )
-        if not stale:
-            after = replace(
-                after,
-                product_id=_coalesce(snap.product_id, after.product_id),
-                base_plan_id=_coalesce(snap.base_plan_id, after.base_plan_id),
-                environment=_coalesce(snap.environment, after.environment),
-                state=_coalesce(snap.state, before.state),
-                state_reason=(snap.state_reason if snap.state is not None
-                              else before.state_reason),
-                expires_ms=_coalesce(snap.expires_ms, before.expires_ms),
-                auto_renew=_coalesce(snap.auto_renew, before.auto_renew),
-                latest_ref=_coalesce(snap.latest_ref, before.latest_ref),
-                store_time_ms=max(snap.observed_ms, before.store_time_ms),
-            )
+    else:
+        after = replace(
+            before,
+            user_id=_coalesce(snap.user_id, before.user_id or user_id),
+            app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
+            product_id=_coalesce(snap.product_id, before.product_id),
+            base_plan_id=_coalesce(snap.base_plan_id, before.base_plan_id),
+            environment=_coalesce(snap.environment, before.environment),
+            package_name=before.package_name or snap.package_name,
+            kind=before.kind if snap.kind is None else snap.kind,
+            state=_coalesce(snap.state, before.state),
+            state_reason=snap.state_reason if snap.state is not None else before.state_reason,
+            expires_ms=_coalesce(snap.expires_ms, before.expires_ms),
+            auto_renew=_coalesce(snap.auto_renew, before.auto_renew),
+            latest_ref=_coalesce(snap.latest_ref, before.latest_ref),
+            store_time_ms=max(snap.observed_ms, before.store_time_ms),
+        )
 
     if snap.event_type is not None:
         events.append((snap.event_type, snap.event_reason, {}))
@@ -201,41 +272,12 @@ def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
         derived = derive_event(before, after)
         if derived is not None:
             events.append((derived, after.state_reason, {}))
-
-    if before is not None and after == before and not events:
-        if snap.poll_now:
-            Purchase.update(next_poll_ms=now_ms).where(
-                (Purchase.platform == snap.platform)
-                & (Purchase.subject_key == snap.subject_key)).execute()
-        return Applied(before, (), stale)
-
-    seq = before.sequence if before is not None else 0
-    stored: list[EventView] = []
-    for event_type, reason, extra in events:
-        seq += 1
-        stored.append(_record_event(snap, event_type, reason, extra, before, after, seq,
-                                    stale, rules, now_ms))
-    after = replace(after, sequence=seq, updated_ms=now_ms)
-    after = replace(after, next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now))
-    _save(row, after)
-    return Applied(after, tuple(stored), stale)
+    return after, events, stale
 
 
-def _save(row: Purchase | None, v: PurchaseView) -> None:
-    values = {
-        "kind": v.kind, "user_id": v.user_id, "app_user_id": v.app_user_id,
-        "product_id": v.product_id, "base_plan_id": v.base_plan_id, "state": str(v.state),
-        "state_reason": v.state_reason, "environment": v.environment,
-        "expires_ms": v.expires_ms, "auto_renew": v.auto_renew, "latest_ref": v.latest_ref,
-        "package_name": v.package_name, "store_time_ms": v.store_time_ms,
-        "sequence": v.sequence, "updated_ms": v.updated_ms, "next_poll_ms": v.next_poll_ms,
-    }
-    if row is None:
-        Purchase.insert(platform=v.platform, subject_key=v.subject_key,
-                        created_ms=v.created_ms, **values).execute()
-    else:
-        Purchase.update(**values).where((Purchase.platform == v.platform)
-                                        & (Purchase.subject_key == v.subject_key)).execute()
+def _routes_for(rules: Rules, event_type: str, platform: str | None,
+                environment: str | None) -> list[Route]:
+    return [r for r in rules.routes if r.matches(event_type, platform, environment)]
 
 
 def event_body(event_id: str, event_type: str, reason: str | None, source: str,
@@ -262,37 +304,19 @@ def event_body(event_id: str, event_type: str, reason: str | None, source: str,
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-def _record_event(snap: Snapshot, event_type: str, reason: str | None,
-                  extra: Mapping[str, Any], before: PurchaseView | None, after: PurchaseView,
-                  seq: int, stale: bool, rules: Rules, now_ms: int) -> EventView:
-    eid = ids.event_id(now_ms)
-    granted = (list(entitlement_keys(rules.entitlements, after.product_id, after.base_plan_id))
-               if is_entitled(after, now_ms, rules.entitlement_policy) else [])
-    body = event_body(eid, event_type, reason, snap.source, snap.observed_ms,
-                      snap.received_ms, snap.platform, snap.subject_key, after, before, seq,
-                      stale, snap.attesto_event_id, granted, extra)
-    return record_event(eid, event_type, body, snap.source, snap.platform, snap.subject_key,
-                        seq, after.user_id, snap.observed_ms, snap.received_ms,
-                        snap.attesto_event_id, stale, after.environment, rules, now_ms)
-
-
 def record_event(eid: str, event_type: str, body: str, source: str, platform: str | None,
                  subject_key: str | None, seq: int | None, user_id: str | None,
                  occurred_ms: int, received_ms: int, attesto_event_id: str | None,
                  stale: bool, environment: str | None, rules: Rules, now_ms: int) -> EventView:
     """Insert one event and its outbox rows (one per matching endpoint)."""
-    cursor = Event.insert(
-        id=eid, type=event_type, source=source, platform=platform, subject_key=subject_key,
-        sequence=seq, user_id=user_id, occurred_ms=occurred_ms, received_ms=received_ms,
-        attesto_event_id=attesto_event_id, stale=stale, body=body).execute()
+    cursor = statements.insert_event(eid, event_type, source, platform, subject_key, seq,
+                                     user_id, occurred_ms, received_ms, attesto_event_id,
+                                     stale, body)
     subject = f"{platform}:{subject_key}" if subject_key else eid
-    rows = [
-        {"event": cursor, "endpoint": r.name, "subject": subject, "sequence": seq or 0,
-         "status": "pending" if r.active else "held", "next_attempt_ms": now_ms,
-         "created_ms": now_ms}
-        for r in rules.routes if r.matches(event_type, platform, environment)
-    ]
-    if rows:
-        Delivery.insert_many(rows).execute()
+    routes = _routes_for(rules, event_type, platform, environment)
+    for r in routes:
+        statements.insert_delivery(cursor, r.name, subject, seq or 0,
+                                   "pending" if r.active else "held", now_ms, now_ms)
+    deliveries = len(routes)
     return EventView(cursor=cursor, id=eid, type=event_type, body=body, platform=platform,
-                     subject_key=subject_key, sequence=seq, stale=stale, deliveries=len(rows))
+                     subject_key=subject_key, sequence=seq, stale=stale, deliveries=deliveries)

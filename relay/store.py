@@ -4,6 +4,8 @@
 transaction with group commit: every write queued while the thread was busy joins
 one transaction (each in its own savepoint, so one failing unit rolls back alone),
 and the whole group commits as soon as the thread is free, with no fixed wait.
+`Store.write_many(batch, item)` does the same, but hands every item queued with the same
+`batch` function to one call, so hot paths can use multi-row statements.
 A caller's future resolves only after its COMMIT returned.
 """
 
@@ -31,6 +33,7 @@ from relay.models import database
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 MAX_GROUP = 256
 
 
@@ -66,8 +69,10 @@ def make_database(cfg: StoreConfig, environ: Mapping[str, str] | None = None,
         "busy_timeout": int(cfg.busy_timeout_s * 1000),
     }
     all_pragmas.update(pragmas or {})
+    # Multi-row statements have one text per row count (statements.py); keep them all
+    # prepared rather than re-parse them (sqlite3's default cache holds 128).
     return SqliteDatabase(str(path), pragmas=all_pragmas, autoconnect=False,
-                          check_same_thread=False)
+                          check_same_thread=False, cached_statements=1024)
 
 
 @dataclass(eq=False)
@@ -79,6 +84,14 @@ class _Job:
     notify: bool = True
     result: Any = None
     error: BaseException | None = field(default=None)
+    batch: Callable[[list[Any]], list[Any]] | None = None  # write_many: fn is unused
+    item: Any = None
+
+    def call(self) -> Any:
+        if self.batch is None:
+            return self.fn()
+        results = self.batch([self.item])
+        return results[0]
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -88,6 +101,28 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _settle_all(jobs: list[_Job]) -> None:
+    for job in jobs:
+        _settle(job.future, job.result, job.error)
+
+
+def _units(writes: list[_Job]) -> list[list[_Job]]:
+    """Group the writes of one commit: every `write_many` item of one batch function joins
+    the unit of its first item; plain writes stay alone, in order."""
+    units: list[list[_Job]] = []
+    batches: dict[int, list[_Job]] = {}
+    for job in writes:
+        if job.batch is None:
+            units.append([job])
+            continue
+        unit = batches.get(id(job.batch))
+        if unit is None:
+            unit = batches[id(job.batch)] = []
+            units.append(unit)
+        unit.append(job)
+    return units
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailableError:
@@ -160,11 +195,23 @@ class Store:
         """
         return await self._submit(fn, write=True, notify=notify)
 
-    async def _submit(self, fn: Callable[[], T], *, write: bool, notify: bool = True) -> T:
+    async def write_many(self, batch: Callable[[list[ItemT]], list[T]], item: ItemT) -> T:
+        """Run `batch([..., item, ...])` in a transaction (group commit); return after COMMIT.
+
+        Every item submitted with the same `batch` function while the thread was busy is
+        passed in one call, so the function can use a few multi-row statements for all of
+        them. It must return one result per item, in order. If it raises for several
+        items, each is run again alone in its own savepoint: only a failing item fails.
+        """
+        return await self._submit(_unbatched, write=True, batch=batch, item=item)
+
+    async def _submit(self, fn: Callable[[], T], *, write: bool, notify: bool = True,
+                      batch: Callable[[list[Any]], list[Any]] | None = None,
+                      item: Any = None) -> T:
         if self._thread is None:
             raise StoreUnavailableError("the store is not open")
         loop = asyncio.get_running_loop()
-        job = _Job(fn, write, loop, loop.create_future(), notify)
+        job = _Job(fn, write, loop, loop.create_future(), notify, batch=batch, item=item)
         self._queue.put(job)
         result: T = await job.future
         return result
@@ -215,18 +262,26 @@ class Store:
             loop = writes[0].loop
             for listener in self._commit_listeners:
                 loop.call_soon_threadsafe(listener)
+        # One wake-up per loop, not per job: each is a syscall that gives up the GIL.
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         for job in group:
-            job.loop.call_soon_threadsafe(_settle, job.future, job.result, job.error)
-            self.last_heartbeat = job.loop.time()
+            by_loop.setdefault(job.loop, []).append(job)
+        for loop, jobs in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, jobs)
+            self.last_heartbeat = loop.time()
 
     def _commit_group(self, writes: list[_Job]) -> bool:
+        units = _units(writes)
         try:
             with self.db.atomic():
                 if len(writes) == 1:
                     self._run_one(writes[0], savepoint=False)
                 else:
-                    for job in writes:
-                        self._run_one(job, savepoint=True)
+                    for unit in units:
+                        if len(unit) == 1:
+                            self._run_one(unit[0], savepoint=True)
+                        else:
+                            self._run_batch(unit)
                 if len(writes) == 1 and writes[0].error is not None:
                     raise _Rollback
             self.groups_committed += 1
@@ -247,9 +302,9 @@ class Store:
         try:
             if savepoint:
                 with self.db.atomic():
-                    job.result = job.fn()
+                    job.result = job.call()
             else:
-                job.result = job.fn()
+                job.result = job.call()
         except (OperationalError, InterfaceError, sqlite3.OperationalError) as exc:
             # Disk full, I/O error, lock timeout: the whole group is suspect.
             job.error = _unavailable(exc)
@@ -257,12 +312,37 @@ class Store:
         except BaseException as exc:
             job.error = _translate(exc)
 
+    def _run_batch(self, unit: list[_Job]) -> None:
+        assert unit[0].batch is not None
+        try:
+            with self.db.atomic():
+                results = unit[0].batch([job.item for job in unit])
+                if len(results) != len(unit):
+                    raise RuntimeError(f"batch returned {len(results)} results for "
+                                       f"{len(unit)} items")
+        except (OperationalError, InterfaceError, sqlite3.OperationalError) as exc:
+            for job in unit:
+                job.error = _unavailable(exc)
+            raise
+        except Exception:
+            # One item spoiled the batch (rolled back): run each alone, so only it fails.
+            log.debug("batch of %d failed; retrying item by item", len(unit), exc_info=True)
+            for job in unit:
+                self._run_one(job, savepoint=True)
+            return
+        for job, result in zip(unit, results, strict=True):
+            job.result = result
+
     def _recover_connection(self) -> None:
         try:
             if self.db.in_transaction():
                 self.db.rollback()
         except Exception:  # the next job reconnects if this failed
             log.debug("rollback after a failed commit failed", exc_info=True)
+
+
+def _unbatched() -> Any:
+    raise AssertionError("a write_many job runs through its batch function")
 
 
 class _Rollback(Exception):

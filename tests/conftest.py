@@ -71,6 +71,8 @@ def make_config(tmp_path: Path, *, attesto_url: str = "http://127.0.0.1:9",
         "attesto": dataclasses.replace(base.attesto, base_url=attesto_url, timeout_s=5.0,
                                        connect_timeout_s=1.0),
         "outbox": dataclasses.replace(base.outbox, allow_networks=("127.0.0.0/8",)),
+        # Tests drive re-polls directly; a test that wants the clock running enables it.
+        "scheduler": dataclasses.replace(base.scheduler, enabled=False),
         "downstream": downstream,
         "credentials": Credentials(
             attesto_api_key=Secret(AttestoSimulator.api_key),

@@ -13,8 +13,7 @@ from relay import pipeline
 from relay.appkeys import RUNTIME_KEY, STORE_KEY
 from relay.domain import EventView, Snapshot, State
 from relay.models import Attempt, Delivery
-from relay.outbox import Outbox
-from relay.outbox_app import OUTBOX_KEY
+from relay.outbox import OUTBOX_KEY, Outbox
 from tests.conftest import Clock
 
 _counter = itertools.count(1)

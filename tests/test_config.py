@@ -27,7 +27,7 @@ def test_relay_toml_documents_exactly_the_defaults() -> None:
 def test_every_key_of_every_section_appears_in_relay_toml() -> None:
     text = (ROOT / "relay.toml").read_text()
     for section, values in redacted(Config()).items():
-        if section in ("entitlements", "downstream", "credentials"):
+        if section in ("entitlements", "downstream", "products", "credentials"):
             continue
         assert f"[{section}]" in text
         for key in values:
@@ -42,7 +42,7 @@ def test_env_example_lists_every_key_and_loads_to_defaults() -> None:
             environ[key] = value
     assert load_config(None, environ=environ) == Config()
     expected = sum(len(v) for k, v in redacted(Config()).items()
-                   if k not in ("entitlements", "downstream", "credentials"))
+                   if k not in ("entitlements", "downstream", "products", "credentials"))
     assert len(environ) == expected
 
 
@@ -109,6 +109,27 @@ def test_bad_values_are_validated(tmp_path: Path) -> None:
                      "allow_networks: not a network", "name is used twice",
                      "url must be an http(s) URL (got 'nope')",
                      "#3 missing required key(s): name", "'sku' must be a non-empty list"):
+        assert fragment in text
+
+
+def test_products_catalogue(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[products]]\nid = 'premium'\ntype = 'subscription'\n"
+                           "android_plan_id = 'monthly'\n[[products]]\nid = 'coins'\n"
+                           "type = 'consumable'\n")
+    cfg = load_config(path, environ={})
+    assert [(p.id, p.type, p.android_plan_id) for p in cfg.products] == [
+        ("premium", "subscription", "monthly"), ("coins", "consumable", "")]
+    assert redacted(cfg)["products"][0] == {"id": "premium", "type": "subscription",
+                                            "android_plan_id": "monthly"}
+    bad = write(tmp_path, "[[products]]\nid = 'a'\ntype = 'subscription'\n[[products]]\n"
+                          "id = 'a'\ntype = 'gift'\n[[products]]\ntype = 'product'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, environ={"RELAY_PRODUCTS__ID": "x"})
+    text = str(err.value)
+    for fragment in ("#1 (a) android_plan_id is required", "#2 (a) id must be non-empty and "
+                     "unique", "type must be one of subscription, product, consumable",
+                     "#3 missing required key(s): id",
+                     "RELAY_PRODUCTS__ID: [products] can only be set in the file"):
         assert fragment in text
 
 

@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from relay.app import create_app
 from relay.config import ConfigError, DownstreamConfig, load_config
-from relay.outbox_app import RESOLVER_KEY
+from relay.outbox import RESOLVER_KEY
 from relay.receiver import DownstreamReceiver
 from tests.conftest import Clock, make_config
 from tests.outbox_support import deliveries, emit, now_clock, outbox_of

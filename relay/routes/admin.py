@@ -15,8 +15,7 @@ from relay.auth import check_admin_token
 from relay.bodies import read_json_object
 from relay.domain import PLATFORMS, iso, parse_time_ms
 from relay.errors import BadRequestError, NotFoundError
-from relay.outbox import Outbox
-from relay.outbox_app import OUTBOX_KEY
+from relay.outbox import OUTBOX_KEY, Outbox
 from relay.pipeline import Route
 
 REPLAY_BATCH = 500

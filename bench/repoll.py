@@ -1,0 +1,195 @@
+"""Re-poll at scale: 1,000,000 purchase rows, due selection, polls/s, memory while sweeping.
+
+    /tmp/v/bin/python bench/repoll.py [--rows 1000000] [--polls 20000] [--concurrency 64]
+
+1. Fills a SQLite store (real schema, migrations) with `--rows` purchases in mixed
+   states and due times (10 % due now).
+2. Due selection: relay's claim (select 500 due rows oldest first and push them out
+   of the window, one transaction) timed over 50 batches, against the bare indexed
+   SELECT in raw sqlite3 on the same file (the baseline).
+3. Polls/s: relay's Poller (unlimited rate) sweeping `--polls` due Apple rows through
+   the fake Attesto in another process, against calling the fake directly with the
+   same concurrency and bodies in the same run (the ceiling).
+4. Memory: this process's RSS before the sweep and its peak during it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import resource
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+
+from bench.verify import API_KEY, _free_port, _run_sim, _wait_up  # noqa: E402
+
+DAY = 86_400_000
+STATES = ("active", "active", "active", "expired", "grace", "billing_retry", "refunded")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _fill(path: Path, rows: int, now_ms: int) -> None:
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=wal")
+    db.execute("PRAGMA synchronous=off")  # the fill is set-up, not what is measured
+    due_every = 10
+
+    def gen() -> Any:
+        for i in range(rows):
+            state = STATES[i % len(STATES)]
+            due = now_ms - (i % 1000) * 1000 if i % due_every == 0 else now_ms + (i % 97) * DAY
+            yield ("apple", f"o{i}", "subscription", f"u{i % 50000}", "premium.monthly",
+                   state, "sandbox", now_ms + 30 * DAY, 1, f"t{i}", now_ms - DAY, 1,
+                   now_ms - DAY, now_ms - DAY, None if state == "refunded" else due, 0)
+
+    db.executemany(
+        "INSERT INTO purchase (platform, subject_key, kind, user_id, product_id, state, "
+        "environment, expires_ms, auto_renew, latest_ref, store_time_ms, sequence, "
+        "created_ms, updated_ms, next_poll_ms, poll_failures) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", gen())
+    db.commit()
+    db.close()
+
+
+async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from relay.attesto import AttestoClient
+    from relay.config import Secret, StoreConfig, load_config
+    from relay.ratelimit import TokenBucket
+    from relay.repoll import Poller, attesto_fetcher, claim_due
+    from relay.runtime import Runtime
+    from relay.store import Store
+
+    db_path = work / "repoll.sqlite3"
+    store = Store(StoreConfig(path=str(db_path)))
+    await store.open()
+    await store.close()
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    _fill(db_path, args.rows, now)
+    fill_s = time.perf_counter() - t0
+
+    raw = sqlite3.connect(db_path)
+    base_times = []
+    for i in range(50):
+        t = time.perf_counter()
+        raw.execute("SELECT * FROM purchase WHERE next_poll_ms <= ? ORDER BY next_poll_ms "
+                    "LIMIT 500 OFFSET ?", (now, i * 500)).fetchall()
+        base_times.append((time.perf_counter() - t) * 1000)
+    raw.close()
+
+    store = Store(StoreConfig(path=str(db_path)))
+    await store.open()
+    claim_times = []
+    for _ in range(50):
+        t = time.perf_counter()
+        claimed = await store.write(lambda: claim_due(now, 500))
+        claim_times.append((time.perf_counter() - t) * 1000)
+        if len(claimed) < 500:
+            raise SystemExit("too few due rows for the claim timing: raise --rows")
+
+    port = _free_port()
+    sim = multiprocessing.Process(target=_run_sim, args=(port,), daemon=True)
+    sim.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=args.concurrency)) as session:
+            await _wait_up(session, url + "/health")
+            # Ceiling: the fake directly, same bodies, same concurrency.
+            sem = asyncio.Semaphore(args.concurrency)
+
+            async def direct(i: int) -> None:
+                async with sem, session.post(url + "/v1/apple/verify",
+                                             json={"transactionId": f"t{i}"},
+                                             headers={"Authorization": f"Bearer {API_KEY}"}
+                                             ) as resp:
+                    await resp.read()
+
+            t = time.perf_counter()
+            await asyncio.gather(*(direct(i) for i in range(args.polls)))
+            direct_rate = args.polls / (time.perf_counter() - t)
+
+            base = load_config(None, environ={})
+            import dataclasses
+
+            cfg = dataclasses.replace(
+                base, attesto=dataclasses.replace(base.attesto, base_url=url,
+                                                  max_concurrency=args.concurrency),
+                scheduler=dataclasses.replace(base.scheduler,
+                                              max_concurrent_polls=args.concurrency),
+                credentials=dataclasses.replace(base.credentials,
+                                                attesto_api_key=Secret(API_KEY)))
+            runtime = Runtime(cfg)
+            attesto = AttestoClient(session, cfg.attesto, cfg.credentials.attesto_api_key)
+            poller = Poller(store, runtime, attesto_fetcher(attesto, runtime),
+                            TokenBucket(1e9, 1e9))
+            rss_before = _rss_mb()
+            peak = rss_before
+            done = 0
+            t = time.perf_counter()
+            while done < args.polls:
+                views = await store.write(lambda: claim_due(runtime.now_ms(), 500))
+                if not views:
+                    break
+                await asyncio.gather(*(poller.poll_one(v) for v in views))
+                done += len(views)
+                peak = max(peak, _rss_mb())
+            poll_rate = done / (time.perf_counter() - t)
+    finally:
+        sim.terminate()
+        sim.join()
+        await store.close()
+    return {
+        "rows": args.rows, "fill_s": round(fill_s, 1),
+        "claim_500_p50_ms": round(statistics.median(claim_times), 2),
+        "claim_500_max_ms": round(max(claim_times), 2),
+        "select_500_p50_ms": round(statistics.median(base_times), 2),
+        "claim_vs_select": round(statistics.median(claim_times)
+                                 / max(statistics.median(base_times), 1e-9), 2),
+        "polls": done, "polls_per_s": round(poll_rate), "direct_per_s": round(direct_rate),
+        "polls_vs_direct": round(poll_rate / direct_rate, 2),
+        "rss_before_mb": round(rss_before, 1), "rss_peak_sweep_mb": round(peak, 1),
+        "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--polls", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        r = asyncio.run(_bench(args, Path(d)))
+    print(f"repoll bench: {r['rows']:,} rows (filled in {r['fill_s']} s)")
+    print(f"  due selection, 500/batch   relay claim p50 {r['claim_500_p50_ms']} ms "
+          f"(max {r['claim_500_max_ms']} ms) | bare SELECT p50 {r['select_500_p50_ms']} ms "
+          f"(claim/select x{r['claim_vs_select']})")
+    print(f"  polls through relay        {r['polls_per_s']}/s over {r['polls']} polls | "
+          f"fake Attesto directly {r['direct_per_s']}/s (relay/direct x{r['polls_vs_direct']})")
+    print(f"  memory while sweeping      RSS {r['rss_before_mb']} MB before, peak "
+          f"{r['rss_peak_sweep_mb']} MB during (ru_maxrss {r['maxrss_mb']} MB, incl. fill)")
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Run every benchmark in bench/ in one go and write bench/RESULTS.md.
+
+Run from the worktree root:  /tmp/v/bin/python bench/run.py [--quick] [--only ingest,...]
+Each bench is imported and its `main(argv)` called with bounded arguments; each figure is
+reported next to the baseline the same bench measured in the same run, and their ratio.
+A bench that fails is reported as failed (with the error), never silently skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+Row = tuple[str, float, str, float, str]  # figure, value, baseline name, baseline, unit
+
+
+def _verify(f: dict[str, Any]) -> list[Row]:
+    d, r = f["direct"], f["relay"]
+    return [("verify throughput", r["rps"], "direct to Attesto", d["rps"], "req/s"),
+            ("verify p50, 1 in flight", r["p50_ms"], "direct to Attesto", d["p50_ms"], "ms"),
+            ("verify p99, 1 in flight", r["p99_ms"], "direct to Attesto", d["p99_ms"], "ms"),
+            ("verify p99 under load", r["loaded_p99_ms"], "direct to Attesto",
+             d["loaded_p99_ms"], "ms")]
+
+
+def _ingest(f: dict[str, Any]) -> list[Row]:
+    c, r = f["ceiling"], f["relay"]
+    return [("webhook ingest, durable", r["accepted_per_s"], "aiohttp HMAC+JSON ceiling",
+             c["accepted_per_s"], "deliveries/s"),
+            ("webhook ingest p50", r["p50_ms"], "ceiling", c["p50_ms"], "ms"),
+            ("webhook ingest p99", r["p99_ms"], "ceiling", c["p99_ms"], "ms")]
+
+
+def _relay(f: dict[str, Any]) -> list[Row]:
+    return [("outbox delivery, signed, in order", f["relay_deliveries_per_s"],
+             "bare aiohttp client ceiling", f["ceiling_posts_per_s"], "deliveries/s")]
+
+
+# name -> (argv for the full run, argv for --quick, the rows it reports)
+def _repoll(f: dict[str, Any]) -> list[Row]:
+    return [("due claim, 500 of 1M rows (p50)", f["claim_500_p50_ms"], "bare indexed SELECT",
+             f["select_500_p50_ms"], "ms"),
+            ("re-polls through relay", f["polls_per_s"], "fake Attesto directly",
+             f["direct_per_s"], "polls/s"),
+            ("RSS peak while sweeping", f["rss_peak_sweep_mb"], "RSS before the sweep",
+             f["rss_before_mb"], "MB")]
+
+
+BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[Row]]]] = {
+    "verify": (["--duration", "5"], ["--duration", "2", "--requests", "300"], _verify),
+    "ingest": (["--duration", "10"], ["--duration", "3", "--warmup", "1"], _ingest),
+    "relay": (["--events", "20000"], ["--events", "4000"], _relay),
+    "repoll": (["--polls", "10000"], ["--rows", "200000", "--polls", "2000"], _repoll),
+}
+OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in
+                      Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+        mem = f"{mem_kb / 1_048_576:.1f} GiB"
+    except (OSError, StopIteration):
+        mem = "?"
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "?"
+    versions = {name: metadata.version(name) for name in ("aiohttp", "peewee", "apscheduler")}
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "os": f"{platform.system()} {platform.release()}", "cpu": cpu,
+            "cpus": str(os.cpu_count()), "memory": mem,
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+            **versions, "commit": commit}
+
+
+def _load(name: str) -> Any:
+    """Import bench/<name>.py. By its own name when free (spawned workers import it again
+    that way); by path under bench_<name> when a package has the name (bench/relay.py)."""
+    found = importlib.util.find_spec(name)
+    if found is None or found.origin == str(BENCH / f"{name}.py"):
+        if str(BENCH) not in sys.path:
+            sys.path.append(str(BENCH))
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # multiprocessing (spawn) finds it again by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(names: list[str], quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names + [n for n in OPTIONAL if (BENCH / f"{n}.py").exists()]:
+        full, short, _ = BENCHES.get(name, ([], [], lambda f: f.get("rows", [])))
+        started = time.monotonic()
+        print(f"== bench/{name}.py {' '.join(short if quick else full)}", flush=True)
+        try:
+            figures = _load(name).main(short if quick else full)
+            results[name] = {"figures": figures, "seconds": time.monotonic() - started}
+        except Exception as exc:  # a failed bench is a result too
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}",
+                             "seconds": time.monotonic() - started}
+    return results
+
+
+def render(info: dict[str, str], results: dict[str, Any], quick: bool) -> str:
+    out = ["# Benchmark results", "",
+           "Produced by `bench/run.py`" + (" --quick" if quick else "") + "; do not edit by "
+           "hand. Every figure is compared with a baseline measured by the same bench in "
+           "the same run, on the same machine, over 127.0.0.1. For latency a ratio above 1 "
+           "is slower than the baseline; for throughput, below 1 is slower.", "",
+           "## Machine", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in info.items()]
+    out += ["", "## Figures", "",
+            "| bench | figure | value | baseline | baseline value | ratio |",
+            "|---|---|---:|---|---:|---:|"]
+    for name, res in results.items():
+        if "error" in res:
+            out.append(f"| {name} | **failed**: {res['error']} | | | | |")
+            continue
+        rows = BENCHES[name][2](res["figures"]) if name in BENCHES else res["figures"]["rows"]
+        for figure, value, base_name, base, unit in rows:
+            ratio = value / base if base else float("nan")
+            out.append(f"| {name} | {figure} | {value:,.2f} {unit} | {base_name} | "
+                       f"{base:,.2f} {unit} | {ratio:.2f} |")
+    out += ["", "## Raw figures", ""]
+    for name, res in results.items():
+        out += [f"### {name} ({res['seconds']:.0f} s)", "", "```json",
+                json.dumps(res.get("figures", res), indent=1, default=str), "```", ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
+    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated benches")
+    parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    info = machine()
+    results = run([n for n in args.only.split(",") if n], args.quick)
+    Path(args.out).write_text(render(info, results, args.quick) + "\n")
+    print(f"wrote {args.out}")
+    return {"machine": info, "results": results}
+
+
+if __name__ == "__main__":
+    outcome = main()
+    sys.exit(1 if any("error" in r for r in outcome["results"].values()) else 0)

@@ -1,0 +1,177 @@
+"""Re-polls through the real app and the loopback Attesto simulator, on a controllable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from relay.appkeys import ATTESTO_KEY, SCHEDULER_KEY, STORE_KEY
+from relay.models import Delivery, Event, Purchase
+from relay.ratelimit import TokenBucket
+from relay.simulator import AttestoSimulator
+from tests.conftest import Clock, RelayFactory, auth
+from tests.verify_support import DAY_MS, verify_config
+
+
+async def start(relay_factory: RelayFactory, tmp_path: Path, attesto_url: str) -> Any:
+    return await relay_factory(verify_config(tmp_path, attesto_url), use_clock=True)
+
+
+async def due_now(client: Any) -> int:
+    sched = client.app[SCHEDULER_KEY]
+    assert sched.poller is not None
+    now = sched.runtime.now_ms()
+    from relay.repoll import claim_due
+
+    views = await client.app[STORE_KEY].write(lambda: claim_due(now, 100))
+    for view in views:
+        await sched.poller.poll_one(view)
+    return len(views)
+
+
+async def events(client: Any) -> list[dict[str, Any]]:
+    rows = await client.app[STORE_KEY].read(lambda: list(Event.select().order_by(Event.cursor)))
+    return [json.loads(r.body) for r in rows]
+
+
+async def row(client: Any) -> Purchase:
+    return await client.app[STORE_KEY].read(lambda: Purchase.get())
+
+
+async def test_google_renewal_never_delivered_is_found_by_the_poll(
+        relay_factory: RelayFactory, tmp_path: Path, sim: AttestoSimulator, attesto_url: str,
+        clock: Clock) -> None:
+    now = int(clock() * 1000)
+    sub = sim.add_google(token="tok-1", product_id="premium", expiry_ms=now + DAY_MS,
+                         start_ms=now)
+    client = await start(relay_factory, tmp_path, attesto_url)
+    resp = await client.post("/v1/verify/google", headers=auth(), json={
+        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
+        "purchase_token": "tok-1", "type": "subscription"})
+    assert resp.status == 200
+    assert await due_now(client) == 0  # nothing due before expiry
+    sub.expiry_ms = now + 31 * DAY_MS  # the store renewed; no webhook reached relay
+    clock.advance(DAY_MS / 1000 + 601)
+    assert await due_now(client) == 1
+    last = (await events(client))[-1]
+    assert (last["type"], last["source"], last["state"]) == ("subscription.renewed", "poll",
+                                                             "active")
+    assert (await row(client)).expires_ms == now + 31 * DAY_MS
+
+
+async def test_google_expiry_only_after_a_poll_confirms_it(
+        relay_factory: RelayFactory, tmp_path: Path, sim: AttestoSimulator, attesto_url: str,
+        clock: Clock) -> None:
+    now = int(clock() * 1000)
+    sub = sim.add_google(token="tok-2", product_id="premium", expiry_ms=now + DAY_MS,
+                         start_ms=now)
+    client = await start(relay_factory, tmp_path, attesto_url)
+    await client.post("/v1/verify/google", headers=auth(), json={
+        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
+        "purchase_token": "tok-2", "type": "subscription"})
+    clock.advance(DAY_MS / 1000 + 601)
+    assert (await row(client)).state == "active"  # not expired by the clock alone
+    sub.state = "SUBSCRIPTION_STATE_EXPIRED"
+    assert await due_now(client) == 1
+    assert (await row(client)).state == "expired"
+    assert (await events(client))[-1]["type"] == "subscription.expired"
+
+
+async def test_apple_refund_found_by_poll_and_429_changes_nothing(
+        relay_factory: RelayFactory, tmp_path: Path, sim: AttestoSimulator, attesto_url: str,
+        clock: Clock) -> None:
+    now = int(clock() * 1000)
+    txn = sim.add_apple(transaction_id="t1", original_transaction_id="o1",
+                        product_id="premium.monthly", expires_ms=now + DAY_MS,
+                        purchase_ms=now - 1000)
+    client = await start(relay_factory, tmp_path, attesto_url)
+    await client.post("/v1/verify/apple", headers=auth(),
+                      json={"user_id": "u1", "transaction_id": "t1"})
+    await client.app[STORE_KEY].write(lambda: Purchase.update(next_poll_ms=now).execute())
+    sim.fail_next(429, times=10, error="RATE_LIMITED", message="Rate limit exceeded",
+                  retry_after=30)
+    before = await row(client)
+    assert await due_now(client) == 1
+    after = await row(client)
+    assert (after.state, after.sequence) == (before.state, before.sequence)
+    assert after.poll_failures == 1 and after.next_poll_ms >= now + 30_000
+    poller = client.app[SCHEDULER_KEY].poller
+    assert poller.bucket.delay_s() > 20  # the poller honours Retry-After before its next call
+    poller.bucket = TokenBucket(100, 100)  # ...which this test does not wait out in real time
+    client.app[ATTESTO_KEY]._not_before = 0.0
+    sim.faults.clear()
+    txn.revocation_ms = now + 5000
+    clock.advance(3600)
+    assert await due_now(client) == 1
+    r = await row(client)
+    assert r.state == "refunded" and r.next_poll_ms is None
+    last = (await events(client))[-1]
+    assert (last["type"], last["source"], last["entitlements"]) == (
+        "subscription.refunded", "poll", [])
+
+
+async def test_admin_due_and_resync(relay_factory: RelayFactory, tmp_path: Path,
+                                    sim: AttestoSimulator, attesto_url: str,
+                                    clock: Clock) -> None:
+    from tests.conftest import ADMIN_TOKEN
+
+    now = int(clock() * 1000)
+    txn = sim.add_apple(transaction_id="t9", original_transaction_id="o9",
+                        product_id="premium.monthly", expires_ms=now + DAY_MS,
+                        purchase_ms=now - 1000)
+    client = await start(relay_factory, tmp_path, attesto_url)
+    await client.post("/v1/verify/apple", headers=auth(),
+                      json={"user_id": "u9", "transaction_id": "t9"})
+    admin = auth(ADMIN_TOKEN)
+    resp = await client.get("/v1/admin/due", headers=admin)
+    assert await resp.json() == {"due": 0, "oldest_due_at": None, "overdue_s": None,
+                                 "scheduler": "stopped"}
+    await client.app[STORE_KEY].write(lambda: Purchase.update(next_poll_ms=now - 5000)
+                                      .execute())
+    body = await (await client.get("/v1/admin/due", headers=admin)).json()
+    assert (body["due"], body["overdue_s"]) == (1, 5)
+    assert (await client.get("/v1/admin/due", headers=auth())).status == 401
+    txn.revocation_ms = now + 1
+    resp = await client.post("/v1/admin/resync", headers=admin, json={"user_id": "u9"})
+    assert resp.status == 200
+    assert (await resp.json())["results"] == [{"platform": "apple", "subject_key": "o9",
+                                               "outcome": "changed", "state": "refunded"}]
+    resp = await client.post("/v1/admin/resync", headers=admin,
+                             json={"platform": "apple", "subject_key": "nope"})
+    assert resp.status == 404
+    resp = await client.post("/v1/admin/resync", headers=admin, json={"platform": "x"})
+    assert resp.status == 400
+
+
+async def test_renewal_found_by_poll_is_relayed_downstream(
+        relay_factory: RelayFactory, tmp_path: Path, sim: AttestoSimulator, attesto_url: str,
+        clock: Clock, receiver: Any, receiver_url: str) -> None:
+    from relay.config import DownstreamConfig
+
+    now = int(clock() * 1000)
+    sub = sim.add_google(token="tok-r", product_id="premium", expiry_ms=now + DAY_MS,
+                         start_ms=now)
+    cfg = verify_config(tmp_path, attesto_url,
+                        downstream=(DownstreamConfig(name="app", url=receiver_url),))
+    receiver.clock = clock  # relay signs with the test clock
+    client = await relay_factory(cfg, use_clock=True)
+    await client.post("/v1/verify/google", headers=auth(), json={
+        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
+        "purchase_token": "tok-r", "type": "subscription"})
+    await receiver.wait_for(1)
+    store = client.app[STORE_KEY]
+    async with asyncio.timeout(5):  # recorded as delivered before time moves on
+        while await store.read(lambda: Delivery.select().where(
+                Delivery.status == "delivered").count()) < 1:
+            await asyncio.sleep(0.01)
+    sub.expiry_ms = now + 31 * DAY_MS
+    clock.advance(DAY_MS / 1000 + 601)
+    assert await due_now(client) == 1
+    received = await receiver.wait_for(2)
+    bodies = [r.json for r in received]
+    assert [(b["type"], b["source"]) for b in bodies] == [
+        ("subscription.purchased", "verify"), ("subscription.renewed", "poll")]
+    assert all(r.signature_ok for r in received)
+    assert bodies[1]["expires_at"] is not None and bodies[1]["sequence"] == 2
