@@ -2,6 +2,8 @@
 with a bare aiohttp handler that only checks the HMAC and parses the JSON (the ceiling).
 
 Run from the worktree root:  /tmp/v/bin/python bench/ingest.py [--duration 10]
+`--store postgres [--instances 2] [--pg-url URL]` adds a run of N relay instances sharing
+one PostgreSQL database (the load split evenly across them), against SQLite's run.
 Both servers run as subprocesses on 127.0.0.1 with the same deliveries; the load comes
 from wrk (64 connections; a Lua script feeds pre-signed requests from files), or from an
 aiohttp load generator in a subprocess when wrk is not installed. Relay commits durably
@@ -191,10 +193,12 @@ def start_ceiling(port: int, log: Path) -> subprocess.Popen[bytes]:
                                  "--serve-ceiling", str(port)], stdout=out, stderr=out)
 
 
-def start_relay(port: int, tmp: Path, log_level: str) -> subprocess.Popen[bytes]:
-    config = tmp / "relay.toml"
+def start_relay(port: int, tmp: Path, log_level: str, store: str = "",
+                name: str = "relay") -> subprocess.Popen[bytes]:
+    config = tmp / f"{name}.toml"
+    store = store or f'path = "{tmp / "relay.sqlite3"}"'
     config.write_text(
-        f'[server]\nport = {port}\n[store]\npath = "{tmp / "relay.sqlite3"}"\n'
+        f'[server]\nport = {port}\n[store]\n{store}\n'
         f'[scheduler]\nenabled = false\n[log]\nlevel = "{log_level}"\n'
         '[entitlements]\n"com.example.premium" = ["premium"]\n"premium_monthly" = ["premium"]\n'
         # A configured endpoint, held, so every event also writes its outbox row.
@@ -203,7 +207,7 @@ def start_relay(port: int, tmp: Path, log_level: str) -> subprocess.Popen[bytes]
     env = {**os.environ, "RELAY_CREDENTIAL_ATTESTO_WEBHOOK_SECRET": SECRET,
            "PYTHONPATH": str(ROOT)}
     env.pop("CREDENTIALS_DIRECTORY", None)
-    with open(tmp / "relay.log", "wb") as out:
+    with open(tmp / f"{name}.log", "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config",
                                  str(config)], stdout=out, stderr=out, env=env, cwd=tmp)
 
@@ -264,6 +268,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ceiling-pool", type=int, default=20_000,
                         help="signed deliveries for the ceiling run (it may reuse them)")
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: also run --instances relays on one PostgreSQL")
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--pg-url", default=os.environ.get(
+        "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     args = parser.parse_args(argv)
     if args.serve_ceiling:
         serve_ceiling(args.serve_ceiling)
@@ -321,6 +330,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["ratio"] = {"accepted_per_s": r["accepted_per_s"] / c["accepted_per_s"],
                             "p50": r["p50_ms"] / c["p50_ms"], "p99": r["p99_ms"] / c["p99_ms"]}
         _print(results)
+        if args.store == "postgres":
+            import importlib.util  # a sibling file; bench/ is not on sys.path (relay.py)
+
+            spec = importlib.util.spec_from_file_location("ingest_pg", BENCH_DIR / "ingest_pg.py")
+            assert spec is not None and spec.loader is not None
+            ingest_pg = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(ingest_pg)
+            run_postgres = ingest_pg.run_postgres
+
+            args.sqlite_figures = results["relay"]
+            results["postgres"] = run_postgres(sys.modules[__name__], args, tmp, script, load,
+                                               need)
+            results["ratio"]["postgres_vs_sqlite"] = (results["postgres"]["accepted_per_s"]
+                                                      / r["accepted_per_s"])
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

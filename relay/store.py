@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from peewee import Database, DatabaseError, InterfaceError, OperationalError, SqliteDatabase
+from peewee import (
+    Database,
+    DatabaseError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    SqliteDatabase,
+)
 
 from relay import migrations
 from relay.config import StoreConfig
@@ -35,6 +42,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 MAX_GROUP = 256
+# PostgreSQL: every write group takes this transaction-scoped advisory lock first, so the
+# write groups of all instances commit one at a time, as on SQLite. Event cursors are
+# then handed out in commit order (GET /v1/events never skips a late commit), and the
+# read-then-write code (monotonic apply, sequences, leases) sees no concurrent writer.
+WRITE_LOCK_KEY = 0x72656C6179  # "relay"
 
 
 def resolve_sqlite_path(path: str, environ: Mapping[str, str] | None = None) -> Path:
@@ -125,6 +137,11 @@ def _units(writes: list[_Job]) -> list[list[_Job]]:
     return units
 
 
+# The database cannot take writes now (disk full, lock timeout, lost connection; on
+# PostgreSQL also InternalError: a read-only standby after failover, an aborted transaction).
+UNAVAILABLE = (OperationalError, InterfaceError, InternalError, sqlite3.OperationalError)
+
+
 def _unavailable(exc: BaseException) -> StoreUnavailableError:
     return StoreUnavailableError(f"the store could not commit: {exc}")
 
@@ -137,6 +154,8 @@ class Store:
         self.config = cfg
         self.db = make_database(cfg, environ, pragmas)
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
+        self._write_lock_sql = (None if self.is_sqlite
+                                else f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.last_heartbeat = 0.0  # loop time of the last job the thread finished
@@ -180,6 +199,9 @@ class Store:
     def _disconnect(self) -> None:
         if not self.db.is_closed():
             self.db.close()
+        close_all = getattr(self.db, "close_all", None)  # a pool: really close, not recycle
+        if close_all is not None:
+            close_all()
 
     # ---- running work ------------------------------------------------------------
 
@@ -250,6 +272,8 @@ class Store:
                 return
 
     def _execute(self, group: list[_Job]) -> None:
+        if not self.is_sqlite:
+            self._reconnect_if_broken()
         writes = [j for j in group if j.write]
         for job in group:
             if not job.write:
@@ -274,6 +298,8 @@ class Store:
         units = _units(writes)
         try:
             with self.db.atomic():
+                if self._write_lock_sql:
+                    self.db.execute_sql(self._write_lock_sql)  # type: ignore[no-untyped-call]
                 if len(writes) == 1:
                     self._run_one(writes[0], savepoint=False)
                 else:
@@ -305,7 +331,7 @@ class Store:
                     job.result = job.call()
             else:
                 job.result = job.call()
-        except (OperationalError, InterfaceError, sqlite3.OperationalError) as exc:
+        except UNAVAILABLE as exc:
             # Disk full, I/O error, lock timeout: the whole group is suspect.
             job.error = _unavailable(exc)
             raise
@@ -320,7 +346,7 @@ class Store:
                 if len(results) != len(unit):
                     raise RuntimeError(f"batch returned {len(results)} results for "
                                        f"{len(unit)} items")
-        except (OperationalError, InterfaceError, sqlite3.OperationalError) as exc:
+        except UNAVAILABLE as exc:
             for job in unit:
                 job.error = _unavailable(exc)
             raise
@@ -332,6 +358,20 @@ class Store:
             return
         for job, result in zip(unit, results, strict=True):
             job.result = result
+
+    def _reconnect_if_broken(self) -> None:
+        """PostgreSQL restarted or failed over: the next job gets a fresh connection."""
+        if self.db.is_closed():
+            return  # not opened yet, or closing
+        try:
+            conn = self.db.connection()  # type: ignore[no-untyped-call]
+            broken = bool(getattr(conn, "closed", 0))
+            if broken:
+                log.warning("database connection lost; reconnecting to %s", self.description)
+                self.db.close()  # the pool drops a closed connection instead of reusing it
+                self.db.connect()
+        except Exception as exc:  # the job itself reports the failure (503)
+            log.warning("reconnect to %s failed: %s", self.description, exc)
 
     def _recover_connection(self) -> None:
         try:
@@ -350,7 +390,7 @@ class _Rollback(Exception):
 
 
 def _translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, OperationalError | InterfaceError):
+    if isinstance(exc, UNAVAILABLE):
         return _unavailable(exc)
     if isinstance(exc, DatabaseError) and "full" in str(exc).lower():
         return _unavailable(exc)

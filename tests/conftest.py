@@ -1,4 +1,4 @@
-"""Fixtures: relay on a temporary SQLite file, and real loopback peers (Attesto, downstream)."""
+"""Fixtures: relay on a temporary store (tests/store_support.py), and loopback peers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from relay.app import create_app
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
 from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
+from tests.store_support import _drop_test_databases, store_config  # noqa: F401
 
 API_KEY = "relay-test-service-key"
 ADMIN_TOKEN = "relay-test-admin-token"
@@ -67,7 +68,7 @@ def make_config(tmp_path: Path, *, attesto_url: str = "http://127.0.0.1:9",
     """A test Config: store under tmp_path, every credential set, sections overridable."""
     base = load_config(None, environ={})
     changes: dict[str, Any] = {
-        "store": dataclasses.replace(base.store, path=str(tmp_path / "relay.sqlite3")),
+        "store": store_config(tmp_path),
         "attesto": dataclasses.replace(base.attesto, base_url=attesto_url, timeout_s=5.0,
                                        connect_timeout_s=1.0),
         "outbox": dataclasses.replace(base.outbox, allow_networks=("127.0.0.0/8",)),

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from relay import pipeline
-from relay.config import StoreConfig
 from relay.domain import Snapshot, State
 from relay.errors import ConflictError
 from relay.models import AppUser, Delivery, Event, Purchase
 from relay.pipeline import Route, Rules
 from relay.store import Store
+from tests.store_support import store_config
 
 DAY = 86_400_000
 T0 = 1_800_000_000_000
@@ -22,7 +22,7 @@ T0 = 1_800_000_000_000
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(StoreConfig(path=str(tmp_path / "p.sqlite3")))
+    s = Store(store_config(tmp_path, "p"))
     await s.open()
     yield s
     await s.close()

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from relay import pipeline, statements
-from relay.config import StoreConfig
 from relay.domain import Snapshot, State
 from relay.errors import ConflictError
 from relay.models import AppUser, Delivery, Event, Purchase
 from relay.pipeline import Route, Rules
 from relay.store import Store
+from tests.store_support import store_config
 
 NOW = 1_800_000_000_000
 RULES = Rules(
@@ -28,7 +28,7 @@ RULES = Rules(
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(StoreConfig(path=str(tmp_path / "p.sqlite3")))
+    s = Store(store_config(tmp_path, "p"))
     await s.open()
     yield s
     await s.close()
@@ -46,7 +46,8 @@ def snap(**kw: Any) -> Snapshot:
 async def rows(store: Store) -> dict[str, Any]:
     def run() -> dict[str, Any]:
         return {
-            "purchases": [pipeline.view_of(p) for p in Purchase.select()],
+            "purchases": [pipeline.view_of(p) for p in Purchase.select().order_by(
+                Purchase.platform, Purchase.subject_key)],
             "events": [json.loads(e.body) for e in Event.select().order_by(Event.cursor)],
             "deliveries": sorted((d.endpoint, d.status, d.subject, d.sequence)
                                  for d in Delivery.select()),
@@ -121,7 +122,7 @@ async def test_apply_many_equals_one_by_one(tmp_path: Path) -> None:
                   event_type="subscription.renewed")]
     results = []
     for name, many in (("one", False), ("many", True)):
-        s = Store(StoreConfig(path=str(tmp_path / f"{name}.sqlite3")))
+        s = Store(store_config(tmp_path, name))
         await s.open()
         if many:
             applied = await s.write(lambda: pipeline.apply_many(batch, RULES, NOW))

@@ -19,6 +19,7 @@ from relay.attesto_signature import sign_attesto
 from relay.models import database
 from relay.simulator import AttestoSimulator
 from tests.conftest import Clock, RelayFactory
+from tests.store_support import ON_POSTGRES
 from tests.webhooks_support import (
     BILLING,
     ENTITLEMENTS,
@@ -207,15 +208,23 @@ async def test_a_store_error_mid_transaction_leaves_nothing(relay_factory: Relay
     """Inbox, event and outbox rows are written, then the purchase insert fails: all undone."""
     client = await start(relay_factory)
     store = client.app[STORE_KEY]
-    await store.write(lambda: database.execute_sql(
-        'CREATE TRIGGER fail_purchase BEFORE INSERT ON "purchase" '
-        "BEGIN SELECT RAISE(ABORT, 'simulated failure'); END"))
+    if ON_POSTGRES:  # SQLSTATE 53100 is disk_full: an OperationalError, as on a full disk
+        await store.write(lambda: database.execute_sql(
+            "CREATE FUNCTION fail_purchase() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'simulated failure' USING ERRCODE = '53100'; END $$; "
+            'CREATE TRIGGER fail_purchase BEFORE INSERT ON "purchase" '
+            "FOR EACH ROW EXECUTE FUNCTION fail_purchase()"))
+    else:
+        await store.write(lambda: database.execute_sql(
+            'CREATE TRIGGER fail_purchase BEFORE INSERT ON "purchase" '
+            "BEGIN SELECT RAISE(ABORT, 'simulated failure'); END"))
     body = renewal(sim)
     status, answer = await post(client, sim, body, t=NOW_S)
     assert status == 503 and answer["error"]["code"] == "store_unavailable"
     assert await counts(client) == EMPTY
     assert counted(client) == {("failed", "store_unavailable"): 1}
-    await store.write(lambda: database.execute_sql("DROP TRIGGER fail_purchase"))
+    drop = "DROP TRIGGER fail_purchase" + (' ON "purchase"' if ON_POSTGRES else "")
+    await store.write(lambda: database.execute_sql(drop))
     # Attesto retries the same event: it is processed once, in full.
     assert await post(client, sim, body, t=NOW_S + 30) == (200, {"status": "accepted"})
     assert await counts(client) == {"inbox": 1, "event": 1, "delivery": 1, "purchase": 1}
@@ -225,10 +234,13 @@ async def test_an_unwritable_store_answers_503(relay_factory: RelayFactory,
                                                sim: AttestoSimulator) -> None:
     client = await start(relay_factory)
     store = client.app[STORE_KEY]
-    await store.read(lambda: database.execute_sql("PRAGMA query_only = 1"))
+    # PostgreSQL: the session turns read-only, as on a standby after a failover.
+    ro, rw = (("SET default_transaction_read_only = on", "SET default_transaction_read_only = off")
+              if ON_POSTGRES else ("PRAGMA query_only = 1", "PRAGMA query_only = 0"))
+    await store.read(lambda: database.execute_sql(ro))
     status, answer = await post(client, sim, renewal(sim), t=NOW_S)
     assert status == 503 and answer["error"]["code"] == "store_unavailable"
-    await store.read(lambda: database.execute_sql("PRAGMA query_only = 0"))
+    await store.read(lambda: database.execute_sql(rw))
     assert await counts(client) == EMPTY
 
 

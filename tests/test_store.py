@@ -13,10 +13,11 @@ from relay import migrations
 from relay.config import StoreConfig
 from relay.errors import StoreUnavailableError
 from relay.models import SCHEMA_VERSION, Delivery, Event, Inbox, Meta, Purchase, database
+from tests.store_support import sqlite_only, store_config
 
 
 def cfg(tmp_path: Path) -> StoreConfig:
-    return StoreConfig(path=str(tmp_path / "s.sqlite3"))
+    return store_config(tmp_path, "s")
 
 
 async def open_store(tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def]
@@ -77,10 +78,10 @@ async def test_round_trip_and_sql_runs_off_the_loop_thread(tmp_path: Path) -> No
     store = await open_store(tmp_path)
     seen: list[str] = []
 
-    def put() -> int:
+    def put() -> None:
         seen.append(threading.current_thread().name)
-        return int(Inbox.insert(event_id="evt_1", event_type="test", received_ms=1,
-                                signature_t=1, headers="{}", body=b"\x00raw").execute() or 0)
+        Inbox.insert(event_id="evt_1", event_type="test", received_ms=1,
+                     signature_t=1, headers="{}", body=b"\x00raw").execute()
 
     await store.write(put)
     row = await store.read(lambda: Inbox.get_by_id("evt_1"))
@@ -116,6 +117,7 @@ async def test_one_failing_write_in_a_group_rolls_back_alone(tmp_path: Path) -> 
     await store.close()
 
 
+@sqlite_only
 async def test_disk_full_fails_the_write_and_recovers(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     pages = await store.read(lambda: store.db.execute_sql("PRAGMA page_count").fetchone()[0])

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from peewee import OperationalError
 
-from relay.config import StoreConfig
 from relay.errors import StoreUnavailableError
 from relay.models import Meta
 from relay.store import Store
+from tests.store_support import store_config
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(StoreConfig(path=str(tmp_path / "w.sqlite3")))
+    s = Store(store_config(tmp_path, "w"))
     await s.open()
     yield s
     await s.close()
