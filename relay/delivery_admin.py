@@ -26,7 +26,7 @@ def _row_json(d: dict[str, Any], now_ms: int) -> dict[str, Any]:
         "endpoint": d["endpoint"], "subject": d["subject"], "sequence": d["sequence"],
         "status": d["status"], "attempts": d["attempts"],
         "next_attempt_at": iso(d["next_attempt_ms"]) if d["status"] == "pending" else None,
-        "claimed": bool(d["claimed_until_ms"] and d["claimed_until_ms"] > now_ms),
+        "in_flight": bool(d["claimed_until_ms"] and d["claimed_until_ms"] > now_ms),
         "last_status": d["last_status"], "last_error": d["last_error"],
         "created_at": iso(d["created_ms"]), "delivered_at": iso(d["delivered_ms"]),
     }
