@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import platform
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +34,14 @@ if str(ROOT) not in sys.path:
 Row = tuple[str, float, str, float, str]  # figure, value, baseline name, baseline, unit
 
 
+def _pg() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def _verify(f: dict[str, Any]) -> list[Row]:
     d, r = f["direct"], f["relay"]
     return [("verify throughput", r["rps"], "direct to Attesto", d["rps"], "req/s"),
@@ -44,7 +53,12 @@ def _verify(f: dict[str, Any]) -> list[Row]:
 
 def _ingest(f: dict[str, Any]) -> list[Row]:
     c, r = f["ceiling"], f["relay"]
-    return [("webhook ingest, durable", r["accepted_per_s"], "aiohttp HMAC+JSON ceiling",
+    pg = f.get("postgres")
+    scale_out: list[Row] = [] if not pg else [
+        (f"ingest, {pg.get('instances', 2)} instances on one PostgreSQL", pg["accepted_per_s"],
+         "1 instance on SQLite", r["accepted_per_s"], "deliveries/s")]
+    return scale_out + [
+            ("webhook ingest, durable", r["accepted_per_s"], "aiohttp HMAC+JSON ceiling",
              c["accepted_per_s"], "deliveries/s"),
             ("webhook ingest p50", r["p50_ms"], "ceiling", c["p50_ms"], "ms"),
             ("webhook ingest p99", r["p99_ms"], "ceiling", c["p99_ms"], "ms")]
@@ -67,7 +81,9 @@ def _repoll(f: dict[str, Any]) -> list[Row]:
 
 BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[Row]]]] = {
     "verify": (["--duration", "5"], ["--duration", "2", "--requests", "300"], _verify),
-    "ingest": (["--duration", "10"], ["--duration", "3", "--warmup", "1"], _ingest),
+    # With PostgreSQL on 127.0.0.1:5432, also two instances on one database (issue 9).
+    "ingest": (["--duration", "10"] + (["--store", "postgres"] if _pg() else []),
+               ["--duration", "3", "--warmup", "1"], _ingest),
     "relay": (["--events", "20000"], ["--events", "4000"], _relay),
     "repoll": (["--polls", "10000"], ["--rows", "200000", "--polls", "2000"], _repoll),
 }
