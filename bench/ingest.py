@@ -193,19 +193,29 @@ def start_ceiling(port: int, log: Path) -> subprocess.Popen[bytes]:
                                  "--serve-ceiling", str(port)], stdout=out, stderr=out)
 
 
-def start_relay(port: int, tmp: Path, log_level: str, store: str = "",
-                name: str = "relay") -> subprocess.Popen[bytes]:
+# A configured endpoint, held, so every event also writes its outbox row.
+HELD_DOWNSTREAM = ('[[downstream]]\nname = "billing"\nurl = "https://billing.example/hook"\n'
+                   "enabled = false\n")
+
+
+def start_relay(port: int, tmp: Path, log_level: str, store: str = "", name: str = "relay",
+                downstream: str = HELD_DOWNSTREAM,
+                env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`relay serve` on 127.0.0.1:`port` with its config (and SQLite file) in `tmp`.
+
+    `store` is the `[store]` body (default: a SQLite file in `tmp`); `downstream` is TOML
+    appended to the config (the `[[downstream]]` tables, and any `[outbox]` they need);
+    `env_extra` adds environment (their RELAY_CREDENTIAL_* secrets).
+    """
     config = tmp / f"{name}.toml"
     store = store or f'path = "{tmp / "relay.sqlite3"}"'
     config.write_text(
         f'[server]\nport = {port}\n[store]\n{store}\n'
         f'[scheduler]\nenabled = false\n[log]\nlevel = "{log_level}"\n'
         '[entitlements]\n"com.example.premium" = ["premium"]\n"premium_monthly" = ["premium"]\n'
-        # A configured endpoint, held, so every event also writes its outbox row.
-        '[[downstream]]\nname = "billing"\nurl = "https://billing.example/hook"\n'
-        "enabled = false\n")
+        + downstream)
     env = {**os.environ, "RELAY_CREDENTIAL_ATTESTO_WEBHOOK_SECRET": SECRET,
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), **(env_extra or {})}
     env.pop("CREDENTIALS_DIRECTORY", None)
     with open(tmp / f"{name}.log", "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config",
