@@ -31,6 +31,7 @@ from relay.webhook_signing import (
 )
 from tests.conftest import DOWNSTREAM_SECRET, Clock, RelayFactory, make_config
 from tests.outbox_support import App, attempts, deliveries, emit, now_clock, outbox_of
+from tests.store_support import ON_POSTGRES
 
 
 @pytest.fixture
@@ -310,6 +311,9 @@ async def test_worker_killed_mid_attempt_row_is_delivered_after_restart(
     session = delivery_session(GuardedResolver(parse_allow_networks(["127.0.0.0/8"])), 8)
     reborn = Outbox(store, runtime, session, outbox.endpoints)
     try:
+        if ON_POSTGRES:
+            # Several instances may share PostgreSQL: the dead worker's lease must lapse.
+            clock.advance(3600)  # past any lease (claim_timeout_s + rounds of timeouts)
         # SQLite has one owner: a start releases the dead worker's claims, no lease wait.
         await reborn.start()
         await reborn.settle()
