@@ -2,9 +2,10 @@
 
 Run from the worktree root:  /tmp/v/bin/python bench/relay.py [--events 20000]
 The receiver runs in its own process (a downstream is another service). Both sides
-post the same bodies with the same concurrency; relay also signs, claims, records
-and keeps per-subject order. A sample of relay's requests is verified with the
-independent `standardwebhooks` package. Bounded by --timeout seconds.
+post the same bodies with the same concurrency, in interleaved rounds (the fastest
+of each side counts); relay also signs, claims, records and keeps per-subject order.
+A sample of relay's requests is verified with the independent `standardwebhooks`
+package. Bounded by --timeout seconds.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 import tempfile
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay import pipeline  # noqa: E402
+from relay import delivery_admin, pipeline  # noqa: E402
 from relay.app import create_app  # noqa: E402
 from relay.appkeys import RUNTIME_KEY, STORE_KEY  # noqa: E402
 from relay.config import Credentials, DownstreamConfig, Secret, load_config  # noqa: E402
@@ -56,6 +58,10 @@ def serve_receiver() -> None:
                                 "at": time.time()})
             return web.Response(text='{"ok":true}', content_type="application/json")
 
+        async def bare(request: web.Request) -> web.Response:  # the ceiling's requests
+            await request.read()
+            return web.Response(text='{"ok":true}', content_type="application/json")
+
         async def stats(request: web.Request) -> web.Response:
             nonlocal count
             out = {"count": count, "samples": samples[:]}
@@ -66,6 +72,7 @@ def serve_receiver() -> None:
 
         app = web.Application()
         app.router.add_post("/hook", hook)
+        app.router.add_post("/bare", bare)
         app.router.add_get("/stats", stats)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -87,8 +94,8 @@ async def _stats(session: aiohttp.ClientSession, base: str, reset: bool = False
 
 # ---- the ceiling: a bare client ---------------------------------------------------------
 
-async def ceiling(url: str, bodies: Sequence[bytes], concurrency: int) -> float:
-    """Post every body with `concurrency` workers; return seconds taken."""
+async def ceiling(url: str, bodies: Sequence[bytes], concurrency: int) -> tuple[float, float]:
+    """Post every body with `concurrency` workers; return (wall, CPU) seconds taken."""
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         it = iter(bodies)
@@ -100,9 +107,9 @@ async def ceiling(url: str, bodies: Sequence[bytes], concurrency: int) -> float:
                     await resp.content.read(256)
                     assert resp.status == 200
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 # ---- relay ----------------------------------------------------------------------------------
@@ -134,9 +141,29 @@ def _enqueue(app: web.Application, start: int, count: int, per_subject: int) -> 
     return bodies
 
 
-async def run_relay(url: str, events: int, per_subject: int, concurrency: int,
-                    secret: str) -> tuple[float, list[bytes], int]:
-    """Pause, enqueue `events`, resume and time the drain; return (s, bodies, delivered)."""
+async def _rearm(app: web.Application) -> int:
+    """Queue every event to the (paused) endpoint again, as `relay replay` does."""
+    runtime, store = app[RUNTIME_KEY], app[STORE_KEY]
+    route = runtime.rules.routes[0]
+    cursor, total = 0, 0
+    while True:
+        page = await store.write(lambda after=cursor: delivery_admin.replay_page(
+            route, None, None, None, after, 1000, False, runtime.now_ms(), False))
+        total += page.enqueued
+        if page.last_cursor is None:
+            return total
+        cursor = page.last_cursor
+
+
+async def run_relay(url: str, events: int, per_subject: int, concurrency: int, secret: str,
+                    rounds: int, between: Callable[[list[bytes]], Awaitable[None]]
+                    ) -> tuple[float, float, int]:
+    """Enqueue `events` while paused, then time resume-to-drained `rounds` times.
+
+    Returns the fastest round's (wall s, CPU s) and the rows delivered. Each later
+    round re-queues the same events with a replay. `between(bodies)` runs after each
+    round (the ceiling), so both sides sample the same stretch of machine noise.
+    """
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as state:
         app = create_app(_config(Path(state), url, secret, concurrency))
         runner = web.AppRunner(app)
@@ -150,15 +177,24 @@ async def run_relay(url: str, events: int, per_subject: int, concurrency: int,
                 n = min(batch, events - start)
                 bodies += await store.write(
                     lambda s=start, n=n: _enqueue(app, s, n, per_subject))
-            t0 = time.perf_counter()
-            await outbox.resume("bench")
-            await outbox.settle()
-            elapsed = time.perf_counter() - t0
-            delivered = await store.read(lambda: Delivery.select().where(
-                Delivery.status == "delivered").count())
+            best: tuple[float, float] | None = None
+            for round_ in range(rounds):
+                if round_:
+                    await outbox.pause("bench")
+                    assert await _rearm(app) == events
+                t0, c0 = time.perf_counter(), time.process_time()
+                await outbox.resume("bench")
+                await outbox.settle()
+                took = (time.perf_counter() - t0, time.process_time() - c0)
+                delivered = await store.read(lambda: Delivery.select().where(
+                    Delivery.status == "delivered").count())
+                assert delivered == events, f"round {round_}: {delivered} of {events}"
+                best = took if best is None or took < best else best
+                await between([b.encode() for b in bodies])
         finally:
             await runner.cleanup()
-    return elapsed, [b.encode() for b in bodies], delivered
+    assert best is not None
+    return best[0], best[1], delivered
 
 
 def _verify(samples: list[dict[str, Any]], secret: str) -> tuple[int, str]:
@@ -175,7 +211,8 @@ def _verify(samples: list[dict[str, Any]], secret: str) -> tuple[int, str]:
     return len(samples), "standardwebhooks"
 
 
-async def bench(events: int, per_subject: int, concurrency: int) -> dict[str, Any]:
+async def bench(events: int, per_subject: int, concurrency: int, rounds: int
+                ) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, __file__, "--serve-receiver"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None
@@ -183,27 +220,35 @@ async def bench(events: int, per_subject: int, concurrency: int) -> dict[str, An
         port = int(await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline))
         base = f"http://127.0.0.1:{port}"
         secret = generate_secret()
-        relay_s, bodies, delivered = await run_relay(f"{base}/hook", events, per_subject,
-                                                     concurrency, secret)
+        ceilings: list[tuple[float, float]] = []
+
+        async def ceiling_round(bodies: list[bytes]) -> None:
+            ceilings.append(await ceiling(f"{base}/bare", bodies, concurrency))
+
+        relay_s, relay_cpu, delivered = await run_relay(
+            f"{base}/hook", events, per_subject, concurrency, secret, rounds, ceiling_round)
         async with aiohttp.ClientSession() as session:
             got = await _stats(session, base, reset=True)
         verified, oracle = _verify(got["samples"], secret)
-        ceiling_s = await ceiling(f"{base}/hook", bodies, concurrency)
-        async with aiohttp.ClientSession() as session:
-            ceiling_got = (await _stats(session, base))["count"]
+        # Best of the same number of interleaved rounds on both sides: a noisy
+        # neighbour on a shared machine slows one round, not the comparison.
+        ceiling_s, ceiling_cpu = min(ceilings)
     finally:
         proc.stdin.close()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    relay_rate, ceiling_rate = delivered / relay_s, ceiling_got / ceiling_s
+    relay_rate, ceiling_rate = delivered / relay_s, events / ceiling_s
     return {
         "events": events, "events_per_subject": per_subject, "concurrency": concurrency,
-        "relay_delivered": delivered, "receiver_count": got["count"],
+        "rounds": rounds, "relay_delivered": delivered,
+        "receiver_count": got["count"], "expected_requests": events * rounds,
         "relay_seconds": round(relay_s, 3), "relay_deliveries_per_s": round(relay_rate),
         "ceiling_seconds": round(ceiling_s, 3), "ceiling_posts_per_s": round(ceiling_rate),
         "ratio_to_ceiling": round(relay_rate / ceiling_rate, 3),
+        "relay_cpu_us_per_delivery": round(relay_cpu / max(delivered, 1) * 1e6),
+        "ceiling_cpu_us_per_post": round(ceiling_cpu / events * 1e6),
         "signatures_verified": verified, "verified_with": oracle,
     }
 
@@ -213,17 +258,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--per-subject", type=int, default=4,
                         help="events per purchase (delivered in sequence order)")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help="attempts in flight (relay: overall and for the one endpoint; "
+                             "the bare client: connections)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed drains on each side; the fastest counts")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
 
     async def bounded() -> dict[str, Any]:
         async with asyncio.timeout(args.timeout):
-            return await bench(args.events, args.per_subject, args.concurrency)
+            return await bench(args.events, args.per_subject, args.concurrency, args.rounds)
 
     result = asyncio.run(bounded())
-    ok = result["relay_delivered"] == args.events == result["receiver_count"]
-    result["all_delivered"] = ok
+    result["all_delivered"] = (result["relay_delivered"] == args.events
+                               and result["receiver_count"] == result["expected_requests"])
     return result
 
 
@@ -231,6 +280,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--serve-receiver"]:
         serve_receiver()
         sys.exit(0)
+    logging.basicConfig(level=logging.ERROR)  # relay's start-up warnings are not figures
     figures = main()
     for key, value in figures.items():
         print(f"{key:>24}: {value}")

@@ -128,6 +128,7 @@ class OutboxConfig:
     )
     allow_networks: tuple[str, ...] = ()
     claim_timeout_s: float = 120.0
+    stop_grace_s: float = 5.0
     sweep_s: float = 5.0
     delivered_retention_s: int = 604_800
 

@@ -28,6 +28,7 @@ from relay.webhook_signing import sign_headers
 log = logging.getLogger(__name__)
 
 EXCERPT_BYTES = 256  # first bytes of a response kept with the attempt
+START_LOOKUP_TIMEOUT_S = 5.0  # a slow DNS delays the start by at most this per endpoint
 
 
 async def attempt(session: aiohttp.ClientSession, ep: Endpoint, c: Claimed,
@@ -133,7 +134,11 @@ async def check_hostnames(resolver: AbstractResolver, endpoints: Mapping[str, En
             continue
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            await resolver.resolve(host, port)
+            async with asyncio.timeout(START_LOOKUP_TIMEOUT_S):
+                await resolver.resolve(host, port)
+        except TimeoutError:
+            log.warning("endpoint %s: no answer resolving %s at start; checked again on "
+                        "every delivery", ep.name, host)
         except SsrfError as exc:
             problems.append(f"{source}: [[downstream]] #{index + 1} ({ep.name}) url refused "
                             f"by the SSRF guard ({exc.rule}): {exc}")

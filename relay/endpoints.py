@@ -74,6 +74,12 @@ def url_problem(url: str, allow: Sequence[Network], resolve: Resolve | None = No
 def downstream_problems(config: Config) -> list[str]:
     """Every key-material and literal-address problem of the `[[downstream]]` tables."""
     problems: list[str] = []
+    o = config.outbox
+    if len(config.downstream) > 1 and o.per_endpoint_concurrency >= o.concurrency:
+        problems.append(
+            f"{config.source}: [outbox] per_endpoint_concurrency ({o.per_endpoint_concurrency})"
+            f" must be below concurrency ({o.concurrency}) with several [[downstream]] "
+            "endpoints, or one slow endpoint could take every slot")
     try:
         allow = parse_allow_networks(config.outbox.allow_networks)
     except ValueError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -53,6 +54,8 @@ class Outbox:
         self._per_endpoint = cfg.per_endpoint_concurrency
         self._claim_timeout_s = cfg.claim_timeout_s
         self._sweep_s = cfg.sweep_s
+        self._stop_grace_s = cfg.stop_grace_s
+        self._stopping = False  # lanes start nothing new, cycles claim nothing
         self._wake = asyncio.Event()
         self._urgent = True  # the next wake must run a cycle (new rows, a poke, a timer)
         self._hungry: set[str] = set()  # active endpoints whose last claim got all it asked
@@ -66,7 +69,7 @@ class Outbox:
         # Claimed rows waiting for a lane; the deques live as long as the worker.
         self._ready = {name: collections.deque[Claimed]() for name in self.endpoints}
         self._has_ready = {name: asyncio.Event() for name in self.endpoints}
-        self._slots = asyncio.Semaphore(self._concurrency)  # attempts in flight, overall
+        self._slots = self._overall_bound()
         self._depth: dict[str, int] = {}  # rows an endpoint may hold, adapted every cycle
         self._inflight: dict[int, Claimed] = {}
         self._per_ep: collections.Counter[str] = collections.Counter()
@@ -99,7 +102,15 @@ class Outbox:
         self.task = asyncio.create_task(self._run(), name="relay-outbox")
 
     async def stop(self) -> None:
-        """Cancel the worker and its attempts; record what finished, release the rest."""
+        """Let attempts in flight finish (up to stop_grace_s), then cancel the rest.
+
+        What finished is recorded; every other claim is given back for the next start.
+        """
+        self._stopping = True
+        if self.task is not None and not self.task.done() and self._inflight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._stop_grace_s):
+                    await self._idle.wait()
         claims = self._claims()  # before cancelling: cancelled attempts leave _inflight
         if self.task is not None:
             self.task.cancel()
@@ -131,6 +142,12 @@ class Outbox:
         ready = [c for queue in self._ready.values() for c in queue]
         return list(self._inflight.values()) + ready + self._to_release
 
+    def _overall_bound(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        """The overall bound; not needed (and not paid for) while the lanes cannot exceed it."""
+        if self._per_endpoint * len(self.endpoints) > self._concurrency:
+            return asyncio.Semaphore(self._concurrency)
+        return contextlib.nullcontext()
+
     def reconfigure(self, config: Config) -> None:
         """Adopt a reloaded config: new secrets, URLs, timeouts and endpoints apply to the
         next attempt; attempts in flight finish as they started. ConfigError if unusable."""
@@ -143,8 +160,10 @@ class Outbox:
                                                     name=f"relay-outbox-{name}-{i}")
                                 for i in range(self._per_endpoint)]
         for name in self.endpoints.keys() - endpoints.keys():
-            self._drop_ready(name)
+            self._to_release.extend(self._drop_ready(name))
         self.endpoints = endpoints
+        if isinstance(self._slots, contextlib.nullcontext):
+            self._slots = self._overall_bound()  # more lanes now: the bound may be needed
         self.wake()
 
     def wake(self) -> None:
@@ -154,6 +173,8 @@ class Outbox:
 
     async def poke(self) -> None:
         """Run one full cycle that starts after this call (record, claim, dispatch)."""
+        if self.task is None or self.task.done():
+            raise RuntimeError("the outbox worker is not running")
         target = self._cycles_started + 1
         self.wake()
         async with self._cycle_cond:
@@ -185,28 +206,43 @@ class Outbox:
     def in_flight(self, endpoint: str | None = None) -> int:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
 
-    def _drop_ready(self, name: str) -> None:
+    def _drop_ready(self, name: str) -> list[Claimed]:
         queue = self._ready[name]
-        self._to_release.extend(queue)
+        dropped = list(queue)
         queue.clear()
+        return dropped
 
     async def pause(self, name: str, reason: str = "paused", detail: str | None = None) -> int:
         """Hold `name`'s rows (now and for new events) until resume; survives restarts."""
         self._runtime.set_paused(self._runtime.paused | {name})
-        self._drop_ready(name)
-        held = await self._store.write(
-            lambda: outbox_db.hold_endpoint(name, reason, detail, self._runtime.now_ms()))
+        dropped = self._drop_ready(name)  # claimed but not started: give the leases back
+        now_ms = self._runtime.now_ms()
+
+        def work() -> int:
+            held = outbox_db.hold_endpoint(name, reason, detail, now_ms)
+            outbox_db.release(dropped, now_ms)
+            return held
+
+        held = await self._store.write(work)
         log.warning("endpoint %s %s: %d deliveries held", name, reason, held)
         return held
 
     async def resume(self, name: str) -> int:
         """Send `name`'s held rows again and route new events to it."""
-        if self._to_release:
-            await self.poke()  # give back leases of rows dropped at pause first
         self._runtime.set_paused(self._runtime.paused - {name})
         active = name in self.active_endpoints()
-        released = await self._store.write(
-            lambda: outbox_db.resume_endpoint(name, self._runtime.now_ms(), active))
+        releases, self._to_release = self._to_release, []  # from a 410 not yet given back
+        now_ms = self._runtime.now_ms()
+
+        def work() -> int:
+            outbox_db.release(releases, now_ms)
+            return outbox_db.resume_endpoint(name, now_ms, active)
+
+        try:
+            released = await self._store.write(work)
+        except BaseException:
+            self._to_release[:0] = releases
+            raise
         log.info("endpoint %s resumed: %d held deliveries released", name, released)
         return released
 
@@ -228,23 +264,31 @@ class Outbox:
                 if not self._worth_a_cycle():
                     continue
                 self._urgent = False
-                if not await self._cycle():
+                try:
+                    ok = await self._cycle()
+                except Exception:  # a bug must not stop deliveries for good
+                    log.exception("outbox cycle crashed")
+                    ok = False
+                if not ok:
                     await asyncio.sleep(ERROR_BACKOFF_S)  # store down: do not spin
         finally:
             for lane in self._lanes:
                 lane.cancel()
             await asyncio.gather(*self._lanes, return_exceptions=True)
 
-    def _worth_a_cycle(self) -> bool:
+    def _worth_a_cycle(self, endpoint: str | None = None) -> bool:
         """Batch the store round trips: a finished attempt alone does not call for one.
 
         A cycle runs when asked to (new rows, a poke, a timer: finished attempts wait
         at most RECORD_WITHIN_S), when nothing is in flight, or when an endpoint that
-        may have more due rows is down to less than one round of ready ones.
+        may have more due rows has used half of its ready ones (so the refill arrives
+        before its lanes run dry). A lane asks about its own endpoint only.
         """
         if self._urgent or self._to_release or not self._inflight:
             return True
-        return any(len(self._ready[name]) < self._per_endpoint for name in self._hungry)
+        names = self._hungry if endpoint is None else (endpoint,)
+        return any(name in self._hungry and len(self._ready[name])
+                   < max(self._per_endpoint, self._depth[name] // 2) for name in names)
 
     def _wait_s(self) -> float:
         wait = RECORD_WITHIN_S if self._done else self._sweep_s
@@ -256,7 +300,7 @@ class Outbox:
     def _wants(self, now_ms: int) -> tuple[dict[str, int], dict[str, int]]:
         """How many rows each active endpoint may claim now, and their lease ends.
 
-        An endpoint that nearly drained its ready queue since the last cycle may hold
+        An endpoint that used half of its ready queue since the last cycle may hold
         twice as many rows (up to MAX_DEPTH times its concurrency): one store round
         trip then feeds more attempts. One whose queue barely moved, half as many.
         The lease covers the attempts queued ahead of a row, so a waiting row never
@@ -264,11 +308,11 @@ class Outbox:
         """
         wants: dict[str, int] = {}
         leases: dict[str, int] = {}
-        for name in self.active_endpoints():
+        for name in ([] if self._stopping else self.active_endpoints()):
             ep = self.endpoints[name]
             ready = len(self._ready[name])
             depth = self._depth.get(name, self._per_endpoint)
-            if ready < self._per_endpoint:  # less than one round left: it keeps up
+            if ready < max(self._per_endpoint, depth // 2):  # used half since: it keeps up
                 depth = min(depth * 2, MAX_DEPTH * self._per_endpoint)
             elif ready >= depth - self._per_endpoint:  # barely moved since: it is slow
                 depth = max(depth // 2, self._per_endpoint)
@@ -313,7 +357,7 @@ class Outbox:
     def _after(self, result: CycleResult) -> None:
         for name in result.gone:
             self._runtime.set_paused(self._runtime.paused | {name})
-            self._drop_ready(name)
+            self._to_release.extend(self._drop_ready(name))
             self.wake()  # release their leases in the next cycle
             log.warning("endpoint %s answered 410 Gone: disabled, its events are held "
                         "until `relay resume %s`", name, name)
@@ -331,12 +375,13 @@ class Outbox:
         """One of `name`'s per_endpoint_concurrency lanes: take ready rows, one at a time.
 
         A lane awaits the attempt itself (no task per attempt); the global bound is
-        the `_slots` semaphore. A cancelled attempt leaves its row claimed: stop()
+        `_slots`. A cancelled attempt leaves its row claimed: stop()
         releases it, a crash lets the lease run out.
         """
         queue, has_ready = self._ready[name], self._has_ready[name]
+        now_ms = self._runtime.now_ms
         while True:
-            if not queue:
+            if not queue or self._stopping:
                 has_ready.clear()
                 await has_ready.wait()
                 continue
@@ -344,6 +389,8 @@ class Outbox:
                 if not queue:  # another lane of this endpoint took the last one
                     continue
                 c = queue.popleft()
+                if c.token <= now_ms():  # waited past its lease: claimable again, skip it
+                    continue
                 ep = self.endpoints.get(name)  # per attempt: a reload may change it
                 if ep is None:  # removed by a reload: give the row back
                     self._to_release.append(c)
@@ -351,10 +398,10 @@ class Outbox:
                     continue
                 self._inflight[c.id] = c
                 self._per_ep[name] += 1
-                self._idle.clear()
+                if self._idle.is_set():
+                    self._idle.clear()
                 try:
-                    outcome = await deliver.attempt(self._session, ep, c, self._runtime.now_ms,
-                                                    self._rand)
+                    outcome = await deliver.attempt(self._session, ep, c, now_ms, self._rand)
                 finally:
                     del self._inflight[c.id]
                     self._per_ep[name] -= 1
@@ -362,7 +409,7 @@ class Outbox:
                         self._idle.set()
             self._done.append(outcome)
             self._count(c, outcome)
-            if self._worth_a_cycle():  # checked here: a wake per attempt costs the loop
+            if self._worth_a_cycle(name):  # checked here: a wake per attempt costs the loop
                 self._wake.set()
 
     def _count(self, c: Claimed, outcome: Outcome) -> None:
@@ -381,7 +428,7 @@ RESOLVER_KEY = web.AppKey("outbox_resolver", AbstractResolver)
 
 
 async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Start the worker after the store opens; stop it (and release claims) before it closes."""
+    """Refuse unusable endpoints (ConfigError), then run the worker until the app stops."""
     runtime, store = app[RUNTIME_KEY], app[STORE_KEY]
     config = runtime.config
     endpoints = build_endpoints(config)

@@ -31,7 +31,6 @@ from relay.webhook_signing import (
 )
 from tests.conftest import DOWNSTREAM_SECRET, Clock, RelayFactory, make_config
 from tests.outbox_support import App, attempts, deliveries, emit, now_clock, outbox_of
-from tests.store_support import ON_POSTGRES
 
 
 @pytest.fixture
@@ -54,12 +53,19 @@ class Hanging:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self.count = 0
+        self._arrived = asyncio.Condition()
+
+    async def wait_count(self, n: int) -> None:
+        async with asyncio.timeout(5), self._arrived:
+            await self._arrived.wait_for(lambda: self.count >= n)
 
     def app(self) -> web.Application:
         async def handle(request: web.Request) -> web.Response:
             await request.read()
             self.count += 1
             self.entered.set()
+            async with self._arrived:
+                self._arrived.notify_all()
             await self.release.wait()
             return web.Response(text="ok")
 
@@ -280,9 +286,10 @@ async def test_slow_endpoint_never_delays_another(relay_factory: RelayFactory,
     outbox = outbox_of(client)
     for i in range(5):
         await emit(client, f"s{i}")
-    await receiver.wait_for(5)
-    await slow.entered.wait()
+    await receiver.wait_for(5)  # all five reached the fast endpoint meanwhile
+    await slow.wait_count(2)
     assert outbox.in_flight("slow") == 2  # bounded per endpoint; the rest wait their turn
+    await outbox.poke()
     assert slow.count == 2
     slow.release.set()
     await outbox.settle()
@@ -311,12 +318,14 @@ async def test_worker_killed_mid_attempt_row_is_delivered_after_restart(
     session = delivery_session(GuardedResolver(parse_allow_networks(["127.0.0.0/8"])), 8)
     reborn = Outbox(store, runtime, session, outbox.endpoints)
     try:
-        if ON_POSTGRES:
-            # Several instances may share PostgreSQL: the dead worker's lease must lapse.
-            clock.advance(3600)  # past any lease (claim_timeout_s + rounds of timeouts)
-        # SQLite has one owner: a start releases the dead worker's claims, no lease wait.
         await reborn.start()
         await reborn.settle()
+        if not store.is_sqlite:
+            # PostgreSQL may have other instances: the claim is retried when its lease ends.
+            assert (await deliveries(client))[0]["status"] == "pending"
+            clock.advance((row["claimed_until_ms"] - runtime.now_ms()) / 1000 + 1)
+            await reborn.settle()
+        # SQLite has one owner: a start releases the dead worker's claims, no lease wait.
         [row] = await deliveries(client)
         assert (row["status"], row["attempts"]) == ("delivered", 1)
         assert hang.count == 2
@@ -325,20 +334,38 @@ async def test_worker_killed_mid_attempt_row_is_delivered_after_restart(
         await session.close()
 
 
-async def test_graceful_stop_releases_claims_for_the_next_start(
+async def test_graceful_stop_cancels_after_the_grace_and_releases_the_claim(
+        relay_factory: RelayFactory, aiohttp_server: Any, tmp_path: Path) -> None:
+    hang = Hanging()
+    cfg = make_config(tmp_path, downstream=(endpoint(await serve(aiohttp_server, hang.app())),),
+                      outbox={"stop_grace_s": 0.05, "allow_networks": ("127.0.0.0/8",)})
+    client = await relay_factory(cfg, use_clock=True)
+    await emit(client)
+    await hang.entered.wait()
+    await client.close()  # the attempt outlives the grace: cancelled, its lease given back
+    hang.release.set()
+    client = await relay_factory(cfg, use_clock=True)  # same clock: no lease expiry needed
+    await outbox_of(client).settle()
+    [row] = await deliveries(client)
+    assert (row["status"], row["attempts"]) == ("delivered", 1)
+    assert hang.count == 2
+
+
+async def test_graceful_stop_lets_an_attempt_in_flight_finish(
         relay_factory: RelayFactory, aiohttp_server: Any, tmp_path: Path) -> None:
     hang = Hanging()
     cfg = make_config(tmp_path, downstream=(endpoint(await serve(aiohttp_server, hang.app())),))
     client = await relay_factory(cfg, use_clock=True)
     await emit(client)
     await hang.entered.wait()
-    await client.close()  # runs the cleanup contexts: the attempt is cancelled, lease released
-    hang.release.set()
-    client = await relay_factory(cfg, use_clock=True)  # same clock: no lease expiry needed
+    closing = asyncio.create_task(client.close())
+    hang.release.set()  # the downstream answers while relay is stopping
+    await closing
+    client = await relay_factory(cfg, use_clock=True)
     await outbox_of(client).settle()
     [row] = await deliveries(client)
-    assert row["status"] == "delivered"
-    assert hang.count == 2
+    assert (row["status"], row["attempts"]) == ("delivered", 1)
+    assert hang.count == 1  # recorded before the stop: not sent twice
 
 
 async def test_disabled_endpoint_holds_then_delivers_when_enabled(
@@ -367,3 +394,51 @@ async def test_event_body_is_stored_once_and_sent_byte_identical(
     assert receiver.received[0].body == stored.encode()
     assert json.loads(stored)["sequence"] == 1
     assert parse_secret(DOWNSTREAM_SECRET)  # the fixture secret is a valid whsec_
+
+
+async def test_a_new_row_wakes_the_worker_at_once(relay_factory: RelayFactory,
+                                                  receiver: DownstreamReceiver,
+                                                  receiver_url: str) -> None:
+    # No sweep for an hour: only the commit listener can bring the worker to this row.
+    client = await start(relay_factory, endpoint(receiver_url),
+                         outbox={"sweep_s": 3600.0, "allow_networks": ("127.0.0.0/8",)})
+    await outbox_of(client).settle()
+    [event] = await emit(client)
+    [got] = await receiver.wait_for(1)
+    assert got.headers["webhook-id"] == event.id
+
+
+async def test_pause_gives_back_claims_of_rows_not_started(
+        relay_factory: RelayFactory, aiohttp_server: Any) -> None:
+    hang = Hanging()
+    client = await start(relay_factory, endpoint(await serve(aiohttp_server, hang.app())),
+                         outbox={"per_endpoint_concurrency": 1, "concurrency": 4,
+                                 "allow_networks": ("127.0.0.0/8",)})
+    outbox = outbox_of(client)
+    for subject in ("a", "b", "c"):
+        await emit(client, subject)
+    await hang.entered.wait()
+    await outbox.poke()
+    assert outbox.in_flight("billing") == 1
+    assert await outbox.pause("billing") == 3  # one in flight, two claimed and waiting
+    rows = await deliveries(client)
+    assert [r["status"] for r in rows] == ["held"] * 3
+    assert sum(r["claimed_until_ms"] is not None for r in rows) == 1  # only the one in flight
+    hang.release.set()
+    await outbox.settle()
+    assert [r["status"] for r in await deliveries(client)] == ["delivered", "held", "held"]
+    assert await outbox.resume("billing") == 2
+    await outbox.settle()
+    assert [r["status"] for r in await deliveries(client)] == ["delivered"] * 3
+    assert hang.count == 3
+
+
+async def test_poke_refuses_when_the_worker_is_not_running(relay_factory: RelayFactory,
+                                                           receiver_url: str) -> None:
+    client = await start(relay_factory, endpoint(receiver_url))
+    outbox = outbox_of(client)
+    assert outbox.task is not None
+    outbox.task.cancel()
+    await asyncio.gather(outbox.task, return_exceptions=True)
+    with pytest.raises(RuntimeError, match="not running"):
+        await outbox.poke()

@@ -124,3 +124,19 @@ async def test_rebinding_at_connect_time_is_a_recorded_failure(
     assert row["last_error"].startswith("ssrf_refused (private): ")
     assert "hooks.internal (10.0.0.1)" in row["last_error"]
     assert "[outbox] allow_networks" in row["last_error"]
+
+
+def test_bad_key_material_and_shared_slots_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text('[outbox]\nconcurrency = 8\nper_endpoint_concurrency = 8\n\n'
+                    '[[downstream]]\nname = "a"\nurl = "https://a.example/hook"\n\n'
+                    '[[downstream]]\nname = "b"\nurl = "https://b.example/hook"\n')
+    env = {"RELAY_CREDENTIAL_DOWNSTREAM_A_SECRET": "whsec_c2hvcnQ=",
+           "RELAY_CREDENTIAL_DOWNSTREAM_B_SECRET": "whsk_bm90LWEta2V5"}
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ=env)
+    text = "\n".join(err.value.problems)
+    assert "credential downstream-a-secret line 1: webhook secret must decode to 24..64" in text
+    assert "credential downstream-b-secret line 1: signing key must decode to 32" in text
+    assert "per_endpoint_concurrency (8) must be below concurrency (8)" in text
+    assert "c2hvcnQ" not in text  # key material never echoed

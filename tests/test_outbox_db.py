@@ -1,0 +1,109 @@
+"""The outbox SQL on a real SQLite file: claim order, leases, stale records, listeners."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay import outbox_db, pipeline
+from relay.config import StoreConfig
+from relay.models import Attempt, Delivery
+from relay.outbox_db import Claimed, Outcome
+from relay.pipeline import Route, Rules
+from relay.retry_policy import Verdict
+from relay.store import Store
+
+NOW = 1_800_000_000_000
+RULES = Rules(routes=(Route("billing"),))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(StoreConfig(path=str(tmp_path / "outbox.sqlite3")))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def add(store: Store, subject: str, seq: int) -> int:
+    """One event for `subject` with sequence `seq`; return its delivery id."""
+    def work() -> int:
+        view = pipeline.record_event(f"rly_{subject}_{seq}", "subscription.renewed", "{}",
+                                     "webhook", "apple", subject, seq, None, NOW, NOW, None,
+                                     False, "production", RULES, NOW)
+        row: Any = Delivery.get(Delivery.event == view.cursor)
+        return int(row.id)
+    return await store.write(work)
+
+
+async def claim(store: Store, now: int = NOW, limit: int = 10) -> list[Claimed]:
+    return await store.write(lambda: outbox_db.claim("billing", limit, now, now + 60_000))
+
+
+async def set_status(store: Store, delivery_id: int, status: str) -> None:
+    await store.write(lambda: Delivery.update(status=status, claimed_until_ms=None).where(
+        Delivery.id == delivery_id).execute())
+
+
+def outcome(c: Claimed, verdict: Verdict = Verdict.DELIVERED, status: int = 200) -> Outcome:
+    return Outcome(c.id, c.endpoint, c.token, verdict, NOW + 5_000, NOW, 3, status, None, "ok")
+
+
+async def test_claim_takes_only_the_head_of_each_subject(store: Store) -> None:
+    a1, a2 = await add(store, "a", 1), await add(store, "a", 2)
+    b1 = await add(store, "b", 1)
+    assert {c.id for c in await claim(store)} == {a1, b1}
+    assert await claim(store) == []  # leased: not claimed twice
+    await set_status(store, a1, "dead")  # dead does not block what follows
+    assert [c.id for c in await claim(store)] == [a2]
+
+
+async def test_a_held_earlier_row_blocks_the_next(store: Store) -> None:
+    a1, a2 = await add(store, "a", 1), await add(store, "a", 2)
+    await set_status(store, a1, "held")
+    assert await claim(store) == []
+    await set_status(store, a1, "delivered")
+    assert [c.id for c in await claim(store)] == [a2]
+
+
+async def test_an_expired_lease_is_claimed_again_with_a_new_token(store: Store) -> None:
+    a1 = await add(store, "a", 1)
+    [first] = await claim(store)
+    assert await claim(store, now=NOW + 59_000) == []
+    [again] = await claim(store, now=NOW + 61_000)
+    assert again.id == a1 and again.token != first.token
+    # The first worker's late answer keeps its attempt but not its verdict.
+    applied, stale = await store.write(lambda: outbox_db.record([outcome(first)], NOW))
+    assert (applied, stale) == ({}, 1)
+    row = await store.read(lambda: Delivery.get_by_id(a1))
+    assert row.status == "pending" and row.claimed_until_ms == again.token
+    assert await store.read(lambda: Attempt.select().count()) == 1
+    applied, stale = await store.write(lambda: outbox_db.record([outcome(again)], NOW))
+    assert stale == 0
+    assert (await store.read(lambda: Delivery.get_by_id(a1))).status == "delivered"
+
+
+async def test_record_failure_schedules_and_release_makes_due(store: Store) -> None:
+    a1, b1 = await add(store, "a", 1), await add(store, "b", 1)
+    ca, cb = sorted(await claim(store), key=lambda c: c.id)
+    applied, _ = await store.write(lambda: outbox_db.record(
+        [outcome(ca, Verdict.RETRY, 500)], NOW))
+    assert applied == {a1: "pending"}
+    row = await store.read(lambda: Delivery.get_by_id(a1))
+    assert (row.attempts, row.next_attempt_ms, row.last_status) == (1, NOW + 5_000, 500)
+    assert await store.write(lambda: outbox_db.release([cb], NOW)) == 1
+    assert [c.id for c in await claim(store)] == [b1]
+
+
+async def test_write_without_notify_skips_the_commit_listeners(store: Store) -> None:
+    calls: list[int] = []
+    store.add_commit_listener(lambda: calls.append(1))
+    await store.write(lambda: None, notify=False)
+    await store.read(lambda: None)
+    assert calls == []
+    await store.write(lambda: None)
+    await store.read(lambda: None)  # listener calls are queued before the future settles
+    assert calls == [1]
