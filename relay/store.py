@@ -34,7 +34,7 @@ from peewee import (
 
 from relay import migrations
 from relay.config import StoreConfig
-from relay.errors import StoreUnavailableError
+from relay.errors import BadRequestError, StoreUnavailableError
 from relay.models import database
 
 log = logging.getLogger(__name__)
@@ -390,6 +390,10 @@ class _Rollback(Exception):
 
 
 def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, ValueError) and "NUL (0x00)" in str(exc):
+        # PostgreSQL text cannot hold NUL; the input is at fault, not the store.
+        return BadRequestError("text fields must not contain NUL (\\u0000) characters",
+                               code="invalid_request")
     if isinstance(exc, UNAVAILABLE):
         return _unavailable(exc)
     if isinstance(exc, DatabaseError) and "full" in str(exc).lower():

@@ -17,7 +17,11 @@ from relay.app import create_app
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
 from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
-from tests.store_support import _drop_test_databases, store_config  # noqa: F401
+from tests.store_support import (  # noqa: F401
+    _drop_remaining_databases,
+    _drop_test_databases,
+    store_config,
+)
 
 API_KEY = "relay-test-service-key"
 ADMIN_TOKEN = "relay-test-admin-token"

@@ -48,18 +48,6 @@ def create_database(name: str) -> str:
     return _with_database(POSTGRES_URL, name)
 
 
-def drop_created() -> None:
-    if not _created:
-        return
-    conn = _admin_connect()
-    try:
-        cur = conn.cursor()  # type: ignore[attr-defined]
-        while _created:
-            cur.execute(f'DROP DATABASE IF EXISTS "{_created.pop()}" WITH (FORCE)')
-    finally:
-        conn.close()  # type: ignore[attr-defined]
-
-
 def store_config(tmp_path: Path, name: str = "relay") -> StoreConfig:
     """A fresh, empty store for this test (same tmp_path + name: the same store)."""
     if not ON_POSTGRES:
@@ -72,8 +60,33 @@ def store_config(tmp_path: Path, name: str = "relay") -> StoreConfig:
     return StoreConfig(url=url)
 
 
+def drop_created(keep: frozenset[str] = frozenset()) -> None:
+    """Drop the databases created so far, except `keep` (they belong to a longer scope)."""
+    doomed = [name for name in _created if name not in keep]
+    if not doomed:
+        return
+    conn = _admin_connect()
+    try:
+        cur = conn.cursor()  # type: ignore[attr-defined]
+        for name in doomed:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _created.remove(name)
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+
+
 @pytest.fixture(autouse=True)
 def _drop_test_databases() -> Iterator[None]:
+    # Databases that exist when the test starts were made by module- or session-scoped
+    # fixtures (a live relay shared by a module): they outlive this test.
+    before = frozenset(_created)
+    yield
+    if ON_POSTGRES:
+        drop_created(keep=before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _drop_remaining_databases() -> Iterator[None]:
     yield
     if ON_POSTGRES:
         drop_created()

@@ -21,6 +21,7 @@ from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
 from tests.conftest import Clock, RelayFactory
 from tests.outbox_support import deliveries, now_clock, outbox_of
+from tests.store_support import sqlite_only
 from tests.webhooks_support import BILLING, ENTITLEMENTS, Client, counts, post
 
 ENTS = types.MappingProxyType(ENTITLEMENTS)
@@ -51,6 +52,7 @@ async def _set_max_pages(client: Client, extra: int | None) -> None:
     await store.read(run)
 
 
+@sqlite_only  # SQLite's max_page_count; PostgreSQL's disk full: tests/test_routes_webhooks.py
 async def test_disk_full_answers_503_writes_nothing_half_and_recovers_live(
         relay_factory: RelayFactory, sim: AttestoSimulator, clock: Clock) -> None:
     client: Client = await relay_factory(use_clock=True, downstream=(BILLING,),

@@ -150,3 +150,23 @@ async def test_models_are_portable_no_sqlite_only_types(tmp_path: Path) -> None:
         for f in model._meta.sorted_fields:
             assert f.field_type in {"VARCHAR", "TEXT", "BIGINT", "INT", "BOOL", "BLOB",
                                     "AUTO"}, (model, f.name)
+
+
+async def test_nul_in_text_is_a_clear_400_on_every_backend(tmp_path: Path) -> None:
+    from relay.errors import BadRequestError
+    from relay.store import Store
+    from tests.store_support import store_config
+
+    store = Store(store_config(tmp_path, "nul"))
+    await store.open()
+
+    def put() -> None:
+        Inbox.insert(event_id="evt_nul\x00", event_type="t", received_ms=1, signature_t=1,
+                     headers="{}", body=b"").execute()
+
+    try:
+        await store.write(put)  # SQLite stores it; PostgreSQL refuses NUL in text
+    except BadRequestError as exc:
+        assert "NUL" in exc.message
+    assert await store.ping()  # the connection survives either way
+    await store.close()
