@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -45,6 +46,7 @@ class Outbox:
                  metrics: Metrics | None = None) -> None:
         self._store = store
         self._metrics = metrics
+        self._series: dict[tuple[str, Verdict], tuple[Any, Any]] = {}  # metric children
         self._runtime = runtime
         self._session = session
         self.endpoints = dict(endpoints)
@@ -415,11 +417,16 @@ class Outbox:
     def _count(self, c: Claimed, outcome: Outcome) -> None:
         if self._metrics is None:
             return
-        self._metrics.delivery_attempts.labels(c.endpoint, str(outcome.verdict)).inc()
+        key = (c.endpoint, outcome.verdict)
+        series = self._series.get(key)
+        if series is None:  # labels() costs a lookup per call: keep each child
+            series = self._series[key] = (
+                self._metrics.delivery_attempts.labels(c.endpoint, str(outcome.verdict)),
+                self._metrics.delivery_latency.labels(c.endpoint))
+        series[0].inc()
         if outcome.verdict == Verdict.DELIVERED and c.created_ms:
             finished_ms = outcome.started_ms + outcome.duration_ms
-            self._metrics.delivery_latency.labels(c.endpoint).observe(
-                max(0, finished_ms - c.created_ms) / 1000)
+            series[1].observe(max(0, finished_ms - c.created_ms) / 1000)
 
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
