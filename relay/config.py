@@ -18,8 +18,10 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 DEFAULT_CONFIG_PATHS = (Path("relay.toml"), Path("/etc/relay/relay.toml"))
 ENV_PREFIX = "RELAY_"
@@ -454,6 +456,26 @@ def _env_overrides(environ: Mapping[str, str], problems: list[str]
     return out
 
 
+def _array_of_tables(sections: Mapping[str, Any], name: str, cls: type[T],
+                     required: tuple[str, ...], src: str, problems: list[str]) -> list[T]:
+    """Build `[[name]]` tables into `cls` instances; problems name the table's position."""
+    tables: Any = sections.get(name, [])
+    if not isinstance(tables, list):
+        problems.append(f"{src}: {name} must be an array of tables ([[{name}]])")
+        return []
+    out: list[T] = []
+    for i, table in enumerate(tables):
+        where = f"{src}: [[{name}]] #{i + 1}"
+        missing = [k for k in required if k not in table]
+        if missing:
+            problems.append(f"{where} missing required key(s): {', '.join(missing)}")
+            continue
+        values = _build_section(cls, table, where, problems)
+        if all(k in values for k in required):
+            out.append(cls(**values))
+    return out
+
+
 def read_credential(name: str, credentials_dir: str | Path | None,
                     environ: Mapping[str, str]) -> str | None:
     """Read one credential: `$CREDENTIALS_DIRECTORY/<name>`, else `RELAY_CREDENTIAL_<NAME>`."""
@@ -565,35 +587,10 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
                 continue
             entitlements[product] = tuple(keys)
 
-    downstream: list[DownstreamConfig] = []
-    ds_tables: Any = sections.get("downstream", [])
-    if not isinstance(ds_tables, list):
-        problems.append(f"{src}: downstream must be an array of tables ([[downstream]])")
-        ds_tables = []
-    for i, table in enumerate(ds_tables):
-        where = f"{src}: [[downstream]] #{i + 1}"
-        missing = [k for k in ("name", "url") if k not in table]
-        if missing:
-            problems.append(f"{where} missing required key(s): {', '.join(missing)}")
-            continue
-        values = _build_section(DownstreamConfig, table, where, problems)
-        if "name" in values and "url" in values:
-            downstream.append(DownstreamConfig(**values))
-
-    products: list[ProductConfig] = []
-    prod_tables: Any = sections.get("products", [])
-    if not isinstance(prod_tables, list):
-        problems.append(f"{src}: products must be an array of tables ([[products]])")
-        prod_tables = []
-    for i, table in enumerate(prod_tables):
-        where = f"{src}: [[products]] #{i + 1}"
-        missing = [k for k in ("id", "type") if k not in table]
-        if missing:
-            problems.append(f"{where} missing required key(s): {', '.join(missing)}")
-            continue
-        values = _build_section(ProductConfig, table, where, problems)
-        if "id" in values and "type" in values:
-            products.append(ProductConfig(**values))
+    downstream = _array_of_tables(sections, "downstream", DownstreamConfig, ("name", "url"),
+                                  src, problems)
+    products = _array_of_tables(sections, "products", ProductConfig, ("id", "type"), src,
+                                problems)
 
     creds_problems: list[str] = []
     credentials = load_credentials([d.name for d in downstream], credentials_dir, environ,
