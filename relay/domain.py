@@ -45,13 +45,27 @@ def iso(ms: int | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def parse_time_ms(value: Any) -> int | None:
-    """Parse an ISO-8601 / RFC 3339 string or an epoch-ms number (or numeric string)."""
+    """Parse an ISO-8601 / RFC 3339 string or an epoch-ms number (or numeric string).
+
+    ValueError for anything that is not a time between 1970 and the year 9999."""
+    ms = _parse_time_ms(value)
+    if ms is not None and not 0 <= ms <= MAX_TIME_MS:
+        raise ValueError(f"time out of range: {value!r}")
+    return ms
+
+
+def _parse_time_ms(value: Any) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise ValueError(f"not a time: {value!r}")
     if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"not a time: {value!r}")
         return int(value)
     if isinstance(value, str):
         if value.isdigit():

@@ -146,3 +146,20 @@ async def test_a_failing_apply_leaves_nothing_half_written(store: Store) -> None
     counts = await store.read(lambda: (Purchase.select().count(), Event.select().count(),
                                        Delivery.select().count()))
     assert counts == (0, 0, 0)
+
+
+@pytest.mark.parametrize("value", [533216569697924546560, "533216569697924546560", -1,
+                                   float("inf"), float("nan"), True, "not a time"])
+def test_times_outside_1970_to_9999_are_refused(value: object) -> None:
+    from relay.domain import parse_time_ms
+
+    with pytest.raises(ValueError):
+        parse_time_ms(value)
+
+
+def test_times_in_range_parse() -> None:
+    from relay.domain import parse_time_ms
+
+    assert parse_time_ms("2026-04-18T12:00:03.412Z") == 1_776_513_603_412
+    assert parse_time_ms("1776513600000") == 1_776_513_600_000
+    assert parse_time_ms(None) is None
