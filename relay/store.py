@@ -17,7 +17,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,7 +115,12 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-def _settle_all(jobs: list[_Job]) -> None:
+def _settle_all(jobs: list[_Job], listeners: Sequence[Callable[[], None]] = ()) -> None:
+    for listener in listeners:  # commit listeners first: they see the rows before callers
+        try:
+            listener()
+        except Exception:  # a listener's bug must not leave the writers waiting
+            log.exception("commit listener %r failed", listener)
     for job in jobs:
         _settle(job.future, job.result, job.error)
 
@@ -282,16 +287,16 @@ class Store:
                 except BaseException as exc:  # handed to the awaiting coroutine
                     job.error = _translate(exc)
         committed = bool(writes) and self._commit_group(writes)
+        listeners: tuple[Callable[[], None], ...] = ()
         if committed and any(j.notify for j in writes):
-            loop = writes[0].loop
-            for listener in self._commit_listeners:
-                loop.call_soon_threadsafe(listener)
+            listeners = tuple(self._commit_listeners)
         # One wake-up per loop, not per job: each is a syscall that gives up the GIL.
         by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         for job in group:
             by_loop.setdefault(job.loop, []).append(job)
         for loop, jobs in by_loop.items():
-            loop.call_soon_threadsafe(_settle_all, jobs)
+            mine = listeners if writes and loop is writes[0].loop else ()
+            loop.call_soon_threadsafe(_settle_all, jobs, mine)
             self.last_heartbeat = loop.time()
 
     def _commit_group(self, writes: list[_Job]) -> bool:
