@@ -31,18 +31,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "bench") not in sys.path:
+    sys.path.append(str(ROOT / "bench"))
+
+import wrk  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 WEBHOOK_PATH = "/v1/webhooks/attesto"
 BENCH_DIR = Path(__file__).resolve().parent
 
-LUA = r"""
-local threads, counter = {}, 0
-function setup(thread)
-  thread:set("id", counter)
-  table.insert(threads, thread)
-  counter = counter + 1
-end
+LUA = wrk.SUMMARY_LUA + r"""
 function init(args)
   file = assert(io.open(args[1] .. "." .. id, "r"))
   dup, non2xx, wrapped = 0, 0, 0
@@ -62,19 +60,6 @@ end
 function response(status, headers, body)
   if status ~= 200 then non2xx = non2xx + 1
   elseif body:find("duplicate", 1, true) then dup = dup + 1 end
-end
-function done(summary, latency, requests)
-  local d, n, w = 0, 0, 0
-  for _, t in ipairs(threads) do
-    d = d + t:get("dup"); n = n + t:get("non2xx"); w = w + t:get("wrapped")
-  end
-  local e = summary.errors
-  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"p50_us":%d,' ..
-    '"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"non2xx":%d,"duplicates":%d,' ..
-    '"wrapped":%d,"socket_errors":%d}\n', summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max, n, d, w,
-    e.connect + e.read + e.write + e.timeout))
 end
 """
 
@@ -235,15 +220,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def run_wrk(url: str, script: Path, prefix: Path, threads: int, connections: int,
             duration_s: float) -> dict[str, Any]:
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
-         "--timeout", "10s", "-s", str(script), url, "--", str(prefix)],
-        capture_output=True, text=True, timeout=duration_s + 60, check=True)
-    for line in out.stdout.splitlines():
-        if line.startswith("WRK_JSON "):
-            result: dict[str, Any] = json.loads(line[len("WRK_JSON "):])
-            return result
-    raise RuntimeError(f"no figures from wrk: {out.stdout[-400:]} {out.stderr[-400:]}")
+    return wrk.run(url, script, threads, connections, duration_s, str(prefix))
 
 
 def run_python_load(url: str, script: Path, prefix: Path, threads: int, connections: int,
