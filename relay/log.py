@@ -9,6 +9,7 @@ import logging.handlers
 import os
 import queue
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,70 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-_listener: logging.handlers.QueueListener | None = None
+BATCH = 256  # records written with one write() and one flush at most
+_IMMUTABLE = (str, int, float, bool, type(None))
+_writer: LogWriter | None = None
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hand records to the writer thread as they are: formatting happens there, not on
+    the event loop. Records whose args could still change are frozen first (the base
+    class's `prepare`)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        args = record.args
+        if record.exc_info or (args and not (isinstance(args, tuple)
+                                             and all(isinstance(a, _IMMUTABLE) for a in args))):
+            frozen: logging.LogRecord = super().prepare(record)
+            return frozen
+        return record
+
+
+class LogWriter:
+    """One thread that formats queued records and writes them to a stream in batches:
+    everything waiting when it wakes goes out with one write and one flush."""
+
+    def __init__(self, stream: Any, formatter: logging.Formatter) -> None:
+        self.queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._stream = stream
+        self._formatter = formatter
+        self._thread = threading.Thread(target=self._run, name="relay-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            records = [self.queue.get()]
+            while len(records) < BATCH:
+                try:
+                    records.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines: list[str] = []
+            for record in records:
+                if record is None:
+                    self._write(lines)
+                    return
+                try:
+                    lines.append(self._formatter.format(record) + "\n")
+                except Exception:  # a bad record must not stop the log
+                    lines.append(f"unformattable log record from {record.name}: "
+                                 f"{record.msg!r}\n")
+            self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            self._stream.write("".join(lines))
+            self._stream.flush()
+        except (OSError, ValueError):  # stderr gone (closed pipe): nothing left to tell
+            pass
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        if self._thread.is_alive():
+            self.queue.put(None)
+            self._thread.join(5)
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,28 +104,26 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "info", fmt: str = "plain",
                       environ: Mapping[str, str] | None = None) -> None:
-    """Route every record through a queue to stderr, so a slow stderr never blocks the loop."""
-    global _listener
+    """Route every record through a queue to a writer thread (stderr), so neither the
+    formatting nor a slow stderr costs the event loop."""
+    global _writer
     env = os.environ if environ is None else environ
-    handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
     elif env.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    root.addHandler(logging.handlers.QueueHandler(q))
+    if _writer is not None:
+        _writer.stop()
+    _writer = LogWriter(sys.stderr, formatter)
+    root.addHandler(_Enqueue(_writer.queue))
     root.setLevel(level.upper())
-    if _listener is not None:
-        _listener.stop()
-    _listener = logging.handlers.QueueListener(q, handler, respect_handler_level=False)
-    _listener.start()
-    atexit.register(_listener.stop)
+    atexit.register(_writer.stop)
 
 
 class AccessLogger(AbstractAccessLogger):

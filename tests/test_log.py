@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from aiohttp.test_utils import make_mocked_request
@@ -47,3 +48,44 @@ def test_access_log_is_quiet_for_health(caplog) -> None:  # type: ignore[no-unty
         access.log(make_mocked_request("GET", "/healthz"), Response(), 0.001)
         access.log(make_mocked_request("GET", "/v1/events"), Response(), 0.001)
     assert [r.getMessage().split()[1] for r in caplog.records] == ["/v1/events"]
+
+
+class _Stream:
+    """Holds its first write until `release` is set, so the records pile up behind it."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        self.release = threading.Event()
+
+    def write(self, text: str) -> None:
+        self.release.wait(10)
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_writer_keeps_order_batches_and_freezes_mutable_args() -> None:
+    from relay.log import LogWriter, _Enqueue
+
+    stream = _Stream()
+    writer = LogWriter(stream, logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.Logger("test.writer")
+    logger.addHandler(_Enqueue(writer.queue))  # type: ignore[arg-type]
+    ids = ["a"]
+    logger.info("ids %s", ids)
+    ids.append("b")  # changed after the call: the line shows the value at the call
+    for i in range(600):
+        logger.info("line %d", i)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("failed %s", "x")
+    stream.release.set()
+    writer.stop()
+    text = "".join(stream.writes)
+    lines = text.splitlines()
+    assert lines[0] == "INFO ids ['a']"
+    assert lines[1:601] == [f"INFO line {i}" for i in range(600)]
+    assert lines[601] == "ERROR failed x" and "ValueError: boom" in text
+    assert len(stream.writes) <= 5  # the piled-up records went out 256 to a write
