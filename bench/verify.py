@@ -3,12 +3,10 @@
     /tmp/v/bin/python bench/verify.py [--duration 5] [--concurrency 64] [--requests 1000]
 
 Three processes: the fake Attesto (relay.simulator), relay (`relay.cli.serve`, real
-SQLite file, production pragmas) and the load generator. Every relay verify is a new
-Apple transaction, so each one writes a purchase row and its event. Latency is measured
-with one request in flight from this process (aiohttp), so it is relay's own cost, not
-queueing; throughput with `--concurrency` in flight for `--duration` seconds, from wrk
-when it is installed (a Python load generator would take a good part of the two cores
-the servers need) or else from this process.
+SQLite file, production pragmas) and this load generator (aiohttp). Every relay
+verify is a new Apple transaction, so each one writes a purchase row and its event.
+Latency is measured with one request in flight (so it is relay's own cost, not
+queueing); throughput with `--concurrency` in flight for `--duration` seconds.
 """
 
 from __future__ import annotations
@@ -33,11 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-if str(ROOT / "bench") not in sys.path:
-    sys.path.append(str(ROOT / "bench"))
-
 import aiohttp  # noqa: E402
-import wrk  # noqa: E402
 
 SERVICE_KEY = "bench-service-key"
 API_KEY = "attesto_test_" + "B" * 43
@@ -182,41 +176,6 @@ async def _closed_loop(session: aiohttp.ClientSession, url: str, body: Body,
     return done, time.perf_counter() - t0, latencies, errors
 
 
-# Every request is a new transaction: wrk thread `id` numbers its own from `base`.
-WRK_LUA = wrk.SUMMARY_LUA + r"""
-function init(args)
-  base = tonumber(args[1]) + id * 10000000
-  relayed = args[2] == "relay"
-  key = args[3]
-  n, dup, non2xx, wrapped = 0, 0, 0, 0
-end
-function request()
-  n = n + 1
-  local t = "t" .. (base + n)
-  local body
-  if relayed then
-    body = '{"user_id":"user-' .. (base + n) .. '","transaction_id":"' .. t .. '"}'
-  else
-    body = '{"transactionId":"' .. t .. '"}'
-  end
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer " .. key}, body)
-end
-function response(status, headers, body)
-  if status ~= 200 or not body:find('"valid":%s*true') then non2xx = non2xx + 1 end
-end
-"""
-
-
-def _wrk_load(url: str, api_key: str, name: str, base: int, args: argparse.Namespace,
-              script: Path) -> dict[str, Any]:
-    raw = wrk.run(url, script, 2, args.concurrency, args.duration, str(base), name, api_key)
-    seconds = raw["duration_us"] / 1e6
-    return {"rps": (raw["requests"] - raw["non2xx"]) / seconds,
-            "loaded_p50_ms": raw["p50_us"] / 1000, "loaded_p99_ms": raw["p99_us"] / 1000,
-            "load_errors": raw["non2xx"] + raw["socket_errors"]}
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -239,17 +198,6 @@ async def _measure(sim_url: str, relay_url: str, args: argparse.Namespace) -> di
             out[name] = {"p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
                          "mean_ms": statistics.fmean(lat) * 1000, "errors": err}
         for name, (url, headers, body) in (("direct", direct), ("relay", relayed)):
-            if args.loadgen == "wrk":
-                base = 100_000_000 * (2 + (name == "relay"))
-                with tempfile.TemporaryDirectory(prefix="relay-bench-wrk-") as tmp:
-                    script = Path(tmp) / "verify.lua"
-                    script.write_text(WRK_LUA)
-                    figures = await asyncio.to_thread(
-                        _wrk_load, url, headers["Authorization"].split(" ", 1)[1], name, base,
-                        args, script)
-                figures["errors"] = out[name]["errors"] + figures.pop("load_errors")
-                out[name].update(figures)
-                continue
             n, elapsed, lat, err = await _closed_loop(session, url, body, headers, ids,
                                                       args.duration, args.concurrency)
             out[name].update(rps=n / elapsed, loaded_p50_ms=_pct(lat, 0.5),
@@ -267,11 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full",
                         help="SQLite synchronous pragma (relay's default: full, one fsync "
                              "per group commit)")
-    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
-                        help="throughput load generator (auto: wrk when installed)")
     args = parser.parse_args(argv)
-    if args.loadgen == "auto":
-        args.loadgen = "wrk" if wrk.available() else "python"
     ctx = multiprocessing.get_context("spawn")
     sim_port, relay_port = _free_port(), _free_port()
     sim_url, relay_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{relay_port}"
@@ -291,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     d, r = figures["direct"], figures["relay"]
     result = {
         "cpus": os.cpu_count(), "concurrency": args.concurrency, "duration_s": args.duration,
-        "synchronous": args.synchronous, "fsync_ms": fsync_ms, "loadgen": args.loadgen,
+        "synchronous": args.synchronous, "fsync_ms": fsync_ms,
         "direct": d, "relay": r,
         "added_p50_ms": r["p50_ms"] - d["p50_ms"], "added_p99_ms": r["p99_ms"] - d["p99_ms"],
         "latency_ratio_p50": r["p50_ms"] / d["p50_ms"],
@@ -299,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(f"verify bench: {result['cpus']} CPUs, SQLite synchronous={args.synchronous} "
           f"(one fsync here: {fsync_ms:.2f} ms), {args.requests} sequential requests, "
-          f"{args.concurrency} in flight for {args.duration:g} s ({args.loadgen})")
+          f"{args.concurrency} in flight for {args.duration:g} s")
     print(f"  latency, 1 in flight   direct p50 {d['p50_ms']:.2f} ms  p99 {d['p99_ms']:.2f} ms"
           f" | relay p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms")
     print(f"  relay adds             p50 {result['added_p50_ms']:+.2f} ms  "
