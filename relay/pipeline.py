@@ -137,22 +137,40 @@ def _coalesce(new: Any, old: Any) -> Any:
     return old if new is None else new
 
 
+class Unread:
+    """`apply(stored=...)`'s default: the caller has not read the row."""
+
+
+UNREAD = Unread()
+
 _Pending = tuple[str, str, str | None, dict[str, Any]]  # (event id, type, reason, extra)
 
 
-def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
-    """Apply `snap` inside the current transaction; see the module docstring."""
-    return apply_many([snap], rules, now_ms)[0]
+def apply(snap: Snapshot, rules: Rules, now_ms: int, *,
+          stored: PurchaseView | None | Unread = UNREAD) -> Applied:
+    """Apply `snap` inside the current transaction; see the module docstring.
+
+    `stored`: the row as this transaction already read it (None: there is none), so it
+    is not read again.
+    """
+    known = {} if isinstance(stored, Unread) else {(snap.platform, snap.subject_key): stored}
+    return apply_many([snap], rules, now_ms, known=known)[0]
 
 
-def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int) -> list[Applied]:
+def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
+               known: Mapping[tuple[str, str], PurchaseView | None] | None = None
+               ) -> list[Applied]:
     """Apply `snaps` in order, as `apply` would one by one, with a few statements for all.
 
     Several snapshots of one purchase chain (each sees the one before). Raises what
     `apply` raises (ConflictError) for the first snapshot that fails; the caller's
-    transaction must then be rolled back as a whole.
+    transaction must then be rolled back as a whole. `known`: rows (or their absence)
+    already read in this transaction.
     """
-    current = statements.load_purchases({(s.platform, s.subject_key) for s in snaps})
+    known = known or {}
+    keys = {(s.platform, s.subject_key) for s in snaps}
+    current = statements.load_purchases(keys - known.keys()) if keys - known.keys() else {}
+    current.update({k: v for k, v in known.items() if v is not None and k in keys})
     wanted = {s.app_user_id for s in snaps if s.user_id is None and s.app_user_id is not None}
     bound = statements.users_of_app_users(wanted) if wanted else {}
     dirty: dict[tuple[str, str], PurchaseView] = {}

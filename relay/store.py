@@ -166,6 +166,7 @@ class Store:
         self.last_heartbeat = 0.0  # loop time of the last job the thread finished
         self.groups_committed = 0
         self._commit_listeners: list[Callable[[], None]] = []
+        self._savepoints = 0  # names of per-job savepoints (job_1, job_2, ...)
 
     @property
     def description(self) -> str:
@@ -330,18 +331,26 @@ class Store:
             return False
 
     def _run_one(self, job: _Job, *, savepoint: bool) -> None:
+        # A plain SAVEPOINT, not db.atomic(): Peewee names each one with uuid4(), an
+        # os.urandom() call per write that gives up the GIL. SQL savepoints nest, so a
+        # job's own atomic() blocks still work inside it.
+        name = ""
+        if savepoint:
+            self._savepoints += 1
+            name = f"job_{self._savepoints}"
+            self.db.execute_sql(f"SAVEPOINT {name}")  # type: ignore[no-untyped-call]
         try:
-            if savepoint:
-                with self.db.atomic():
-                    job.result = job.call()
-            else:
-                job.result = job.call()
+            job.result = job.call()
         except UNAVAILABLE as exc:
             # Disk full, I/O error, lock timeout: the whole group is suspect.
             job.error = _unavailable(exc)
             raise
         except BaseException as exc:
             job.error = _translate(exc)
+            if name:  # undo this job only; the others in the group stay
+                self.db.execute_sql(f"ROLLBACK TO SAVEPOINT {name}")  # type: ignore[no-untyped-call]
+        if name:
+            self.db.execute_sql(f"RELEASE SAVEPOINT {name}")  # type: ignore[no-untyped-call]
 
     def _run_batch(self, unit: list[_Job]) -> None:
         assert unit[0].batch is not None

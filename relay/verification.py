@@ -127,9 +127,9 @@ class Verifier:
         snap, linked = _snapshot(item, verdict, user_id, now, source)
 
         def work() -> tuple[pipeline.Applied, list[Entitlement]]:
-            s = _reconcile(snap, linked)
+            s, stored = _reconcile(snap, linked)
             lookups.check_app_user_owner(s, rules)
-            applied = pipeline.apply(s, rules, now)
+            applied = pipeline.apply(s, rules, now, stored=stored)
             ents = lookups.user_entitlements(user_id, rules, now) if with_entitlements else []
             return applied, ents
 
@@ -223,12 +223,16 @@ def _snapshot(item: Item, verdict: Verdict, user_id: str, now: int,
                             code="attesto_bad_response") from None
 
 
-def _reconcile(snap: Snapshot, linked: str | None) -> Snapshot:
-    """Runs in the write: pick the row, then decide what this verify may change on it."""
+def _reconcile(snap: Snapshot, linked: str | None) -> tuple[Snapshot, PurchaseView | None]:
+    """Runs in the write: pick the row, then decide what this verify may change on it.
+    Returns the snapshot to apply and the row as read (the apply does not read it again)."""
     if snap.platform == "apple":
-        return reconcile_apple(snap, lookups.purchase_view("apple", snap.subject_key))
+        stored = lookups.purchase_view("apple", snap.subject_key)
+        return reconcile_apple(snap, stored), stored
     if snap.kind != "subscription":
-        return reconcile_google(snap, lookups.purchase_view("google", snap.subject_key), True)
+        stored = lookups.purchase_view("google", snap.subject_key)
+        return reconcile_google(snap, stored, True), stored
     key, current = lookups.resolve_google_key(snap.subject_key, linked)
     snap = replace(snap, subject_key=key)
-    return reconcile_google(snap, lookups.purchase_view("google", key), current)
+    stored = lookups.purchase_view("google", key)
+    return reconcile_google(snap, stored, current), stored
