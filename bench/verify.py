@@ -176,12 +176,19 @@ async def _closed_loop(session: aiohttp.ClientSession, url: str, body: Body,
     return done, time.perf_counter() - t0, latencies, errors
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _measure(sim_url: str, relay_url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def _measure(sim_url: str, relay_url: str, args: argparse.Namespace,
+                   relay_pid: int) -> dict[str, Any]:
     ids = itertools.count()
     direct = (f"{sim_url}/v1/apple/verify", {"Authorization": f"Bearer {API_KEY}"},
               lambda i: {"transactionId": f"t{i}"})
@@ -198,10 +205,13 @@ async def _measure(sim_url: str, relay_url: str, args: argparse.Namespace) -> di
             out[name] = {"p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
                          "mean_ms": statistics.fmean(lat) * 1000, "errors": err}
         for name, (url, headers, body) in (("direct", direct), ("relay", relayed)):
+            cpu0 = _cpu_s(relay_pid)
             n, elapsed, lat, err = await _closed_loop(session, url, body, headers, ids,
                                                       args.duration, args.concurrency)
             out[name].update(rps=n / elapsed, loaded_p50_ms=_pct(lat, 0.5),
                              loaded_p99_ms=_pct(lat, 0.99), errors=out[name]["errors"] + err)
+            if name == "relay":  # robust to a busy machine, unlike the rate
+                out[name]["cpu_us_per_verify"] = (_cpu_s(relay_pid) - cpu0) / n * 1e6
     return out
 
 
@@ -227,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for p in procs:
             p.start()
         try:
-            figures = asyncio.run(_measure(sim_url, relay_url, args))
+            assert procs[1].pid is not None
+            figures = asyncio.run(_measure(sim_url, relay_url, args, procs[1].pid))
         finally:
             for p in procs:
                 p.terminate()
@@ -251,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{result['latency_ratio_p50']:.2f})")
     print(f"  throughput             direct {d['rps']:.0f} req/s | relay {r['rps']:.0f} "
           f"verifies/s  (relay/direct x{result['throughput_ratio']:.2f})")
+    print(f"  relay CPU              {r['cpu_us_per_verify']:.0f} µs per verify "
+          f"(its process, every thread)")
     print(f"  loaded latency         direct p50 {d['loaded_p50_ms']:.1f} ms | relay p50 "
           f"{r['loaded_p50_ms']:.1f} ms  p99 {r['loaded_p99_ms']:.1f} ms")
     print(f"  errors                 direct {d['errors']} | relay {r['errors']}")
