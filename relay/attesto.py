@@ -124,15 +124,28 @@ class AttestoClient:
                  breaker: Breaker | None = None, metrics: Metrics | None = None) -> None:
         self._session = session
         self._metrics = metrics
-        self.config = config
-        self._api_key = api_key
-        self._base = config.base_url.rstrip("/")
         self._sleep = sleep
         self._now = monotonic
         self._rand = rand
-        self._slots = asyncio.Semaphore(config.max_concurrency)
         self.breaker = breaker or Breaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_S)
         self._not_before = 0.0  # monotonic time before which a 429 asked us not to call
+        self.config = config
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self.reconfigure(config, api_key)
+
+    def reconfigure(self, config: AttestoConfig, api_key: Secret | None) -> None:
+        """Adopt a reloaded `[attesto]` and key; calls in progress finish as they began.
+
+        The breaker and a pending Retry-After carry over, unless Attesto moved (base_url).
+        """
+        if config.max_concurrency != self.config.max_concurrency:
+            self._slots = asyncio.Semaphore(config.max_concurrency)
+        if config.base_url != self.config.base_url:
+            self.breaker = Breaker(self.breaker.threshold, self.breaker.cooldown_s)
+            self._not_before = 0.0
+        self.config = config
+        self._api_key = api_key
+        self._base = config.base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
 
     async def verify_apple(self, transaction_id: str, environment: str | None = None, *,

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from relay import __version__, cli_admin, systemd
 from relay.app import create_app
-from relay.appkeys import RUNTIME_KEY
+from relay.appkeys import ATTESTO_KEY, RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.log import AccessLogger, configure_logging
 from relay.migrations import SchemaError
@@ -58,6 +58,12 @@ async def reload(app: web.Application, path: str | None) -> bool:
     for key in ("server", "store"):
         if getattr(new, key) != getattr(old, key):
             log.warning("reload: [%s] changes take effect only after a restart", key)
+    attesto = app.get(ATTESTO_KEY)
+    if attesto is not None:
+        attesto.reconfigure(new.attesto, new.credentials.attesto_api_key)
+        if old.credentials.attesto_api_key is None and new.credentials.attesto_api_key:
+            log.warning("reload: the Attesto API key is new; verifies use it now, "
+                        "re-polls start after a restart")
     runtime.replace(new)
     log.info("configuration reloaded from %s", new.source)
     systemd.notify("READY=1\nSTATUS=serving")
