@@ -45,9 +45,10 @@ async def reload(app: web.Application, path: str | None) -> bool:
         systemd.notify("READY=1\nSTATUS=reload refused (see log)")
         return False
     outbox = app.get(OUTBOX_KEY)
+    usable: list[str] = []
     try:
         if outbox is not None:
-            outbox.reconfigure(new)  # refuses (ConfigError) an unusable endpoint
+            usable = outbox.reconfigure(new)  # refuses (ConfigError) an unusable endpoint
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s",
                   "; ".join(exc.problems))
@@ -66,6 +67,12 @@ async def reload(app: web.Application, path: str | None) -> bool:
                         "re-polls start after a restart")
     runtime.replace(new)
     log.info("configuration reloaded from %s", new.source)
+    if outbox is not None and usable:
+        try:
+            await outbox.release_held(usable)
+        except Exception as exc:  # the rows stay held; `relay resume` or a restart sends them
+            log.error("reload: the held deliveries of %s were not released: %s",
+                      ", ".join(usable), exc)
     systemd.notify("READY=1\nSTATUS=serving")
     return True
 

@@ -150,9 +150,13 @@ class Outbox:
             return asyncio.Semaphore(self._concurrency)
         return contextlib.nullcontext()
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Config) -> list[str]:
         """Adopt a reloaded config: new secrets, URLs, timeouts and endpoints apply to the
-        next attempt; attempts in flight finish as they started. ConfigError if unusable."""
+        next attempt; attempts in flight finish as they started. ConfigError if unusable.
+
+        Returns the endpoints that can send now and could not before (enabled, or given a
+        secret): their held rows are for `release_held`."""
+        before = set(self.active_endpoints())
         endpoints = build_endpoints(config)
         for name in endpoints.keys() - self.endpoints.keys():
             self._ready[name] = collections.deque()
@@ -167,6 +171,15 @@ class Outbox:
         if isinstance(self._slots, contextlib.nullcontext):
             self._slots = self._overall_bound()  # more lanes now: the bound may be needed
         self.wake()
+        return [name for name in self.active_endpoints() if name not in before]
+
+    async def release_held(self, names: list[str]) -> int:
+        """Send the held rows of `names` (endpoints that became usable) from now on."""
+        now_ms = self._runtime.now_ms()
+        released = await self._store.write(lambda: outbox_db.release_held(names, now_ms))
+        if released:
+            log.info("released %d held deliveries of %s", released, ", ".join(names))
+        return released
 
     def wake(self) -> None:
         """Look for work at once (a commit listener: new rows may be due)."""

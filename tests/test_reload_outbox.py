@@ -3,6 +3,7 @@ invalid config is refused and the running secret keeps signing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from relay import cli
 from relay.app import create_app
 from relay.config import load_config
+from relay.outbox import OUTBOX_KEY
 from relay.receiver import DownstreamReceiver
 from relay.webhook_signing import generate_secret
 from tests.outbox_support import emit, now_clock
@@ -57,3 +59,26 @@ async def test_new_downstream_secret_signs_the_next_delivery(
     third = (await receiver.wait_for(3))[2]
     assert with_new._verify(third.headers, third.body)  # still the running (new) secret
     assert not third.signature_ok
+
+
+async def test_an_endpoint_enabled_by_reload_sends_its_held_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any,
+        aiohttp_server: Any) -> None:
+    """Disabled: its events are held. Enabled by a reload: they are sent, no resume needed."""
+    receiver = DownstreamReceiver(secrets=[OLD])
+    server = await aiohttp_server(receiver.app(), host="127.0.0.1")
+    url = str(server.make_url(receiver.path))
+    path = tmp_path / "relay.toml"
+    write_config(path, url, "enabled = false\n")
+    monkeypatch.setenv("RELAY_CREDENTIAL_DOWNSTREAM_APP_SECRET", OLD)
+    client = await aiohttp_client(create_app(load_config(path), clock=now_clock()))
+    await emit(client, "s1")
+    await emit(client, "s2")
+    outbox = client.app[OUTBOX_KEY]
+    await outbox.settle()
+    assert receiver.received == []
+    write_config(path, url)
+    assert await cli.reload(client.app, str(path))
+    got = await receiver.wait_for(2)
+    assert sorted(json.loads(r.body)["subject_key"] for r in got) == ["s1", "s2"]
+    assert all(r.signature_ok for r in got)
