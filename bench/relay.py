@@ -299,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "RELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--pg-rounds", type=int, default=2,
                         help="drains on each store; the fastest counts")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="do not ANALYZE the PostgreSQL database after enqueueing "
+                             "(shows the claim on a never-analyzed table)")
     args = parser.parse_args(argv)
 
     async def bounded() -> dict[str, Any]:
