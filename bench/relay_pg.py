@@ -92,7 +92,7 @@ def _analyze(url: str) -> None:
     minute of a backlog this size. Without them (a never-analyzed table; autovacuum is off
     on this machine) PostgreSQL plans the claim's NOT EXISTS as a nested loop over every
     open row of the endpoint: each claim costs O(pending^2), ~0.5 s at 2,000 rows."""
-    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2
 
     conn = psycopg2.connect(url)
     conn.autocommit = True
