@@ -28,6 +28,8 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == BENCH:
+    sys.path.pop(0)  # run as a script: bench/relay.py must not shadow the relay package
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
