@@ -128,6 +128,8 @@ async def receiver() -> AsyncIterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 # ---- the ceiling: a bare client ---------------------------------------------------------

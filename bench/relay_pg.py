@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import importlib.util
+import os
 import re
 import secrets
 import sqlite3
@@ -31,7 +32,7 @@ import aiohttp
 from aiohttp import web
 
 BENCH = Path(__file__).resolve().parent
-DATABASE = "relay_bench_relay"
+DATABASE = f"relay_bench_relay_{os.getpid()}"  # runs beside each other do not collide
 _DELIVERED = re.compile(
     r'^relay_delivery_attempts_total\{endpoint="bench",outcome="delivered"\} (\S+)$', re.M)
 
