@@ -1,6 +1,9 @@
 """Outbox throughput: deliveries/s to a loopback receiver vs a bare aiohttp client (the ceiling).
 
 Run from the worktree root:  /tmp/v/bin/python bench/relay.py [--events 20000]
+`--store postgres [--instances 2] [--pg-url URL]` adds N `relay serve` instances draining
+the events together from one PostgreSQL database, against one `relay serve` on SQLite in
+the same run (bench/relay_pg.py), with duplicates and per-subject order checked.
 The receiver runs in its own process (a downstream is another service). Both sides
 post the same bodies with the same concurrency, in interleaved rounds (the fastest
 of each side counts); relay also signs, claims, records and keeps per-subject order.
@@ -12,22 +15,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
 import time
 import types
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
 
 from relay import delivery_admin, pipeline  # noqa: E402
 from relay.app import create_app  # noqa: E402
@@ -48,11 +55,19 @@ def serve_receiver() -> None:
     async def run() -> None:
         count = 0
         samples: list[dict[str, Any]] = []
+        ids: list[str] = []  # webhook-id of every request, in arrival order
+        seen: set[str] = set()
+        last_new = 0.0  # time.time() when the latest not-yet-seen webhook-id arrived
 
         async def hook(request: web.Request) -> web.Response:
-            nonlocal count
+            nonlocal count, last_new
             body = await request.read()
             count += 1
+            wid = request.headers.get("webhook-id", "")
+            ids.append(wid)
+            if wid not in seen:
+                seen.add(wid)
+                last_new = time.time()
             if count % SAMPLE_EVERY == 0:
                 samples.append({"headers": dict(request.headers), "body": body.decode(),
                                 "at": time.time()})
@@ -63,11 +78,16 @@ def serve_receiver() -> None:
             return web.Response(text='{"ok":true}', content_type="application/json")
 
         async def stats(request: web.Request) -> web.Response:
-            nonlocal count
-            out = {"count": count, "samples": samples[:]}
+            nonlocal count, last_new
+            out: dict[str, Any] = {"count": count, "samples": samples[:],
+                                   "distinct": len(seen), "last_new_at": last_new}
+            if request.query.get("ids"):
+                out["ids"] = ids[:]
             if request.query.get("reset"):
-                count = 0
+                count, last_new = 0, 0.0
                 samples.clear()
+                ids.clear()
+                seen.clear()
             return web.json_response(out)
 
         app = web.Application()
@@ -85,11 +105,31 @@ def serve_receiver() -> None:
     asyncio.run(run())
 
 
-async def _stats(session: aiohttp.ClientSession, base: str, reset: bool = False
-                 ) -> dict[str, Any]:
-    async with session.get(f"{base}/stats", params={"reset": "1"} if reset else {}) as resp:
+async def _stats(session: aiohttp.ClientSession, base: str, reset: bool = False,
+                 ids: bool = False) -> dict[str, Any]:
+    params = {**({"reset": "1"} if reset else {}), **({"ids": "1"} if ids else {})}
+    async with session.get(f"{base}/stats", params=params) as resp:
         data: dict[str, Any] = await resp.json()
         return data
+
+
+@contextlib.asynccontextmanager
+async def receiver() -> AsyncIterator[str]:
+    """Start the receiver process; yield its base URL (`/hook`, `/bare`, `/stats`)."""
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-receiver"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        port = int(await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 # ---- the ceiling: a bare client ---------------------------------------------------------
@@ -213,12 +253,7 @@ def _verify(samples: list[dict[str, Any]], secret: str) -> tuple[int, str]:
 
 async def bench(events: int, per_subject: int, concurrency: int, rounds: int
                 ) -> dict[str, Any]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-receiver"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        port = int(await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline))
-        base = f"http://127.0.0.1:{port}"
+    async with receiver() as base:
         secret = generate_secret()
         ceilings: list[tuple[float, float]] = []
 
@@ -233,12 +268,6 @@ async def bench(events: int, per_subject: int, concurrency: int, rounds: int
         # Best of the same number of interleaved rounds on both sides: a noisy
         # neighbour on a shared machine slows one round, not the comparison.
         ceiling_s, ceiling_cpu = min(ceilings)
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     relay_rate, ceiling_rate = delivered / relay_s, events / ceiling_s
     return {
         "events": events, "events_per_subject": per_subject, "concurrency": concurrency,
@@ -264,6 +293,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3,
                         help="timed drains on each side; the fastest counts")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: also --instances `relay serve` on one PostgreSQL "
+                             "against one on SQLite (bench/relay_pg.py)")
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--pg-url", default=os.environ.get(
+        "RELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--pg-rounds", type=int, default=2,
+                        help="drains on each store; the fastest counts")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="do not ANALYZE the PostgreSQL database after enqueueing "
+                             "(shows the claim on a never-analyzed table)")
     args = parser.parse_args(argv)
 
     async def bounded() -> dict[str, Any]:
@@ -273,6 +313,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = asyncio.run(bounded())
     result["all_delivered"] = (result["relay_delivered"] == args.events
                                and result["receiver_count"] == result["expected_requests"])
+    if args.store == "postgres":
+        spec = importlib.util.spec_from_file_location("relay_pg", BENCH / "relay_pg.py")
+        assert spec is not None and spec.loader is not None
+        relay_pg = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(relay_pg)
+
+        async def bounded_pg() -> dict[str, Any]:
+            async with asyncio.timeout(args.timeout * args.pg_rounds):
+                pg: dict[str, Any] = await relay_pg.compare(sys.modules[__name__], args)
+                return pg
+
+        result["postgres"] = asyncio.run(bounded_pg())
+        result["all_delivered"] = result["all_delivered"] and result["postgres"]["all_delivered"]
     return result
 
 

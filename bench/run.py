@@ -28,6 +28,8 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == BENCH:
+    sys.path.pop(0)  # run as a script: bench/relay.py must not shadow the relay package
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -65,8 +67,15 @@ def _ingest(f: dict[str, Any]) -> list[Row]:
 
 
 def _relay(f: dict[str, Any]) -> list[Row]:
-    return [("outbox delivery, signed, in order", f["relay_deliveries_per_s"],
-             "bare aiohttp client ceiling", f["ceiling_posts_per_s"], "deliveries/s")]
+    pg = f.get("postgres")
+    scale_out: list[Row] = [] if not pg else [
+        (f"outbox delivery, {pg['instances']} instances on one PostgreSQL "
+         f"({pg['duplicates']} duplicates, {pg['order_violations']} out of order)",
+         pg["postgres_deliveries_per_s"], "1 `relay serve` on SQLite",
+         pg["sqlite_deliveries_per_s"], "deliveries/s")]
+    return scale_out + [
+        ("outbox delivery, signed, in order", f["relay_deliveries_per_s"],
+         "bare aiohttp client ceiling", f["ceiling_posts_per_s"], "deliveries/s")]
 
 
 # name -> (argv for the full run, argv for --quick, the rows it reports)
@@ -84,7 +93,9 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
     # With PostgreSQL on 127.0.0.1:5432, also two instances on one database (issue 9).
     "ingest": (["--duration", "10"] + (["--store", "postgres"] if _pg() else []),
                ["--duration", "3", "--warmup", "1"], _ingest),
-    "relay": (["--events", "20000"], ["--events", "4000"], _relay),
+    # With PostgreSQL, also two `relay serve` draining one database against one on SQLite.
+    "relay": (["--events", "20000"] + (["--store", "postgres"] if _pg() else []),
+              ["--events", "4000"], _relay),
     "repoll": (["--polls", "10000"], ["--rows", "200000", "--polls", "2000"], _repoll),
 }
 OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
