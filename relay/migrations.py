@@ -53,8 +53,19 @@ def _m4_endpoint_state(db: Database) -> None:
     db.create_tables([EndpointState])
 
 
+def _m5_delivery_claim_index(db: Database) -> None:
+    """Index the outbox claim's exact order: (endpoint, status, next_attempt_ms, id).
+
+    PostgreSQL could not stop the claim at its LIMIT with (status, next_attempt_ms): rows
+    due at the same millisecond were sorted by id first, so every claim read the whole
+    backlog (about 29 ms per claim at 20,000 pending rows, under the write lock)."""
+    db.execute_sql("CREATE INDEX IF NOT EXISTS delivery_claim "  # type: ignore[no-untyped-call]
+                   "ON delivery (endpoint, status, next_attempt_ms, id)")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
+    _m5_delivery_claim_index,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -23,7 +23,7 @@ from peewee import (
 database = DatabaseProxy()
 
 # Bumped with every migration in relay/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class BaseModel(Model):
