@@ -10,6 +10,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 BATCH = 256  # records written with one write() and one flush at most
+LINGER_S = 0.02  # after a write, let records gather: fewer wake-ups, each one a GIL handoff
 _IMMUTABLE = (str, int, float, bool, type(None))
 _writer: LogWriter | None = None
 
@@ -38,7 +40,8 @@ class _Enqueue(logging.handlers.QueueHandler):
 
 class LogWriter:
     """One thread that formats queued records and writes them to a stream in batches:
-    everything waiting when it wakes goes out with one write and one flush."""
+    everything waiting when it wakes goes out with one write and one flush, then it
+    lingers LINGER_S so the next records gather (a line is out within ~20 ms)."""
 
     def __init__(self, stream: Any, formatter: logging.Formatter) -> None:
         self.queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
@@ -66,6 +69,7 @@ class LogWriter:
                     lines.append(f"unformattable log record from {record.name}: "
                                  f"{record.msg!r}\n")
             self._write(lines)
+            time.sleep(LINGER_S)
 
     def _write(self, lines: list[str]) -> None:
         if not lines:
