@@ -511,6 +511,8 @@ def load_credentials(downstream_names: Sequence[str], credentials_dir: str | Pat
         api_keys.append((key_name.strip(), digest))
     downstream: dict[str, tuple[Secret, ...]] = {}
     for ds in downstream_names:
+        if not _CREDENTIAL_NAME.match(f"downstream-{ds}-secret"):
+            continue  # not a valid endpoint name: reported with the [[downstream]] checks
         secrets = tuple(Secret(s) for s in
                         _lines(read_credential(f"downstream-{ds}-secret", credentials_dir,
                                                environ)))

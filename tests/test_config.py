@@ -174,3 +174,13 @@ def test_secrets_never_show(tmp_path: Path) -> None:
     assert "SECRET" not in repr(cfg)
     assert "SECRET" not in str(redacted(cfg))
     assert redacted(cfg)["credentials"]["attesto-api-key"] == "set"
+
+
+@pytest.mark.parametrize("name", [":", "a/b", "..", "Bad Name"])
+def test_a_bad_endpoint_name_is_a_config_error_not_a_crash(tmp_path: Path, name: str) -> None:
+    """Found by the fuzz test: a name no credential file can have crashed the loader."""
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[[downstream]]\nname = "{name}"\nurl = "https://example.com/hook"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert any("name must be lower-case letters" in p for p in err.value.problems)
