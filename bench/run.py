@@ -48,6 +48,9 @@ def _verify(f: dict[str, Any]) -> list[Row]:
     d, r = f["direct"], f["relay"]
     return [("verify throughput", r["rps"], "direct to Attesto", d["rps"], "req/s"),
             ("verify p50, 1 in flight", r["p50_ms"], "direct to Attesto", d["p50_ms"], "ms"),
+            ("verify p50, 1 in flight", r["p50_ms"],
+             "floor: bare aiohttp proxy + one durable SQLite insert", f["floor"]["p50_ms"],
+             "ms"),
             ("verify p99, 1 in flight", r["p99_ms"], "direct to Attesto", d["p99_ms"], "ms"),
             ("verify p99 under load", r["loaded_p99_ms"], "direct to Attesto",
              d["loaded_p99_ms"], "ms")]

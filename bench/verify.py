@@ -2,9 +2,11 @@
 
     /tmp/v/bin/python bench/verify.py [--duration 5] [--concurrency 64] [--requests 1000]
 
-Three processes: the fake Attesto (relay.simulator), relay (`relay.cli.serve`, real
-SQLite file, production pragmas) and this load generator (aiohttp). Every relay
-verify is a new Apple transaction, so each one writes a purchase row and its event.
+Four processes: the fake Attesto (relay.simulator), relay (`relay.cli.serve`, real
+SQLite file, production pragmas), this load generator (aiohttp) and, for latency only,
+the floor: a bare aiohttp proxy to the fake that commits one row to SQLite with the
+same pragmas before it answers (what any durable verify proxy on aiohttp costs here).
+Every relay verify is a new Apple transaction, so each one writes a purchase row and its event.
 Latency is measured with one request in flight (so it is relay's own cost, not
 queueing); throughput with `--concurrency` in flight for `--duration` seconds.
 """
@@ -103,6 +105,47 @@ def _run_relay(port: int, attesto_url: str, db_dir: str, synchronous: str) -> No
     asyncio.run(serve())
 
 
+def _run_floor(port: int, attesto_url: str, db_dir: str, synchronous: str) -> None:
+    """The floor under relay's added latency: a bare aiohttp proxy to the fake Attesto
+    that commits one row durably (same pragmas, one store thread) before it answers."""
+    import concurrent.futures
+    import sqlite3
+
+    from aiohttp import web
+
+    db = sqlite3.connect(str(Path(db_dir) / "floor.sqlite3"), isolation_level=None,
+                         check_same_thread=False)
+    db.execute("PRAGMA journal_mode=wal")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("CREATE TABLE row (id INTEGER PRIMARY KEY, body TEXT)")
+    writer = concurrent.futures.ThreadPoolExecutor(1)
+
+    def commit(body: bytes) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO row (body) VALUES (?)", (body.decode(),))
+        db.execute("COMMIT")
+
+    async def serve() -> None:
+        session = aiohttp.ClientSession()
+
+        async def proxy(request: web.Request) -> web.Response:
+            async with session.post(f"{attesto_url}/v1/apple/verify", data=await request.read(),
+                                    headers={"Authorization": f"Bearer {API_KEY}",
+                                             "Content-Type": "application/json"}) as resp:
+                body = await resp.read()
+            await asyncio.get_running_loop().run_in_executor(writer, commit, body)
+            return web.Response(body=body, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/apple/verify", proxy)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
 def _fsync_ms(directory: str, n: int = 50) -> float:
     """Median time of one fsync on the disk the database lives on (the commit floor)."""
     path = Path(directory) / "fsync-probe"
@@ -187,11 +230,12 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _measure(sim_url: str, relay_url: str, args: argparse.Namespace,
+async def _measure(sim_url: str, relay_url: str, floor_url: str, args: argparse.Namespace,
                    relay_pid: int) -> dict[str, Any]:
     ids = itertools.count()
     direct = (f"{sim_url}/v1/apple/verify", {"Authorization": f"Bearer {API_KEY}"},
               lambda i: {"transactionId": f"t{i}"})
+    floor = (f"{floor_url}/v1/apple/verify", {}, direct[2])
     relayed = (f"{relay_url}/v1/verify/apple", {"Authorization": f"Bearer {SERVICE_KEY}"},
                lambda i: {"user_id": f"user-{i}", "transaction_id": f"t{i}"})
     connector = aiohttp.TCPConnector(limit=args.concurrency)
@@ -199,7 +243,8 @@ async def _measure(sim_url: str, relay_url: str, args: argparse.Namespace,
         await _wait_up(session, f"{sim_url}/health")
         await _wait_up(session, f"{relay_url}/healthz")
         out: dict[str, Any] = {}
-        for name, (url, headers, body) in (("direct", direct), ("relay", relayed)):
+        for name, (url, headers, body) in (("direct", direct), ("floor", floor),
+                                           ("relay", relayed)):
             await _sequential(session, url, body, headers, ids, 200)  # warm up
             lat, err = await _sequential(session, url, body, headers, ids, args.requests)
             out[name] = {"p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
@@ -227,28 +272,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "per group commit)")
     args = parser.parse_args(argv)
     ctx = multiprocessing.get_context("spawn")
-    sim_port, relay_port = _free_port(), _free_port()
+    sim_port, relay_port, floor_port = _free_port(), _free_port(), _free_port()
     sim_url, relay_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{relay_port}"
+    floor_url = f"http://127.0.0.1:{floor_port}"
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as db_dir:
         fsync_ms = _fsync_ms(db_dir)
         procs = [ctx.Process(target=_run_sim, args=(sim_port,), daemon=True),
                  ctx.Process(target=_run_relay, daemon=True,
-                             args=(relay_port, sim_url, db_dir, args.synchronous))]
+                             args=(relay_port, sim_url, db_dir, args.synchronous)),
+                 ctx.Process(target=_run_floor, daemon=True,
+                             args=(floor_port, sim_url, db_dir, args.synchronous))]
         for p in procs:
             p.start()
         try:
             assert procs[1].pid is not None
-            figures = asyncio.run(_measure(sim_url, relay_url, args, procs[1].pid))
+            figures = asyncio.run(_measure(sim_url, relay_url, floor_url, args,
+                                           procs[1].pid))
         finally:
             for p in procs:
                 p.terminate()
                 p.join(10)
-    d, r = figures["direct"], figures["relay"]
+    d, r, f = figures["direct"], figures["relay"], figures["floor"]
     result = {
         "cpus": os.cpu_count(), "concurrency": args.concurrency, "duration_s": args.duration,
         "synchronous": args.synchronous, "fsync_ms": fsync_ms,
-        "direct": d, "relay": r,
+        "direct": d, "relay": r, "floor": f,
         "added_p50_ms": r["p50_ms"] - d["p50_ms"], "added_p99_ms": r["p99_ms"] - d["p99_ms"],
+        "floor_added_p50_ms": f["p50_ms"] - d["p50_ms"],
         "latency_ratio_p50": r["p50_ms"] / d["p50_ms"],
         "throughput_ratio": r["rps"] / d["rps"],
     }
@@ -260,6 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  relay adds             p50 {result['added_p50_ms']:+.2f} ms  "
           f"p99 {result['added_p99_ms']:+.2f} ms  (relay/direct p50 x"
           f"{result['latency_ratio_p50']:.2f})")
+    print(f"  floor adds             p50 {result['floor_added_p50_ms']:+.2f} ms  (a bare "
+          f"aiohttp proxy with one durable SQLite insert; relay/floor p50 x"
+          f"{r['p50_ms'] / f['p50_ms']:.2f})")
     print(f"  throughput             direct {d['rps']:.0f} req/s | relay {r['rps']:.0f} "
           f"verifies/s  (relay/direct x{result['throughput_ratio']:.2f})")
     print(f"  relay CPU              {r['cpu_us_per_verify']:.0f} µs per verify "
