@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
-BREAKER_THRESHOLD = 5  # consecutive failed attempts (network, timeout, 5xx) before opening
-BREAKER_COOLDOWN_S = 5.0
 
 # Attesto error code -> (relay error class, relay code). Every code in contract §1.5/§2.
 ERROR_MAP: dict[str, tuple[type[RelayError], str]] = {
@@ -127,7 +125,8 @@ class AttestoClient:
         self._sleep = sleep
         self._now = monotonic
         self._rand = rand
-        self.breaker = breaker or Breaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_S)
+        # Failed attempts (network, timeout, 5xx) open it: [attesto] breaker_threshold.
+        self.breaker = breaker or Breaker(config.breaker_threshold, config.breaker_cooldown_s)
         self._not_before = 0.0  # monotonic time before which a 429 asked us not to call
         self.config = config
         self._slots = asyncio.Semaphore(config.max_concurrency)
@@ -141,8 +140,12 @@ class AttestoClient:
         if config.max_concurrency != self.config.max_concurrency:
             self._slots = asyncio.Semaphore(config.max_concurrency)
         if config.base_url != self.config.base_url:
-            self.breaker = Breaker(self.breaker.threshold, self.breaker.cooldown_s)
+            self.breaker = Breaker(config.breaker_threshold, config.breaker_cooldown_s)
             self._not_before = 0.0
+        elif (config.breaker_threshold, config.breaker_cooldown_s) != (
+                self.config.breaker_threshold, self.config.breaker_cooldown_s):
+            self.breaker.threshold = config.breaker_threshold  # from the next failure on
+            self.breaker.cooldown_s = config.breaker_cooldown_s
         self.config = config
         self._api_key = api_key
         self._base = config.base_url.rstrip("/")

@@ -83,6 +83,8 @@ class AttestoConfig:
     connect_timeout_s: float = 5.0
     max_attempts: int = 4
     max_concurrency: int = 64
+    breaker_threshold: int = 5  # consecutive failed attempts before calls are refused
+    breaker_cooldown_s: float = 5.0  # how long they are refused before one probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +318,8 @@ def _validate(cfg: Config, src: str) -> list[str]:
     if not cfg.store.url and not cfg.store.path:
         p.append(f"{src}: [store] path must not be empty when url is not set")
     _check_url(p, f"{src}: [attesto]", "base_url", cfg.attesto.base_url)
-    for name in ("timeout_s", "connect_timeout_s", "max_attempts", "max_concurrency"):
+    for name in ("timeout_s", "connect_timeout_s", "max_attempts", "max_concurrency",
+                 "breaker_threshold", "breaker_cooldown_s"):
         _positive(p, f"{src}: [attesto]", name, getattr(cfg.attesto, name))
     if not cfg.webhooks.path.startswith("/"):
         p.append(f"{src}: [webhooks] path must start with '/' (got {cfg.webhooks.path!r})")

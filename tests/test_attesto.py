@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -248,3 +249,21 @@ async def test_no_api_key_is_not_configured(session: aiohttp.ClientSession) -> N
     c = AttestoClient(session, AttestoConfig(), None)
     with pytest.raises(NotConfiguredError):
         await c.verify_apple("t1")
+
+
+async def test_breaker_limits_come_from_config(session: aiohttp.ClientSession,
+                                               sim: AttestoSimulator, attesto_url: str) -> None:
+    """[attesto] breaker_threshold / breaker_cooldown_s, and a reload that changes them."""
+    fake = FakeTime()
+    c = client(session, attesto_url, fake, breaker_threshold=2, breaker_cooldown_s=60.0,
+               max_attempts=1)
+    for _ in range(2):
+        sim.fail_next(502, error="APPLE_API_ERROR")
+        with pytest.raises(RelayError):
+            await c.verify_apple("t1")
+    assert c.breaker.state == BreakerState.OPEN
+    with pytest.raises(RelayError) as err:
+        await c.verify_apple("t1")
+    assert 30 < (err.value.retry_after_s or 0) <= 60  # the configured cool-down
+    c.reconfigure(dataclasses.replace(c.config, breaker_threshold=9), None)
+    assert c.breaker.threshold == 9 and c.breaker.state == BreakerState.OPEN
