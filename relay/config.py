@@ -1,4 +1,5 @@
-"""Configuration: typed sections, `relay.toml` + `RELAY_*` overrides + credentials.
+"""Configuration: typed sections, `relay.toml` + `RELAY_*` overrides + credentials
+(read by `relay.credentials`).
 
 Pure: stdlib only (plus relay's pure checkers for `[[downstream]]` keys and URLs).
 `load_config` reports every problem at once in one `ConfigError`,
@@ -21,12 +22,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+# Credentials and Secret are re-exported: callers know them as part of the Config.
+from relay.credentials import Credentials as Credentials
+from relay.credentials import Secret as Secret
+from relay.credentials import load_credentials
+
 T = TypeVar("T")
 
 DEFAULT_CONFIG_PATHS = (Path("relay.toml"), Path("/etc/relay/relay.toml"))
 ENV_PREFIX = "RELAY_"
-CREDENTIAL_ENV_PREFIX = "RELAY_CREDENTIAL_"
-_CREDENTIAL_NAME = re.compile(r"^[\w.-]+$")
 
 
 class ConfigError(Exception):
@@ -35,29 +39,6 @@ class ConfigError(Exception):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
-
-
-class Secret:
-    """A credential value that never shows itself in a repr, a log line or a dump."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,20 +146,6 @@ class ProductConfig:
 
 
 PRODUCT_TYPES = ("subscription", "product", "consumable")
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """Secrets read from `$CREDENTIALS_DIRECTORY` or `RELAY_CREDENTIAL_*`."""
-
-    attesto_api_key: Secret | None = None
-    attesto_webhook_secrets: tuple[Secret, ...] = ()
-    api_keys: tuple[tuple[str, str], ...] = ()  # (name, sha256 hex of the key)
-    admin_token: Secret | None = None
-    jwt_key: Secret | None = None
-    downstream_secrets: Mapping[str, tuple[Secret, ...]] = field(
-        default_factory=lambda: types.MappingProxyType({})
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,65 +444,6 @@ def _array_of_tables(sections: Mapping[str, Any], name: str, cls: type[T],
         if all(k in values for k in required):
             out.append(cls(**values))
     return out
-
-
-def read_credential(name: str, credentials_dir: str | Path | None,
-                    environ: Mapping[str, str]) -> str | None:
-    """Read one credential: `$CREDENTIALS_DIRECTORY/<name>`, else `RELAY_CREDENTIAL_<NAME>`."""
-    if not _CREDENTIAL_NAME.match(name):
-        raise ValueError(f"invalid credential name {name!r}")
-    if credentials_dir:
-        path = Path(credentials_dir) / name
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    return environ.get(CREDENTIAL_ENV_PREFIX + name.upper().replace("-", "_").replace(".", "_"))
-
-
-def _lines(text: str | None) -> list[str]:
-    if text is None:
-        return []
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-
-
-def load_credentials(downstream_names: Sequence[str], credentials_dir: str | Path | None,
-                     environ: Mapping[str, str], problems: list[str]) -> Credentials:
-    def one(name: str) -> Secret | None:
-        lines = _lines(read_credential(name, credentials_dir, environ))
-        return Secret(lines[0]) if lines else None
-
-    api_keys: list[tuple[str, str]] = []
-    for ln in _lines(read_credential("api-keys", credentials_dir, environ)):
-        key_name, sep, digest = ln.partition(":")
-        digest = digest.strip().lower()
-        if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest) or not key_name.strip():
-            problems.append("credential api-keys: each line must be name:<sha256 hex> "
-                            "(the hash of the key, never the key)")
-            continue
-        api_keys.append((key_name.strip(), digest))
-    downstream: dict[str, tuple[Secret, ...]] = {}
-    for ds in downstream_names:
-        if not _CREDENTIAL_NAME.match(f"downstream-{ds}-secret"):
-            continue  # not a valid endpoint name: reported with the [[downstream]] checks
-        secrets = tuple(Secret(s) for s in
-                        _lines(read_credential(f"downstream-{ds}-secret", credentials_dir,
-                                               environ)))
-        for s in secrets:
-            if not s.reveal().startswith(("whsec_", "whsk_")):
-                problems.append(f"credential downstream-{ds}-secret: each line must be a "
-                                "whsec_… (HMAC) or whsk_… (Ed25519) key")
-        downstream[ds] = secrets
-    webhook_secrets = tuple(
-        Secret(s) for s in _lines(read_credential("attesto-webhook-secret", credentials_dir,
-                                                  environ)))
-    return Credentials(
-        attesto_api_key=one("attesto-api-key"),
-        attesto_webhook_secrets=webhook_secrets,
-        api_keys=tuple(api_keys),
-        admin_token=one("admin-token"),
-        jwt_key=Secret(raw.strip()) if (raw := read_credential("jwt-key", credentials_dir,
-                                                               environ)) else None,
-        downstream_secrets=types.MappingProxyType(downstream),
-    )
 
 
 def find_config_path(explicit: str | Path | None) -> Path | None:
