@@ -7,6 +7,7 @@ verify cost more than running them (they are on the path of every verify).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from relay import ids
@@ -40,6 +41,18 @@ def purchase_view(platform: str, subject_key: str) -> PurchaseView | None:
 
 def user_purchases(user_id: str) -> list[PurchaseView]:
     return _views("user_id = ? ORDER BY created_ms, subject_key", (user_id,))
+
+
+def purchases_by_user(user_ids: Collection[str]) -> dict[str, list[PurchaseView]]:
+    """`user_purchases` for several users in one query (each list in the same order)."""
+    out: dict[str, list[PurchaseView]] = {u: [] for u in user_ids}
+    users = sorted(out)
+    for i in range(0, len(users), 500):
+        part = users[i:i + 500]
+        where = f"user_id IN ({', '.join('?' * len(part))}) ORDER BY created_ms, subject_key"
+        for view in _views(where, tuple(part)):
+            out[view.user_id or ""].append(view)
+    return out
 
 
 def user_entitlements(user_id: str, rules: Rules, now_ms: int) -> list[Entitlement]:

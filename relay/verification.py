@@ -18,6 +18,7 @@ from relay.domain import (
     PurchaseView,
     Snapshot,
     entitlement_keys,
+    entitlements_of,
     is_entitled,
 )
 from relay.errors import RelayError, UpstreamError
@@ -125,15 +126,8 @@ class Verifier:
             return Outcome(False, ref, entitlements=tuple(ents), error=verdict.error,
                            message=verdict.message, reason=verdict.error)
         snap, linked = _snapshot(item, verdict, user_id, now, source)
-
-        def work() -> tuple[pipeline.Applied, list[Entitlement]]:
-            s, stored = _reconcile(snap, linked)
-            lookups.check_app_user_owner(s, rules)
-            applied = pipeline.apply(s, rules, now, stored=stored)
-            ents = lookups.user_entitlements(user_id, rules, now) if with_entitlements else []
-            return applied, ents
-
-        applied, ents = await self.store.write(work)
+        applied, ents = await self.store.write_many(
+            apply_verifies, VerifyWrite(snap, linked, rules, now, with_entitlements))
         view = applied.purchase
         assert view is not None
         keys = entitlement_keys(rules.entitlements, view.product_id, view.base_plan_id)
@@ -221,6 +215,64 @@ def _snapshot(item: Item, verdict: Verdict, user_id: str, now: int,
     except AttestoResponseError as exc:
         raise UpstreamError(f"Attesto's verify answer is malformed: {exc}",
                             code="attesto_bad_response") from None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyWrite:
+    """What one valid verify writes: its snapshot, applied in the store's transaction."""
+
+    snap: Snapshot
+    linked: str | None  # Google: the linkedPurchaseToken Attesto reported
+    rules: pipeline.Rules
+    now_ms: int
+    with_entitlements: bool
+
+
+def apply_verifies(writes: list[VerifyWrite]
+                   ) -> list[tuple[pipeline.Applied, list[Entitlement]]]:
+    """`store.write_many`'s batch for verifies: each row read and reconciled in order, the
+    applies shared by a few multi-row statements, the users' entitlements read once.
+
+    A write sees every write before it: a purchase that repeats, a change of rules, and
+    a Google subscription (its token chain is read from the rows) first apply what is
+    pending. Raises what `pipeline.apply` raises (ConflictError); the store then runs
+    each write alone, so only that one fails.
+    """
+    applied: dict[int, pipeline.Applied] = {}
+    chunk: list[tuple[int, Snapshot, PurchaseView | None]] = []
+
+    def flush() -> None:
+        if not chunk:
+            return
+        first = writes[chunk[0][0]]
+        now_ms = max(writes[i].now_ms for i, _, _ in chunk)
+        known = {(s.platform, s.subject_key): stored for _, s, stored in chunk}
+        done = pipeline.apply_many([s for _, s, _ in chunk], first.rules, now_ms, known=known)
+        applied.update(zip((i for i, _, _ in chunk), done, strict=True))
+        chunk.clear()
+
+    for i, w in enumerate(writes):
+        if chunk and (w.rules is not writes[chunk[0][0]].rules or _chained(w.snap)):
+            flush()
+        s, stored = _reconcile(w.snap, w.linked)
+        if any(s.platform == c.platform and s.subject_key == c.subject_key
+               for _, c, _ in chunk):
+            flush()  # the same purchase again: read it as the earlier write left it
+            s, stored = _reconcile(w.snap, w.linked)
+        lookups.check_app_user_owner(s, w.rules)
+        chunk.append((i, s, stored))
+    flush()
+    users = lookups.purchases_by_user({w.snap.user_id or "" for w in writes
+                                       if w.with_entitlements})
+    return [(applied[i], entitlements_of(users[w.snap.user_id or ""], w.rules.entitlements,
+                                         w.now_ms, w.rules.entitlement_policy)
+             if w.with_entitlements else [])
+            for i, w in enumerate(writes)]
+
+
+def _chained(snap: Snapshot) -> bool:
+    """A Google subscription: its row is found through the token chain other rows hold."""
+    return snap.platform == "google" and snap.kind == "subscription"
 
 
 def _reconcile(snap: Snapshot, linked: str | None) -> tuple[Snapshot, PurchaseView | None]:
