@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-BATCH = 256  # records written with one write() and one flush at most
+BATCH = 64  # records per write() and flush: bounds how long one batch holds the GIL
 LINGER_S = 0.02  # after a write, let records gather: fewer wake-ups, each one a GIL handoff
 _IMMUTABLE = (str, int, float, bool, type(None))
 _writer: LogWriter | None = None
@@ -39,9 +39,10 @@ class _Enqueue(logging.handlers.QueueHandler):
 
 
 class LogWriter:
-    """One thread that formats queued records and writes them to a stream in batches:
-    everything waiting when it wakes goes out with one write and one flush, then it
-    lingers LINGER_S so the next records gather (a line is out within ~20 ms)."""
+    """One thread that formats queued records and writes them to a stream in batches of
+    up to BATCH lines, one write and one flush each. Once the queue is drained it
+    lingers LINGER_S so the next records gather (a line is out within ~20 ms); while
+    records keep coming faster it does not sleep, so the queue never grows."""
 
     def __init__(self, stream: Any, formatter: logging.Formatter) -> None:
         self.queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
@@ -69,7 +70,8 @@ class LogWriter:
                     lines.append(f"unformattable log record from {record.name}: "
                                  f"{record.msg!r}\n")
             self._write(lines)
-            time.sleep(LINGER_S)
+            if len(records) < BATCH:  # drained: let the next lines gather; else keep up
+                time.sleep(LINGER_S)
 
     def _write(self, lines: list[str]) -> None:
         if not lines:

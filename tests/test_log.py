@@ -88,4 +88,4 @@ def test_writer_keeps_order_batches_and_freezes_mutable_args() -> None:
     assert lines[0] == "INFO ids ['a']"
     assert lines[1:601] == [f"INFO line {i}" for i in range(600)]
     assert lines[601] == "ERROR failed x" and "ValueError: boom" in text
-    assert len(stream.writes) <= 5  # the piled-up records went out 256 to a write
+    assert len(stream.writes) <= 12  # the piled-up records went out 64 to a write
