@@ -10,7 +10,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +47,7 @@ class LogWriter:
         self.queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self._stream = stream
         self._formatter = formatter
+        self._stopping = threading.Event()  # cuts a linger short
         self._thread = threading.Thread(target=self._run, name="relay-log", daemon=True)
         self._thread.start()
 
@@ -71,7 +71,7 @@ class LogWriter:
                                  f"{record.msg!r}\n")
             self._write(lines)
             if len(records) < BATCH:  # drained: let the next lines gather; else keep up
-                time.sleep(LINGER_S)
+                self._stopping.wait(LINGER_S)
 
     def _write(self, lines: list[str]) -> None:
         if not lines:
@@ -86,6 +86,7 @@ class LogWriter:
         """Write what is queued, then end the thread."""
         if self._thread.is_alive():
             self.queue.put(None)
+            self._stopping.set()
             self._thread.join(5)
 
 

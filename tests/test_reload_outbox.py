@@ -26,16 +26,24 @@ def write_config(path: Path, url: str, extra: str = "") -> None:
                     f"[[downstream]]\nname = 'app'\nurl = '{url}'\n{extra}")
 
 
-async def test_new_downstream_secret_signs_the_next_delivery(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any,
-        aiohttp_server: Any) -> None:
+async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any,
+                aiohttp_server: Any, extra: str = "") -> tuple[DownstreamReceiver, str, Path, Any]:
+    """A receiver, and relay from a config file with one endpoint to it (secret OLD)."""
     receiver = DownstreamReceiver(secrets=[OLD])
     server = await aiohttp_server(receiver.app(), host="127.0.0.1")
     url = str(server.make_url(receiver.path))
     path = tmp_path / "relay.toml"
-    write_config(path, url)
+    write_config(path, url, extra)
     monkeypatch.setenv("RELAY_CREDENTIAL_DOWNSTREAM_APP_SECRET", OLD)
     client = await aiohttp_client(create_app(load_config(path), clock=now_clock()))
+    return receiver, url, path, client
+
+
+async def test_new_downstream_secret_signs_the_next_delivery(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any,
+        aiohttp_server: Any) -> None:
+    receiver, url, path, client = await start(tmp_path, monkeypatch, aiohttp_client,
+                                              aiohttp_server)
     with_new = DownstreamReceiver(secrets=[NEW])
 
     await emit(client, "s1")
@@ -65,13 +73,8 @@ async def test_an_endpoint_enabled_by_reload_sends_its_held_rows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any,
         aiohttp_server: Any) -> None:
     """Disabled: its events are held. Enabled by a reload: they are sent, no resume needed."""
-    receiver = DownstreamReceiver(secrets=[OLD])
-    server = await aiohttp_server(receiver.app(), host="127.0.0.1")
-    url = str(server.make_url(receiver.path))
-    path = tmp_path / "relay.toml"
-    write_config(path, url, "enabled = false\n")
-    monkeypatch.setenv("RELAY_CREDENTIAL_DOWNSTREAM_APP_SECRET", OLD)
-    client = await aiohttp_client(create_app(load_config(path), clock=now_clock()))
+    receiver, url, path, client = await start(tmp_path, monkeypatch, aiohttp_client,
+                                              aiohttp_server, "enabled = false\n")
     await emit(client, "s1")
     await emit(client, "s2")
     outbox = client.app[OUTBOX_KEY]
