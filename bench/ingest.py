@@ -124,6 +124,12 @@ def make_request_files(prefix: Path, count: int, threads: int, offset: int = 0) 
 
 # ---- servers ----------------------------------------------------------------------------
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -300,8 +306,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
             warm = figures(load(url, script, tmp / "warm", args.threads, args.connections,
                                 args.warmup))
+            cpu0 = cpu_s(proc.pid)
             results["relay"] = figures(load(url, script, tmp / "relay", args.threads,
                                             args.connections, args.duration))
+            # CPU per delivery: a figure a busy host skews far less than the rate.
+            results["relay"]["cpu_us_per_delivery"] = (
+                (cpu_s(proc.pid) - cpu0) / max(results["relay"]["accepted"], 1) * 1e6)
         finally:
             stop(proc)
         with sqlite3.connect(tmp / "relay.sqlite3") as db:
@@ -349,6 +359,8 @@ def _print(res: dict[str, Any]) -> None:
     print(f"relay: {r['accepted']:,} accepted, {r['non2xx']} non-2xx, {r['duplicates']} "
           f"duplicates, {r['socket_errors']} socket errors; every 2xx has its inbox row: "
           f"{r['stored_ok']} ({r['stored']:,} rows, {r['events']:,} events, warm-up included)")
+    print(f"relay CPU: {r['cpu_us_per_delivery']:.0f} µs per accepted delivery (its process, "
+          f"every thread)")
 
 
 if __name__ == "__main__":
