@@ -347,18 +347,14 @@ class Outbox:
         wants, leases = self._wants(now_ms)
         skip_locked = not self._store.is_sqlite
         ok = True
-        if not (outcomes or releases or wants):  # no endpoint to feed: no store round trip
-            self._cycles_done = number
-            async with self._cycle_cond:
-                self._cycle_cond.notify_all()
-            self._hungry = set()
-            self._after(CycleResult())
-            return ok
         try:
-            result = await self._store.write(
-                lambda: outbox_db.cycle(outcomes, wants, now_ms, leases, skip_locked,
-                                        releases),
-                notify=False)
+            if outcomes or releases or wants:
+                result = await self._store.write(
+                    lambda: outbox_db.cycle(outcomes, wants, now_ms, leases, skip_locked,
+                                            releases),
+                    notify=False)
+            else:  # no endpoint to feed: no store round trip
+                result = CycleResult()
         except Exception as exc:
             ok = False
             self._done[:0] = outcomes  # recorded next time; the leases keep the rows
