@@ -137,24 +137,12 @@ def _coalesce(new: Any, old: Any) -> Any:
     return old if new is None else new
 
 
-class Unread:
-    """`apply(stored=...)`'s default: the caller has not read the row."""
-
-
-UNREAD = Unread()
-
 _Pending = tuple[str, str, str | None, dict[str, Any]]  # (event id, type, reason, extra)
 
 
-def apply(snap: Snapshot, rules: Rules, now_ms: int, *,
-          stored: PurchaseView | None | Unread = UNREAD) -> Applied:
-    """Apply `snap` inside the current transaction; see the module docstring.
-
-    `stored`: the row as this transaction already read it (None: there is none), so it
-    is not read again.
-    """
-    known = {} if isinstance(stored, Unread) else {(snap.platform, snap.subject_key): stored}
-    return apply_many([snap], rules, now_ms, known=known)[0]
+def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
+    """Apply `snap` inside the current transaction; see the module docstring."""
+    return apply_many([snap], rules, now_ms)[0]
 
 
 def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
