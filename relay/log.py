@@ -130,6 +130,12 @@ def configure_logging(level: str = "info", fmt: str = "plain",
     _writer = LogWriter(sys.stderr, formatter)
     root.addHandler(_Enqueue(_writer.queue))
     root.setLevel(level.upper())
+    # No format here uses the caller's file and line, thread or process: do not collect
+    # them for every record (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     atexit.register(_writer.stop)
 
 
