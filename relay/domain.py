@@ -6,6 +6,7 @@ Pure: stdlib only. Times are integer milliseconds since the epoch.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,8 +42,13 @@ def iso(ms: int | None) -> str | None:
     """ISO-8601 UTC with milliseconds and Z, as Attesto writes it; None stays None."""
     if ms is None:
         return None
-    t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_iso_seconds(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)  # every event writes three times, mostly recent ones
+def _iso_seconds(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -80,8 +86,12 @@ def _parse_time_ms(value: Any) -> int | None:
         parsed = dt.datetime.fromisoformat(text)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
-        return int(parsed.timestamp() * 1000)
+        return (parsed - _EPOCH) // _ONE_MS  # exact: a float timestamp loses the last ms
     raise ValueError(f"not a time: {value!r}")
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_ONE_MS = dt.timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
