@@ -124,6 +124,7 @@ class Snapshot:
     event_reason: str | None = None
     attesto_event_id: str | None = None
     poll_now: bool = False  # Google webhook: re-verify the newest token at once
+    announces_period: bool = False  # Google webhook: a new period began; no expiry given
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ class PurchaseView:
     created_ms: int
     updated_ms: int
     next_poll_ms: int | None = None
+    period_pending: bool = False  # a Google webhook announced a period; expiry not yet read
 
     def to_json(self) -> dict[str, Any]:
         return {

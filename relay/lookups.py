@@ -19,7 +19,7 @@ from relay.pipeline import Rules
 _COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
             "base_plan_id", "state", "state_reason", "environment", "expires_ms", "auto_renew",
             "latest_ref", "package_name", "store_time_ms", "sequence", "created_ms",
-            "updated_ms", "next_poll_ms")
+            "updated_ms", "next_poll_ms", "period_pending")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM purchase WHERE "
 
 
@@ -30,6 +30,7 @@ def _views(where: str, params: tuple[Any, ...]) -> list[PurchaseView]:
         values = dict(zip(_COLUMNS, row, strict=True))
         if values["auto_renew"] is not None:  # SQLite stores booleans as 0/1
             values["auto_renew"] = bool(values["auto_renew"])
+        values["period_pending"] = bool(values["period_pending"])
         out.append(PurchaseView(**values))
     return out
 

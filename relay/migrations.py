@@ -63,9 +63,16 @@ def _m5_delivery_claim_index(db: Database) -> None:
                    "ON delivery (endpoint, status, next_attempt_ms, id)")
 
 
+def _m6_purchase_period_pending(db: Database) -> None:
+    """`purchase.period_pending`: a Google renewal announced, its expiry not yet read."""
+    if "period_pending" not in {c.name for c in db.get_columns("purchase")}:
+        db.execute_sql("ALTER TABLE purchase ADD COLUMN period_pending "  # type: ignore[no-untyped-call]
+                       "BOOLEAN NOT NULL DEFAULT FALSE")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
-    _m5_delivery_claim_index,
+    _m5_delivery_claim_index, _m6_purchase_period_pending,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

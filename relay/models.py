@@ -23,7 +23,7 @@ from peewee import (
 database = DatabaseProxy()
 
 # Bumped with every migration in relay/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class BaseModel(Model):
@@ -62,6 +62,9 @@ class Purchase(BaseModel):
     updated_ms = BigIntegerField()
     next_poll_ms = BigIntegerField(null=True, index=True)
     poll_failures = IntegerField(default=0)
+    # A Google webhook announced a new period (renewed, recovered, restarted) whose expiry
+    # relay has not read yet: the re-verify that reads it does not announce it again.
+    period_pending = BooleanField(default=False)
 
     class Meta:
         primary_key = CompositeKey("platform", "subject_key")

@@ -193,7 +193,7 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
         event_type=event, event_reason=reason, attesto_event_id=event_id,
         latest_ref=_text(note.get("purchaseToken")) or subject["key"],
         # Google notifications carry no expiry: re-verify the newest token at once.
-        poll_now=True)
+        poll_now=True, announces_period=event in PERIOD_EVENTS)
     row = transition_for(event)
     if row.touches:
         state = resolve_state(event, kind, auto_renew=row.auto_renew)
@@ -201,6 +201,11 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
                       auto_renew=row.auto_renew if kind == "subscription" else None)
     return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id,
                       Snapshot(**fields))
+
+
+# Google events that begin a new paid period: its expiry comes with the re-verify, which
+# must not announce the same renewal a second time (pipeline: period_pending).
+PERIOD_EVENTS = frozenset({"subscription.renewed", "subscription.recovered"})
 
 
 def refund_snapshot(n: Normalized, subject_key: str, kind: str, received_ms: int) -> Snapshot:

@@ -92,7 +92,8 @@ def view_of(row: Purchase) -> PurchaseView:
         environment=row.environment, expires_ms=row.expires_ms, auto_renew=row.auto_renew,
         latest_ref=row.latest_ref, package_name=row.package_name,
         store_time_ms=row.store_time_ms, sequence=row.sequence, created_ms=row.created_ms,
-        updated_ms=row.updated_ms, next_poll_ms=row.next_poll_ms)
+        updated_ms=row.updated_ms, next_poll_ms=row.next_poll_ms,
+        period_pending=bool(row.period_pending))
 
 
 def derive_event(before: PurchaseView | None, after: PurchaseView) -> str | None:
@@ -241,7 +242,8 @@ def _decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, ru
             environment=snap.environment, expires_ms=snap.expires_ms,
             auto_renew=snap.auto_renew, latest_ref=snap.latest_ref,
             package_name=snap.package_name, store_time_ms=snap.observed_ms, sequence=0,
-            created_ms=now_ms, updated_ms=now_ms)
+            created_ms=now_ms, updated_ms=now_ms,
+            period_pending=snap.announces_period and snap.expires_ms is None)
     elif stale:
         # Identity fields fill in whatever the order; state fields only move forward.
         after = replace(
@@ -270,13 +272,19 @@ def _decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, ru
             auto_renew=_coalesce(snap.auto_renew, before.auto_renew),
             latest_ref=_coalesce(snap.latest_ref, before.latest_ref),
             store_time_ms=max(snap.observed_ms, before.store_time_ms),
+            # Announced by a webhook, until an input brings the period's expiry.
+            period_pending=snap.expires_ms is None and (snap.announces_period
+                                                        or before.period_pending),
         )
 
     if snap.event_type is not None:
         events.append((snap.event_type, snap.event_reason, {}))
     elif not stale:
         derived = derive_event(before, after)
-        if derived is not None:
+        if derived == "subscription.renewed" and before is not None and before.period_pending:
+            # The webhook relayed this renewal already; this input only brings its expiry.
+            events.append(("subscription.state_changed", "renewal_confirmed", {}))
+        elif derived is not None:
             events.append((derived, after.state_reason, {}))
     return after, events, stale
 

@@ -61,6 +61,7 @@ def insert_inbox(event_id: str, event_type: str, received_ms: int, signature_t: 
 _PURCHASE_COLUMNS = tuple(f.name for f in fields(PurchaseView))
 _AUTO_RENEW = _PURCHASE_COLUMNS.index("auto_renew")
 _STATE = _PURCHASE_COLUMNS.index("state")
+_PERIOD_PENDING = _PURCHASE_COLUMNS.index("period_pending")
 _purchase_values = operator.attrgetter(*_PURCHASE_COLUMNS)
 _SELECT_PURCHASE = ("SELECT " + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
                     + ' FROM "purchase" WHERE "platform" = {p} AND "subject_key" = {p}')
@@ -164,6 +165,7 @@ def _view(row: Sequence[Any]) -> PurchaseView:
     values = list(row)
     if values[_AUTO_RENEW] is not None:  # SQLite hands booleans back as 0/1
         values[_AUTO_RENEW] = bool(values[_AUTO_RENEW])
+    values[_PERIOD_PENDING] = bool(values[_PERIOD_PENDING])
     return PurchaseView(*values)
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from relay.appkeys import ATTESTO_KEY, SCHEDULER_KEY, STORE_KEY
+from relay.domain import iso
 from relay.models import Delivery, Event, Purchase
 from relay.ratelimit import TokenBucket
 from relay.simulator import AttestoSimulator
 from tests.conftest import Clock, RelayFactory, auth
 from tests.verify_support import DAY_MS, verify_config
+from tests.webhooks_support import post
 
 
 async def start(relay_factory: RelayFactory, tmp_path: Path, attesto_url: str) -> Any:
@@ -175,3 +177,37 @@ async def test_renewal_found_by_poll_is_relayed_downstream(
         ("subscription.purchased", "verify"), ("subscription.renewed", "poll")]
     assert all(r.signature_ok for r in received)
     assert bodies[1]["expires_at"] is not None and bodies[1]["sequence"] == 2
+
+
+async def test_google_renewal_by_webhook_is_announced_once(
+        relay_factory: RelayFactory, tmp_path: Path, sim: AttestoSimulator, attesto_url: str,
+        clock: Clock) -> None:
+    """The webhook relays `subscription.renewed` (no expiry in it); the re-verify that reads
+    the new expiry relays it as `subscription.state_changed`, not as a second renewal."""
+    now = int(clock() * 1000)
+    sub = sim.add_google(token="tok-w", product_id="premium", expiry_ms=now + DAY_MS,
+                         start_ms=now)
+    client = await start(relay_factory, tmp_path, attesto_url)
+    resp = await client.post("/v1/verify/google", headers=auth(), json={
+        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
+        "purchase_token": "tok-w", "type": "subscription"})
+    assert resp.status == 200
+    sub.expiry_ms = now + 31 * DAY_MS  # the store renewed, and Attesto says so
+    clock.advance(60)
+    body = sim.google_webhook(2, sub, event_time_ms=int(clock() * 1000))
+    status, _ = await post(client, sim, body, t=int(clock()))
+    assert status == 200
+    assert (await row(client)).period_pending
+    assert await due_now(client) == 1  # the webhook asked for a re-verify at once
+    got = await events(client)
+    assert [(e["type"], e["source"]) for e in got] == [
+        ("subscription.purchased", "verify"), ("subscription.renewed", "webhook"),
+        ("subscription.state_changed", "poll")]
+    assert got[2]["reason"] == "renewal_confirmed"
+    assert got[1]["expires_at"] == iso(now + DAY_MS)  # the webhook could not know it
+    assert got[2]["expires_at"] == iso(now + 31 * DAY_MS)
+    assert not (await row(client)).period_pending
+    sub.expiry_ms = now + 61 * DAY_MS  # the next renewal, with no webhook: a renewal again
+    clock.advance(31 * DAY_MS / 1000 + 601)
+    assert await due_now(client) == 1
+    assert (await events(client))[-1]["type"] == "subscription.renewed"
