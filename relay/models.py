@@ -7,6 +7,7 @@ PostgreSQL, cheap to compare, and free of time-zone ambiguity.
 from __future__ import annotations
 
 from peewee import (
+    SQL,
     AutoField,
     BigIntegerField,
     BlobField,
@@ -64,7 +65,7 @@ class Purchase(BaseModel):
     poll_failures = IntegerField(default=0)
     # A Google webhook announced a new period (renewed, recovered, restarted) whose expiry
     # relay has not read yet: the re-verify that reads it does not announce it again.
-    period_pending = BooleanField(default=False)
+    period_pending = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
 
     class Meta:
         primary_key = CompositeKey("platform", "subject_key")
