@@ -11,7 +11,7 @@ from relay.appkeys import ATTESTO_KEY, SCHEDULER_KEY, STORE_KEY
 from relay.domain import iso
 from relay.models import Delivery, Event, Purchase
 from relay.ratelimit import TokenBucket
-from relay.simulator import AttestoSimulator
+from relay.simulator import AttestoSimulator, GooglePurchase
 from tests.conftest import Clock, RelayFactory, auth
 from tests.verify_support import DAY_MS, verify_config
 from tests.webhooks_support import post
@@ -42,17 +42,24 @@ async def row(client: Any) -> Purchase:
     return await client.app[STORE_KEY].read(lambda: Purchase.get())
 
 
+async def verified_google(client: Any, sim: AttestoSimulator, token: str,
+                          now: int) -> GooglePurchase:
+    """A Google subscription (one day left) that user u1 has verified through relay."""
+    sub = sim.add_google(token=token, product_id="premium", expiry_ms=now + DAY_MS,
+                         start_ms=now)
+    resp = await client.post("/v1/verify/google", headers=auth(), json={
+        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
+        "purchase_token": token, "type": "subscription"})
+    assert resp.status == 200
+    return sub
+
+
 async def test_google_renewal_never_delivered_is_found_by_the_poll(
         relay_factory: RelayFactory, tmp_path: Path, sim: AttestoSimulator, attesto_url: str,
         clock: Clock) -> None:
     now = int(clock() * 1000)
-    sub = sim.add_google(token="tok-1", product_id="premium", expiry_ms=now + DAY_MS,
-                         start_ms=now)
     client = await start(relay_factory, tmp_path, attesto_url)
-    resp = await client.post("/v1/verify/google", headers=auth(), json={
-        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
-        "purchase_token": "tok-1", "type": "subscription"})
-    assert resp.status == 200
+    sub = await verified_google(client, sim, "tok-1", now)
     assert await due_now(client) == 0  # nothing due before expiry
     sub.expiry_ms = now + 31 * DAY_MS  # the store renewed; no webhook reached relay
     clock.advance(DAY_MS / 1000 + 601)
@@ -185,13 +192,8 @@ async def test_google_renewal_by_webhook_is_announced_once(
     """The webhook relays `subscription.renewed` (no expiry in it); the re-verify that reads
     the new expiry relays it as `subscription.state_changed`, not as a second renewal."""
     now = int(clock() * 1000)
-    sub = sim.add_google(token="tok-w", product_id="premium", expiry_ms=now + DAY_MS,
-                         start_ms=now)
     client = await start(relay_factory, tmp_path, attesto_url)
-    resp = await client.post("/v1/verify/google", headers=auth(), json={
-        "user_id": "u1", "package_name": sim.package_name, "product_id": "premium",
-        "purchase_token": "tok-w", "type": "subscription"})
-    assert resp.status == 200
+    sub = await verified_google(client, sim, "tok-w", now)
     sub.expiry_ms = now + 31 * DAY_MS  # the store renewed, and Attesto says so
     clock.advance(60)
     body = sim.google_webhook(2, sub, event_time_ms=int(clock() * 1000))
