@@ -63,7 +63,7 @@ class Purchase(BaseModel):
     updated_ms = BigIntegerField()
     next_poll_ms = BigIntegerField(null=True, index=True)
     poll_failures = IntegerField(default=0)
-    # A Google webhook announced a new period (renewed, recovered, restarted) whose expiry
+    # A Google webhook announced a new period (renewed, recovered) whose expiry
     # relay has not read yet: the re-verify that reads it does not announce it again.
     period_pending = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
 
