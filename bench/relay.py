@@ -21,7 +21,6 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,10 @@ from aiohttp import web
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))  # behind the root: bench/relay.py must not shadow relay
+
+from receiver_proc import start_receiver, stop_receiver  # noqa: E402
 
 from relay import delivery_admin, pipeline  # noqa: E402
 from relay.app import create_app  # noqa: E402
@@ -116,20 +119,11 @@ async def _stats(session: aiohttp.ClientSession, base: str, reset: bool = False,
 @contextlib.asynccontextmanager
 async def receiver() -> AsyncIterator[str]:
     """Start the receiver process; yield its base URL (`/hook`, `/bare`, `/stats`)."""
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-receiver"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
+    proc, base = await asyncio.get_running_loop().run_in_executor(None, start_receiver)
     try:
-        port = int(await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline))
-        yield f"http://127.0.0.1:{port}"
+        yield base
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_receiver(proc)
 
 
 # ---- the ceiling: a bare client ---------------------------------------------------------

@@ -43,6 +43,7 @@ for p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, p)
 
 import ingest  # noqa: E402
+from receiver_proc import start_receiver, stop_receiver  # noqa: E402
 from run import machine  # noqa: E402
 
 from relay.webhook_signing import generate_secret  # noqa: E402
@@ -52,24 +53,6 @@ CHUNK = 5000
 
 
 # ---- the pieces: receiver, relay with a flowing downstream, signed deliveries ------------
-
-def start_receiver() -> tuple[subprocess.Popen[str], str]:
-    """bench/relay.py's receiver in its own process; returns it and its base URL."""
-    proc = subprocess.Popen([sys.executable, str(BENCH / "relay.py"), "--serve-receiver"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"
-
-
-def stop_receiver(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdin is not None
-    proc.stdin.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 def received(base: str, reset: bool = False) -> int:
     with urllib.request.urlopen(f"{base}/stats{'?reset=1' if reset else ''}", timeout=10) as r:
