@@ -125,9 +125,15 @@ def make_request_files(prefix: Path, count: int, threads: int, offset: int = 0) 
 # ---- servers ----------------------------------------------------------------------------
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
+    """CPU seconds (user + system) process `pid` and its live descendants (relay's worker
+    processes) have used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_s(int(child)) for child in children)
 
 
 def free_port() -> int:
@@ -175,13 +181,29 @@ def serve_ceiling(port: int) -> None:
     app = web.Application(client_max_size=262_144)
     app.router.add_post(WEBHOOK_PATH, handle)
     app.router.add_get("/healthz", health)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    # SO_REUSEPORT: with --workers N, N of these share the port, as relay's workers do.
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
+                reuse_port=True)
 
 
-def start_ceiling(port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
-                                 "--serve-ceiling", str(port)], stdout=out, stderr=out)
+class Ceiling:
+    """`processes` ceiling servers on one port (one per relay worker: same footing)."""
+
+    def __init__(self, port: int, log: Path, processes: int = 1) -> None:
+        with open(log, "wb") as out:
+            self.procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                            "--serve-ceiling", str(port)],
+                                           stdout=out, stderr=out)
+                          for _ in range(processes)]
+        self.pid = self.procs[0].pid
+
+    def wait_ready(self, port: int) -> None:
+        for proc in self.procs:
+            wait_ready(port, proc)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop(proc)
 
 
 # A configured endpoint, held, so every event also writes its outbox row.
@@ -191,17 +213,19 @@ HELD_DOWNSTREAM = ('[[downstream]]\nname = "billing"\nurl = "https://billing.exa
 
 def start_relay(port: int, tmp: Path, log_level: str, store: str = "", name: str = "relay",
                 downstream: str = HELD_DOWNSTREAM,
-                env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                env_extra: dict[str, str] | None = None,
+                workers: int = 1) -> subprocess.Popen[bytes]:
     """`relay serve` on 127.0.0.1:`port` with its config (and SQLite file) in `tmp`.
 
     `store` is the `[store]` body (default: a SQLite file in `tmp`); `downstream` is TOML
     appended to the config (the `[[downstream]]` tables, and any `[outbox]` they need);
-    `env_extra` adds environment (their RELAY_CREDENTIAL_* secrets).
+    `env_extra` adds environment (their RELAY_CREDENTIAL_* secrets); `workers` is
+    `[server] workers`.
     """
     config = tmp / f"{name}.toml"
     store = store or f'path = "{tmp / "relay.sqlite3"}"'
     config.write_text(
-        f'[server]\nport = {port}\n[store]\n{store}\n'
+        f'[server]\nport = {port}\nworkers = {workers}\n[store]\n{store}\n'
         f'[scheduler]\nenabled = false\n[log]\nlevel = "{log_level}"\n'
         '[entitlements]\n"com.example.premium" = ["premium"]\n"premium_monthly" = ["premium"]\n'
         + downstream)
@@ -264,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
                         help="postgres: also run --instances relays on one PostgreSQL")
     parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="relay's [server] workers (default: one per CPU)")
     parser.add_argument("--pg-url", default=os.environ.get(
         "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     args = parser.parse_args(argv)
@@ -279,20 +305,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         script = tmp / "deliver.lua"
         script.write_text(LUA)
         results: dict[str, Any] = {"tool": tool, "connections": args.connections,
+                                   "workers": args.workers,
                                    "duration_s": args.duration}
 
         # 1. The ceiling. It does not dedupe, so a smaller pool may wrap around.
         make_request_files(tmp / "ceiling", args.ceiling_pool, args.threads)
         port = free_port()
-        proc = start_ceiling(port, tmp / "ceiling.log")
+        ceiling = Ceiling(port, tmp / "ceiling.log", args.workers)
         try:
-            wait_ready(port, proc)
+            ceiling.wait_ready(port)
             url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
             load(url, script, tmp / "ceiling", args.threads, args.connections, args.warmup)
             results["ceiling"] = figures(load(url, script, tmp / "ceiling", args.threads,
                                               args.connections, args.duration))
         finally:
-            stop(proc)
+            ceiling.stop()
 
         # 2. relay, with unique deliveries only: enough for the ceiling's rate, +20 %.
         need = int(results["ceiling"]["accepted_per_s"] * 1.2)
@@ -300,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            offset=10_000_000)
         make_request_files(tmp / "relay", max(int(need * args.duration), 1000), args.threads)
         port = free_port()
-        proc = start_relay(port, tmp, args.log_level)
+        proc = start_relay(port, tmp, args.log_level, workers=args.workers)
         try:
             wait_ready(port, proc)
             url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"

@@ -43,7 +43,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
         handler_args={"max_field_size": 16384},
     )
     app[RUNTIME_KEY] = Runtime(config, clock)
-    app[STORE_KEY] = Store(config.store, environ, store_pragmas)
+    # Worker processes share the store; their supervisor migrated it before starting them.
+    app[STORE_KEY] = Store(config.store, environ, store_pragmas,
+                           shared=config.server.workers > 1)
     app[METRICS_KEY] = Metrics()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
@@ -68,7 +70,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE_KEY]
     config = app[RUNTIME_KEY].config
-    version = await store.open(migrate=config.store.auto_migrate)
+    version = await store.open(migrate=config.store.auto_migrate and config.server.workers == 1)
     log.info("store open: %s (schema %d)", store.description, version)
     yield
     await store.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__, cli_admin, systemd
+from relay import __version__, cli_admin, systemd, workers
 from relay.app import create_app
 from relay.appkeys import ATTESTO_KEY, RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
@@ -102,10 +102,17 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
                            access_log_class=AccessLogger, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+        inherited = workers.inherited_socket()
+        site: web.BaseSite
+        if inherited is not None:  # a worker: the supervisor bound the port and logged it
+            site = web.SockSite(runner, inherited)
+        else:
+            site = web.TCPSite(runner, config.server.host, config.server.port,
+                               reuse_address=True)
         await site.start()
-        for address in runner.addresses:
-            log.info("listening on http://%s:%s", *address[:2])
+        if inherited is None:
+            for address in runner.addresses:
+                log.info("listening on http://%s:%s", *address[:2])
         systemd.notify("READY=1\nSTATUS=serving")
         await stop.wait()
         log.info("shutting down (waiting up to %.0fs for in-flight requests)",
@@ -152,8 +159,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     configure_logging(config.log.level, config.log.format)
-    log.info("relay %s starting (config: %s)", __version__, config.source)
+    worker = workers.worker_name()
+    log.info("relay %s starting (config: %s)%s", __version__, config.source,
+             f" as worker {worker}, pid {os.getpid()}" if worker else "")
     try:
+        if config.server.workers > 1 and worker is None:
+            return asyncio.run(workers.supervise(config, args.config))
         asyncio.run(serve(config, config_path=args.config))
     except SchemaError as exc:
         log.error("%s", exc)

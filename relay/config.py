@@ -41,12 +41,16 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 262_144
     shutdown_timeout_s: float = 30.0
+    workers: int = 1  # processes serving the port (relay/workers.py); 1: no supervisor
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +284,8 @@ def _validate(cfg: Config, src: str) -> list[str]:
         p.append(f"{src}: [server] port must be 0-65535 (got {s.port})")
     _positive(p, f"{src}: [server]", "max_body_bytes", s.max_body_bytes)
     _positive(p, f"{src}: [server]", "shutdown_timeout_s", s.shutdown_timeout_s)
+    if not 1 <= s.workers <= MAX_WORKERS:
+        p.append(f"{src}: [server] workers must be 1-{MAX_WORKERS} (got {s.workers})")
     if cfg.store.url and not cfg.store.url.startswith(("postgresql://", "postgres://")):
         p.append(f"{src}: [store] url must start with postgresql:// (got {cfg.store.url!r})")
     if not cfg.store.url and not cfg.store.path:

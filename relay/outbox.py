@@ -95,7 +95,7 @@ class Outbox:
             lambda: outbox_db.release_held(active, self._runtime.now_ms()))
         if released:
             log.info("released %d held deliveries of active endpoints", released)
-        if self._store.is_sqlite:  # one process owns the file: its claims died with it
+        if self._store.owns_database:  # one process owns the file: its claims died with it
             orphaned = await self._store.write(
                 lambda: outbox_db.release_orphaned_claims(self._runtime.now_ms()))
             if orphaned:

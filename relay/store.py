@@ -7,17 +7,24 @@ and the whole group commits as soon as the thread is free, with no fixed wait.
 `Store.write_many(batch, item)` does the same, but hands every item queued with the same
 `batch` function to one call, so hot paths can use multi-row statements.
 A caller's future resolves only after its COMMIT returned.
+
+A SQLite file shared by several processes (`[server] workers > 1`) is written one group
+at a time across all of them: each group takes an exclusive `flock` on `<file>.lock`
+(the kernel wakes the next waiter at once, unlike SQLite's sleeping busy handler), then
+BEGIN IMMEDIATE, so a group's reads and writes see no other writer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,10 +162,14 @@ class Store:
     """The async facade over the database thread. Open with `await open()`."""
 
     def __init__(self, cfg: StoreConfig, environ: Mapping[str, str] | None = None,
-                 pragmas: Mapping[str, Any] | None = None) -> None:
+                 pragmas: Mapping[str, Any] | None = None, *, shared: bool = False) -> None:
+        """`shared`: other processes write the same SQLite file (worker processes)."""
         self.config = cfg
         self.db = make_database(cfg, environ, pragmas)
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
+        self.shared = shared and self.is_sqlite
+        self._lock_path = Path(f"{self.db.database}.lock") if self.shared else None
+        self._lock_file: Any = None  # opened on the thread, with the connection
         self._write_lock_sql = (None if self.is_sqlite
                                 else f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -184,8 +195,15 @@ class Store:
             await self.close()
             raise
 
+    @property
+    def owns_database(self) -> bool:
+        """No other process writes here: claims left in it died with an earlier run."""
+        return self.is_sqlite and not self.shared
+
     def _connect_and_migrate(self, migrate: bool) -> int:
         database.initialize(self.db)
+        if self._lock_path is not None and self._lock_file is None:
+            self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 (closed on close)
         self.db.connect(reuse_if_open=True)
         if migrate:
             migrations.migrate(self.db)
@@ -203,6 +221,9 @@ class Store:
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
 
     def _disconnect(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
         if not self.db.is_closed():
             self.db.close()
         close_all = getattr(self.db, "close_all", None)  # a pool: really close, not recycle
@@ -303,7 +324,7 @@ class Store:
     def _commit_group(self, writes: list[_Job]) -> bool:
         units = _units(writes)
         try:
-            with self.db.atomic():
+            with self._writer_turn(), self.db.atomic(*self._begin):
                 if self._write_lock_sql:
                     self.db.execute_sql(self._write_lock_sql)  # type: ignore[no-untyped-call]
                 if len(writes) == 1:
@@ -329,6 +350,23 @@ class Store:
                     job.result = None
             self._recover_connection()
             return False
+
+    @property
+    def _begin(self) -> tuple[str, ...]:
+        return ("IMMEDIATE",) if self.shared else ()
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Shared SQLite: hold the cross-process write lock until after COMMIT/ROLLBACK."""
+        f = self._lock_file
+        if f is None:
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _run_one(self, job: _Job, *, savepoint: bool) -> None:
         # A plain SAVEPOINT, not db.atomic(): Peewee names each one with uuid4(), an
