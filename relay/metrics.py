@@ -1,8 +1,25 @@
-"""Prometheus metrics: one registry per app (tests run several), families named once here."""
+"""Prometheus metrics: the families (named once here, one registry per app: tests run several)
+and their text exposition, which with `[server] workers` > 1 sums every worker's counters.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import glob
+import os
+import warnings
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    values,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from relay import __version__
 
@@ -11,9 +28,16 @@ _DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600,
 
 
 class Metrics:
-    """Every metric family relay exports; attributes are the prometheus_client objects."""
+    """Every metric family relay exports; attributes are the prometheus_client objects.
+
+    With workers, one per process: its values live in files keyed by name and labels.
+    """
 
     def __init__(self) -> None:
+        self.shared_dir = workers_shared_dir()
+        if self.shared_dir is not None:  # exposition() reads no gauge file, clear() is fine
+            warnings.filterwarnings("ignore", "Clearing labels has not been implemented",
+                                    UserWarning, r"prometheus_client\.metrics")
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.build_info = Info("relay_build", "relay build information", registry=r)
         self.build_info.info({"version": __version__})
@@ -48,3 +72,41 @@ class Metrics:
             "relay_apple_renewal_not_seen_total",
             "Apple subscriptions expired because no renewal was seen (lost webhooks?)",
             registry=r)
+
+
+def workers_shared_dir() -> str | None:
+    """The directory where worker processes keep their counters (PROMETHEUS_MULTIPROC_DIR,
+    set by the supervisor when `workers` > 1), or None: one process, counters in memory.
+
+    prometheus_client decides between the two when it is imported; a directory set after
+    that would hold nothing, so the mismatch is refused instead of exporting wrong totals.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if (path is not None) != values.ValueClass._multiprocess:
+        raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set (or unset) before "
+                           "prometheus_client is first imported")
+    return path
+
+
+def exposition(metrics: Metrics) -> bytes:
+    """The Prometheus text `GET /metrics` answers: single-process or summed across workers."""
+    if metrics.shared_dir is None:
+        return generate_latest(metrics.registry)
+    return generate_latest(_AcrossWorkers(metrics.registry, metrics.shared_dir))
+
+
+class _AcrossWorkers:
+    """Counters and histograms summed over every worker's file, those of exited workers too
+    (totals never go back); gauges and build info from this process's registry only. The
+    gauges are set from the store on each scrape; a gauge's file would also keep label sets
+    that `clear()` dropped (an endpoint removed on reload) and the values of other workers.
+    """
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        self._registry, self._path = registry, path
+
+    def collect(self) -> Iterable[Metric]:
+        mine = [m for m in self._registry.collect() if m.type in ("gauge", "info")]
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        summed = MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+        return mine + [m for m in summed if m.type in ("counter", "histogram")]

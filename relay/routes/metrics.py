@@ -1,4 +1,5 @@
-"""`GET /metrics` (admin token): Prometheus text; queue gauges are read from the store per scrape.
+"""`GET /metrics` (admin token): reads the queue gauges from the store on every scrape, sets
+them, and answers relay/metrics.py's exposition.
 """
 
 from __future__ import annotations
@@ -8,11 +9,11 @@ from typing import Any
 
 from aiohttp import web
 from peewee import fn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.auth import check_admin_token
-from relay.metrics import Metrics
+from relay.metrics import Metrics, exposition
 from relay.models import Delivery
 from relay.repoll import due_stats
 
@@ -69,7 +70,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
     now_ms = runtime.now_ms()
     figures = await request.app[STORE_KEY].read(lambda: read_queue_figures(now_ms))
     publish(metrics, figures, [d.name for d in runtime.config.downstream], now_ms)
-    body = generate_latest(metrics.registry)
+    body = exposition(metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
