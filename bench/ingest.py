@@ -35,6 +35,7 @@ if str(ROOT / "bench") not in sys.path:
     sys.path.append(str(ROOT / "bench"))
 
 import wrk  # noqa: E402
+from procstat import cpu_s  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 WEBHOOK_PATH = "/v1/webhooks/attesto"
@@ -123,18 +124,6 @@ def make_request_files(prefix: Path, count: int, threads: int, offset: int = 0) 
 
 
 # ---- servers ----------------------------------------------------------------------------
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process `pid` and its live descendants (relay's worker
-    processes) have used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return own + sum(cpu_s(int(child)) for child in children)
-
 
 def free_port() -> int:
     with socket.socket() as s:

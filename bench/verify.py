@@ -35,6 +35,9 @@ if sys.path[:1] != [str(ROOT)]:  # ahead of bench/: bench/relay.py must not shad
 
 import aiohttp  # noqa: E402
 
+sys.path.append(str(ROOT / "bench"))
+from procstat import cpu_s  # noqa: E402
+
 SERVICE_KEY = "bench-service-key"
 API_KEY = "attesto_test_" + "B" * 43
 
@@ -75,7 +78,26 @@ def _run_sim(port: int) -> None:
                 handle_signals=True)
 
 
-def _run_relay(port: int, attesto_url: str, db_dir: str, synchronous: str) -> None:
+def _serve_workers(port: int, attesto_url: str, db_dir: str, workers: int) -> None:
+    """`relay serve` with `[server] workers`, exec'd in place of this process (same pid)."""
+    config = Path(db_dir) / "relay.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nworkers = {workers}\n'
+        f'[store]\npath = "{Path(db_dir) / "relay.sqlite3"}"\n'
+        f'[attesto]\nbase_url = "{attesto_url}"\n[scheduler]\nenabled = false\n'
+        '[log]\nlevel = "error"\n[entitlements]\n"premium.monthly" = ["premium"]\n')
+    os.environ.pop("CREDENTIALS_DIRECTORY", None)
+    os.environ.update({
+        "RELAY_CREDENTIAL_ATTESTO_API_KEY": API_KEY,
+        "RELAY_CREDENTIAL_API_KEYS": f"bench:{hashlib.sha256(SERVICE_KEY.encode()).hexdigest()}",
+        "PYTHONPATH": str(ROOT)})
+    os.execv(sys.executable, [sys.executable, "-m", "relay", "serve", "--config", str(config)])
+
+
+def _run_relay(port: int, attesto_url: str, db_dir: str, synchronous: str,
+               workers: int = 1) -> None:
+    if workers > 1:
+        _serve_workers(port, attesto_url, db_dir, workers)
     from aiohttp import web
 
     from relay.app import create_app
@@ -219,12 +241,6 @@ async def _closed_loop(session: aiohttp.ClientSession, url: str, body: Body,
     return done, time.perf_counter() - t0, latencies, errors
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -250,13 +266,13 @@ async def _measure(sim_url: str, relay_url: str, floor_url: str, args: argparse.
             out[name] = {"p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
                          "mean_ms": statistics.fmean(lat) * 1000, "errors": err}
         for name, (url, headers, body) in (("direct", direct), ("relay", relayed)):
-            cpu0 = _cpu_s(relay_pid)
+            cpu0 = cpu_s(relay_pid)
             n, elapsed, lat, err = await _closed_loop(session, url, body, headers, ids,
                                                       args.duration, args.concurrency)
             out[name].update(rps=n / elapsed, loaded_p50_ms=_pct(lat, 0.5),
                              loaded_p99_ms=_pct(lat, 0.99), errors=out[name]["errors"] + err)
             if name == "relay":  # robust to a busy machine, unlike the rate
-                out[name]["cpu_us_per_verify"] = (_cpu_s(relay_pid) - cpu0) / n * 1e6
+                out[name]["cpu_us_per_verify"] = (cpu_s(relay_pid) - cpu0) / n * 1e6
     return out
 
 
@@ -270,7 +286,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full",
                         help="SQLite synchronous pragma (relay's default: full, one fsync "
                              "per group commit)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="relay's [server] workers (default: one per CPU; with more "
+                             "than one, `relay serve` runs as configured, synchronous=full)")
     args = parser.parse_args(argv)
+    if args.workers > 1 and args.synchronous != "full":
+        parser.error("--synchronous normal needs --workers 1 (workers run relay.toml as is)")
     ctx = multiprocessing.get_context("spawn")
     sim_port, relay_port, floor_port = _free_port(), _free_port(), _free_port()
     sim_url, relay_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{relay_port}"
@@ -279,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fsync_ms = _fsync_ms(db_dir)
         procs = [ctx.Process(target=_run_sim, args=(sim_port,), daemon=True),
                  ctx.Process(target=_run_relay, daemon=True,
-                             args=(relay_port, sim_url, db_dir, args.synchronous)),
+                             args=(relay_port, sim_url, db_dir, args.synchronous,
+                                   args.workers)),
                  ctx.Process(target=_run_floor, daemon=True,
                              args=(floor_port, sim_url, db_dir, args.synchronous))]
         for p in procs:
@@ -294,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 p.join(10)
     d, r, f = figures["direct"], figures["relay"], figures["floor"]
     result = {
-        "cpus": os.cpu_count(), "concurrency": args.concurrency, "duration_s": args.duration,
+        "cpus": os.cpu_count(), "workers": args.workers, "concurrency": args.concurrency,
+        "duration_s": args.duration,
         "synchronous": args.synchronous, "fsync_ms": fsync_ms,
         "direct": d, "relay": r, "floor": f,
         "added_p50_ms": r["p50_ms"] - d["p50_ms"], "added_p99_ms": r["p99_ms"] - d["p99_ms"],
@@ -302,7 +325,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "latency_ratio_p50": r["p50_ms"] / d["p50_ms"],
         "throughput_ratio": r["rps"] / d["rps"],
     }
-    print(f"verify bench: {result['cpus']} CPUs, SQLite synchronous={args.synchronous} "
+    print(f"verify bench: {result['cpus']} CPUs, relay workers={args.workers}, "
+          f"SQLite synchronous={args.synchronous} "
           f"(one fsync here: {fsync_ms:.2f} ms), {args.requests} sequential requests, "
           f"{args.concurrency} in flight for {args.duration:g} s")
     print(f"  latency, 1 in flight   direct p50 {d['p50_ms']:.2f} ms  p99 {d['p99_ms']:.2f} ms"

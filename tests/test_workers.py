@@ -1,0 +1,332 @@
+"""`[server] workers = 2`: one supervisor, two worker processes, one port, one SQLite file.
+
+Real processes end to end: signed deliveries spread over both workers (some raced), each
+processed once, every event delivered downstream, each due purchase re-polled once,
+`/metrics` summed across workers; sd_notify aggregated (READY once, RELOADING/READY on
+SIGHUP, WATCHDOG only while every worker pings, STOPPING); a worker that dies stops the
+service with exit code 1. And the store's cross-process write lock, on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.config import StoreConfig
+from relay.errors import StoreUnavailableError
+from relay.receiver import DownstreamReceiver
+from relay.simulator import AttestoSimulator
+from relay.store import Store
+from tests.conftest import ADMIN_TOKEN, API_KEY, DOWNSTREAM_SECRET
+from tests.test_multi_instance import Calls
+from tests.test_serve import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+WEBHOOK_SECRET = "whsec-example-0123456789abcdefghijklmnopqrstuv"
+APPLE, GOOGLE, RACED = 40, 8, 8
+
+
+def write_config(tmp_path: Path, attesto: str, downstream: str) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(f"""
+[server]
+host = "127.0.0.1"
+port = {free_port()}
+shutdown_timeout_s = 2.0
+workers = 2
+[store]
+path = "{tmp_path / 'relay.sqlite3'}"
+[attesto]
+base_url = "{attesto}"
+[scheduler]
+tick_s = 0.2
+[outbox]
+allow_networks = ["127.0.0.0/8"]
+[log]
+level = "info"
+[[downstream]]
+name = "billing"
+url = "{downstream}"
+timeout_s = 1.0
+""")
+    return path
+
+
+def env(tmp_path: Path, notify: Path, watchdog_usec: int | None = None) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY")}
+    e.update({"PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(notify),
+              "RUNTIME_DIRECTORY": str(tmp_path / "run"),
+              "RELAY_CREDENTIAL_ATTESTO_API_KEY": AttestoSimulator.api_key,
+              "RELAY_CREDENTIAL_ATTESTO_WEBHOOK_SECRET": WEBHOOK_SECRET,
+              "RELAY_CREDENTIAL_ADMIN_TOKEN": ADMIN_TOKEN,
+              "RELAY_CREDENTIAL_API_KEYS":
+                  "backend:" + hashlib.sha256(API_KEY.encode()).hexdigest(),
+              "RELAY_CREDENTIAL_DOWNSTREAM_BILLING_SECRET": DOWNSTREAM_SECRET})
+    if watchdog_usec is not None:
+        e["WATCHDOG_USEC"] = str(watchdog_usec)
+    return e
+
+
+class Service:
+    """`relay serve` with workers, its notify socket and its log."""
+
+    def __init__(self, tmp_path: Path, config: Path, watchdog_usec: int | None = None) -> None:
+        self.tmp_path, self.config = tmp_path, config
+        self.port = int(config.read_text().split("port = ")[1].split()[0])
+        (tmp_path / "run").mkdir(exist_ok=True)
+        self.notify_path = tmp_path / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)
+        self.log_path = tmp_path / "relay.log"
+        self.watchdog_usec = watchdog_usec
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "relay", "serve", "--config", str(self.config),
+                env=env(self.tmp_path, self.notify_path, self.watchdog_usec), stderr=log)
+
+    async def message(self, timeout_s: float = 20.0) -> str:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            return (await loop.sock_recv(self.notify, 4096)).decode()
+
+    async def until(self, prefix: str, timeout_s: float = 20.0) -> list[str]:
+        """Every message up to and including the first that starts with `prefix`."""
+        seen: list[str] = []
+        while not seen or not seen[-1].startswith(prefix):
+            seen.append(await self.message(timeout_s))
+        return seen
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [int(p) for p in text.split()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def log_shows(self, text: str, times: int = 1) -> None:
+        """Wait for `text` to be in the log `times` times (log lines are written in
+        batches, a little after the fact)."""
+        async with asyncio.timeout(10):
+            while self.log().count(text) < times:
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        self.notify.close()
+        return code
+
+
+@pytest.fixture
+async def service(tmp_path: Path, attesto_url: str,
+                  receiver_url: str) -> AsyncIterator[Service]:
+    svc = Service(tmp_path, write_config(tmp_path, attesto_url, receiver_url))
+    try:
+        yield svc
+    finally:
+        if svc.proc is not None and svc.proc.returncode is None:
+            svc.proc.kill()
+            await svc.proc.wait()
+        svc.notify.close()
+
+
+async def deliver(sim: AttestoSimulator, body: bytes, port: int) -> str:
+    """One delivery on its own connection, so the kernel picks a worker for each."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/webhooks/attesto", data=body,
+                                headers=sim.headers_for(body, t=int(time.time()))) as resp:
+            assert resp.status == 200, await resp.text()
+            return str((await resp.json())["status"])
+
+
+def sqlite_rows(path: Path) -> tuple[set[str], list[str]]:
+    with sqlite3.connect(path) as db:
+        inbox = {r[0] for r in db.execute("SELECT event_id FROM inbox")}
+        events = [r[0] for r in db.execute("SELECT id FROM event ORDER BY cursor")]
+    return inbox, events
+
+
+async def metric_total(port: int, family: str) -> float:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics",
+                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == family
+               for s in f.samples if s.name == family + "_total")
+
+
+async def test_two_workers_one_port_one_database(tmp_path: Path, sim: AttestoSimulator,
+                                                 service: Service,
+                                                 receiver: DownstreamReceiver) -> None:
+    calls = Calls()
+    sim.calls = calls
+    await service.start()
+    # READY=1 once, after both workers are ready; both serve.
+    assert (await service.until("READY=1"))[-1] == "READY=1\nSTATUS=serving (2 workers)"
+    await service.log_shows("listening on http://127.0.0.1:")
+    await service.log_shows("as worker 0/2")
+    await service.log_shows("as worker 1/2")
+    assert len(service.worker_pids()) == 2
+
+    now_ms = int(time.time() * 1000)
+    bodies = [sim.apple_webhook("SUBSCRIBED", sim.add_apple(
+        original_transaction_id=f"o{i}", transaction_id=f"t{i}", product_id="premium",
+        expires_ms=now_ms + 86_400_000, purchase_ms=now_ms),
+        subtype="INITIAL_BUY", auto_renew=True) for i in range(APPLE)]
+    google = [sim.google_webhook(4, sim.add_google(token=f"g{i}", product_id="premium_monthly"),
+                                 root_token=f"root{i}") for i in range(GOOGLE)]
+    answers = await asyncio.gather(*(deliver(sim, b, service.port)
+                                     for b in bodies + google + bodies[:RACED]))
+    # A delivery raced to both workers is processed once; the other copy is a duplicate.
+    assert answers.count("duplicate") == RACED
+    want = {json.loads(b)["eventId"] for b in bodies + google}
+
+    db = tmp_path / "relay.sqlite3"
+    async with asyncio.timeout(60):
+        inbox, events = await asyncio.to_thread(sqlite_rows, db)
+        while len({r.headers["webhook-id"] for r in receiver.successful()}) < len(events):
+            await receiver.wait_for(len(receiver.received) + 1, timeout_s=30)
+            inbox, events = await asyncio.to_thread(sqlite_rows, db)
+    assert inbox == want
+    assert set(events) <= {r.headers["webhook-id"] for r in receiver.successful()}
+    # Every due Google purchase re-polled once: the tick's lease holds across workers.
+    async with asyncio.timeout(60):
+        while len([c for c in calls if "google" in c[0]]) < GOOGLE:
+            calls.arrived.clear()
+            await calls.arrived.wait()
+    await asyncio.sleep(1.0)  # a second tick would poll them again now
+    polled = sorted(c[1].get("purchase_token") or c[1].get("purchaseToken")
+                    for c in calls if "google" in c[0])
+    assert polled == sorted(f"g{i}" for i in range(GOOGLE))
+    # /metrics answers for the whole service, whichever worker takes the scrape.
+    for _ in range(4):
+        assert await metric_total(service.port, "relay_webhooks") == len(answers)
+
+    # SIGHUP: every worker reloads; READY=1 again once both did.
+    assert service.proc is not None
+    service.proc.send_signal(signal.SIGHUP)
+    seen = await service.until("READY=1")
+    assert seen[0] == "RELOADING=1"
+    await service.log_shows("configuration reloaded", times=2)  # both workers did
+
+    pids = service.worker_pids()
+    service.proc.send_signal(signal.SIGTERM)
+    await service.until("STOPPING=1")
+    assert await service.stop() == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+    assert list((tmp_path / "run").iterdir()) == []  # the supervisor's directory is gone
+
+
+async def _drain(service: Service) -> AsyncIterator[str]:
+    while True:
+        try:
+            yield await service.message(0.2)
+        except (TimeoutError, OSError):
+            return
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def test_a_worker_that_dies_stops_the_service(service: Service) -> None:
+    await service.start()
+    await service.until("READY=1")
+    first, second = service.worker_pids()
+    os.kill(first, signal.SIGKILL)
+    assert service.proc is not None
+    assert await asyncio.wait_for(service.proc.wait(), 30) == 1
+    await service.log_shows("exited with code -9; stopping the other workers")
+    assert not Path(f"/proc/{second}").exists() or _is_zombie(second)
+
+
+async def test_watchdog_pings_only_while_every_worker_pings(tmp_path: Path,
+                                                            attesto_url: str,
+                                                            receiver_url: str) -> None:
+    svc = Service(tmp_path, write_config(tmp_path, attesto_url, receiver_url),
+                  watchdog_usec=600_000)  # workers and supervisor ping every 0.3 s
+    await svc.start()
+    try:
+        await svc.until("READY=1")
+        await svc.until("WATCHDOG=1", timeout_s=5)
+        stuck = svc.worker_pids()[0]
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.0)  # its last ping ages past WatchdogSec
+            late = [m async for m in _drain(svc)]
+            await asyncio.sleep(1.0)
+            assert "WATCHDOG=1" not in [m async for m in _drain(svc)], late
+            await svc.log_shows("stopped pinging")
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+        await svc.until("WATCHDOG=1", timeout_s=5)
+        assert await svc.stop() == 0
+    finally:
+        if svc.proc is not None and svc.proc.returncode is None:
+            svc.proc.kill()
+            await svc.proc.wait()
+        svc.notify.close()
+
+
+async def test_shared_store_serializes_writers_across_stores(tmp_path: Path) -> None:
+    """Two stores (as two workers) on one SQLite file, each running read-then-write jobs
+    concurrently: with the shared write lock every job commits and no update is lost."""
+    cfg = StoreConfig(path=str(tmp_path / "shared.sqlite3"), busy_timeout_s=0.2)
+    stores = [Store(cfg, shared=True), Store(cfg, shared=True)]
+    await stores[0].open()
+    await stores[1].open(migrate=False)
+    await stores[0].write(lambda: stores[0].db.execute_sql(
+        "CREATE TABLE counter (n INTEGER NOT NULL)"))
+    await stores[0].write(lambda: stores[0].db.execute_sql("INSERT INTO counter VALUES (0)"))
+
+    def bump(store: Store) -> Any:
+        def run() -> None:
+            (n,) = store.db.execute_sql("SELECT n FROM counter").fetchone()
+            time.sleep(0.0005)  # widen the window between the read and the write
+            store.db.execute_sql("UPDATE counter SET n = ?", (n + 1,))
+        return run
+
+    failures = 0
+
+    async def one(store: Store) -> None:
+        nonlocal failures
+        try:
+            await store.write(bump(store))
+        except StoreUnavailableError:
+            failures += 1
+
+    try:
+        await asyncio.gather(*(one(stores[i % 2]) for i in range(300)))
+        (n,) = await stores[0].read(
+            lambda: stores[0].db.execute_sql("SELECT n FROM counter").fetchone())
+    finally:
+        for store in stores:
+            await store.close()
+    assert (failures, n) == (0, 300)
