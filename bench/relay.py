@@ -61,9 +61,10 @@ def serve_receiver() -> None:
         ids: list[str] = []  # webhook-id of every request, in arrival order
         seen: set[str] = set()
         last_new = 0.0  # time.time() when the latest not-yet-seen webhook-id arrived
+        first_new = 0.0  # ... and the first one since the last reset
 
         async def hook(request: web.Request) -> web.Response:
-            nonlocal count, last_new
+            nonlocal count, last_new, first_new
             body = await request.read()
             count += 1
             wid = request.headers.get("webhook-id", "")
@@ -71,6 +72,7 @@ def serve_receiver() -> None:
             if wid not in seen:
                 seen.add(wid)
                 last_new = time.time()
+                first_new = first_new or last_new
             if count % SAMPLE_EVERY == 0:
                 samples.append({"headers": dict(request.headers), "body": body.decode(),
                                 "at": time.time()})
@@ -81,13 +83,14 @@ def serve_receiver() -> None:
             return web.Response(text='{"ok":true}', content_type="application/json")
 
         async def stats(request: web.Request) -> web.Response:
-            nonlocal count, last_new
+            nonlocal count, last_new, first_new
             out: dict[str, Any] = {"count": count, "samples": samples[:],
-                                   "distinct": len(seen), "last_new_at": last_new}
+                                   "distinct": len(seen), "last_new_at": last_new,
+                                   "first_new_at": first_new}
             if request.query.get("ids"):
                 out["ids"] = ids[:]
             if request.query.get("reset"):
-                count, last_new = 0, 0.0
+                count, last_new, first_new = 0, 0.0, 0.0
                 samples.clear()
                 ids.clear()
                 seen.clear()
@@ -291,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="postgres: also --instances `relay serve` on one PostgreSQL "
                              "against one on SQLite (bench/relay_pg.py)")
     parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also drain with `relay serve` [server] workers = N (SQLite), "
+                             "against one process and N bare client processes "
+                             "(bench/relay_workers.py)")
     parser.add_argument("--pg-url", default=os.environ.get(
         "RELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--pg-rounds", type=int, default=2,
@@ -320,6 +327,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         result["postgres"] = asyncio.run(bounded_pg())
         result["all_delivered"] = result["all_delivered"] and result["postgres"]["all_delivered"]
+    if args.workers > 1:
+        import relay_workers
+
+        async def bounded_workers() -> dict[str, Any]:
+            async with asyncio.timeout(args.timeout * args.rounds * 3):
+                out: dict[str, Any] = await relay_workers.compare(sys.modules[__name__], args)
+                return out
+
+        result["workers"] = asyncio.run(bounded_workers())
+        result["all_delivered"] = result["all_delivered"] and result["workers"]["all_delivered"]
     return result
 
 

@@ -128,16 +128,33 @@ def check(ids: list[str], events: dict[str, tuple[str, int]]) -> dict[str, int]:
             "unknown": unknown}
 
 
+def _release_offline(store: str) -> None:
+    """What `relay resume` does, done before relay starts: the rows are due at once."""
+    with sqlite3.connect(store) as db:
+        db.execute("DELETE FROM endpoint_state")
+        db.execute("UPDATE delivery SET status = 'pending', next_attempt_ms = 0 "
+                   "WHERE status = 'held'")
+
+
 async def drain(bench: ModuleType, ingest: ModuleType, base: str, *, store: str, instances: int,
                 events: int, per_subject: int, concurrency: int, tmp: Path,
-                timeout_s: float, analyze: bool = True) -> dict[str, Any]:
-    """One timed drain of `events` by `instances` relay serve processes on `store`."""
+                timeout_s: float, analyze: bool = True, workers: int = 1) -> dict[str, Any]:
+    """One timed drain of `events` by `instances` relay serve processes on `store`.
+
+    `workers` > 1 (one SQLite instance): the rows are released before `relay serve`
+    starts, its workers claim them as they come up, and the clock runs from the first
+    delivery the receiver sees to the last; each worker gets `concurrency / workers`
+    attempts in flight, so the service has `concurrency` in all, as a single process has.
+    """
     secret, token = bench.generate_secret(), secrets.token_urlsafe(24)
     on_pg = store.startswith("postgresql://")
     cfg = bench._config(tmp, f"{base}/hook", secret, concurrency)
     cfg = dataclasses.replace(cfg, store=dataclasses.replace(
         cfg.store, **({"url": store} if on_pg else {"path": store})))
     await _enqueue(bench, cfg, events, per_subject)
+    if workers > 1:
+        await asyncio.to_thread(_release_offline, store)
+        concurrency = max(1, concurrency // workers)
     if on_pg and analyze:
         await asyncio.to_thread(_analyze, store)
     body = (f'url = "{store}"\nauto_migrate = false' if on_pg else f'path = "{store}"')
@@ -153,11 +170,12 @@ async def drain(bench: ModuleType, ingest: ModuleType, base: str, *, store: str,
             ports.append(ingest.free_port())
             procs.append(ingest.start_relay(ports[-1], tmp, "warning", body,
                                             name=f"relay{i}", downstream=downstream,
-                                            env_extra=env))
+                                            env_extra=env, workers=workers))
         for port, proc in zip(ports, procs, strict=True):
             await asyncio.to_thread(ingest.wait_ready, port, proc)
         async with aiohttp.ClientSession() as session:
-            await bench._stats(session, base, reset=True)
+            if workers == 1:
+                await bench._stats(session, base, reset=True)
 
             async def resume(port: int) -> None:
                 async with session.post(
@@ -166,11 +184,12 @@ async def drain(bench: ModuleType, ingest: ModuleType, base: str, *, store: str,
                     assert resp.status == 200, await resp.text()
 
             t0 = time.time()
-            await asyncio.gather(*(resume(p) for p in ports))
+            if workers == 1:
+                await asyncio.gather(*(resume(p) for p in ports))
             async with asyncio.timeout(timeout_s):
                 while (got := await bench._stats(session, base))["distinct"] < events:
                     await asyncio.sleep(0.1)  # another process delivers: poll its count
-            seconds = got["last_new_at"] - t0
+            seconds = got["last_new_at"] - (t0 if workers == 1 else got["first_new_at"])
             async with asyncio.timeout(30):  # outcomes are recorded a moment later
                 while (found := await asyncio.to_thread(_events, store))[1] < events:
                     await asyncio.sleep(0.1)

@@ -1,5 +1,6 @@
 """bench/relay_pg.py: the receiver-log check counts what it claims; a tiny two-instance
-drain on PostgreSQL runs end to end (PostgreSQL only)."""
+drain on PostgreSQL runs end to end (PostgreSQL only), and a two-worker drain on SQLite
+(bench/relay_workers.py)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,16 @@ def test_two_instances_drain_one_database() -> None:
     assert all(pg["postgres_x2"]["per_instance"]), "both instances must deliver"
     assert sum(pg["postgres_x2"]["per_instance"]) >= 400
     assert pg["sqlite_x1"]["per_instance"] == [400]
+
+
+@pytest.mark.slow
+def test_workers_drain_one_sqlite_file_in_order() -> None:
+    """`relay serve` with two workers drains a queued SQLite file: every event once, each
+    purchase's events in sequence, against one process and a two-process bare client."""
+    bench = importlib.import_module("bench.relay")
+    figures = bench.main(["--events", "400", "--rounds", "1", "--workers", "2",
+                          "--timeout", "120"])
+    w = figures["workers"]
+    assert w["all_delivered"] and w["duplicates"] == 0 and w["order_violations"] == 0
+    assert w["workers_deliveries_per_s"] > 0 and w["ceiling_posts_per_s"] > 0
+    assert w["metrics_delivered"] == [400]  # whichever worker answered the scrape
