@@ -69,14 +69,33 @@ def _ingest(f: dict[str, Any]) -> list[Row]:
             ("webhook ingest p99", r["p99_ms"], "ceiling", c["p99_ms"], "ms")]
 
 
+def _verify_workers(f: dict[str, Any]) -> list[Row]:
+    return [(f"verify throughput, workers = {f['workers']}", f["relay"]["rps"],
+             "direct to Attesto", f["direct"]["rps"], "req/s")]
+
+
+def _ingest_workers(f: dict[str, Any]) -> list[Row]:
+    c, r, n = f["ceiling"], f["relay"], f["workers"]
+    return [(f"webhook ingest, durable, workers = {n}", r["accepted_per_s"],
+             f"ceiling, {n} processes", c["accepted_per_s"], "deliveries/s"),
+            (f"webhook ingest p99, workers = {n}", r["p99_ms"], f"ceiling, {n} processes",
+             c["p99_ms"], "ms")]
+
+
 def _relay(f: dict[str, Any]) -> list[Row]:
+    w = f.get("workers")
+    workers: list[Row] = [] if not w else [
+        (f"outbox delivery, workers = {w['workers']}", w["workers_deliveries_per_s"],
+         f"bare client, {w['workers']} processes", w["ceiling_posts_per_s"], "deliveries/s"),
+        (f"outbox delivery, workers = {w['workers']}", w["workers_deliveries_per_s"],
+         "`relay serve`, one process", w["one_process_deliveries_per_s"], "deliveries/s")]
     pg = f.get("postgres")
     scale_out: list[Row] = [] if not pg else [
         (f"outbox delivery, {pg['instances']} instances on one PostgreSQL "
          f"({pg['duplicates']} duplicates, {pg['order_violations']} out of order)",
          pg["postgres_deliveries_per_s"], "1 `relay serve` on SQLite",
          pg["sqlite_deliveries_per_s"], "deliveries/s")]
-    return scale_out + [
+    return scale_out + workers + [
         ("outbox delivery, signed, in order", f["relay_deliveries_per_s"],
          "bare aiohttp client ceiling", f["ceiling_posts_per_s"], "deliveries/s")]
 
@@ -97,11 +116,19 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
     "ingest": (["--duration", "10"] + (["--store", "postgres"] if _pg() else []),
                ["--duration", "3", "--warmup", "1"], _ingest),
     # With PostgreSQL, also two `relay serve` draining one database against one on SQLite.
-    "relay": (["--events", "20000"] + (["--store", "postgres"] if _pg() else []),
+    "relay": (["--events", "20000", "--workers", "2"]
+              + (["--store", "postgres"] if _pg() else []),
               ["--events", "4000"], _relay),
+    # [server] workers = 2: the same benches with relay's worker processes (README Workers).
+    "verify-workers": (["--duration", "5", "--workers", "2"],
+                       ["--duration", "2", "--requests", "300", "--workers", "2"],
+                       _verify_workers),
+    "ingest-workers": (["--duration", "10", "--workers", "2"],
+                       ["--duration", "3", "--warmup", "1", "--workers", "2"], _ingest_workers),
     "repoll": (["--polls", "10000"], ["--rows", "200000", "--polls", "2000"], _repoll),
 }
 OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
+MODULE = {"verify-workers": "verify", "ingest-workers": "ingest"}  # bench name -> bench/<module>.py
 
 
 def machine() -> dict[str, str]:
@@ -151,9 +178,10 @@ def run(names: list[str], quick: bool) -> dict[str, Any]:
     for name in names + [n for n in OPTIONAL if (BENCH / f"{n}.py").exists()]:
         full, short, _ = BENCHES.get(name, ([], [], lambda f: f.get("rows", [])))
         started = time.monotonic()
-        print(f"== bench/{name}.py {' '.join(short if quick else full)}", flush=True)
+        module = MODULE.get(name, name)
+        print(f"== bench/{module}.py {' '.join(short if quick else full)}", flush=True)
         try:
-            figures = _load(name).main(short if quick else full)
+            figures = _load(module).main(short if quick else full)
             results[name] = {"figures": figures, "seconds": time.monotonic() - started}
         except Exception as exc:  # a failed bench is a result too
             traceback.print_exc()

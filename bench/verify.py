@@ -286,9 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full",
                         help="SQLite synchronous pragma (relay's default: full, one fsync "
                              "per group commit)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="relay's [server] workers (default: one per CPU; with more "
-                             "than one, `relay serve` runs as configured, synchronous=full)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="relay's [server] workers (with more than one, `relay serve` "
+                             "runs as configured, synchronous=full)")
     args = parser.parse_args(argv)
     if args.workers > 1 and args.synchronous != "full":
         parser.error("--synchronous normal needs --workers 1 (workers run relay.toml as is)")
