@@ -177,7 +177,7 @@ async def test_resume_through_a_makes_b_deliver_again(
     caplog.set_level(logging.INFO, logger="relay.outbox")
     a, b = await pair(receiver_url)
     await admin(a, "pause")
-    await outbox_of(b).poke()
+    await admin(b, "pause")  # B paused by its own admin API: this test is about the resume
     assert paused(b) == {"billing"}
     await emit(b, "s1")
     assert await admin(a, "resume") == {"endpoint": "billing", "state": "active",
@@ -189,8 +189,8 @@ async def test_resume_through_a_makes_b_deliver_again(
     # B has nothing to claim (its only endpoint is paused here), so only its sweep
     # reads endpoint_state; A stays idle from here on.
     await outbox_of(b).poke()
-    assert paused(b) == frozenset()
     await receiver.wait_for(2)  # B released the row it had held and sent it
+    assert paused(b) == frozenset()
     await emit(b, "s3")
     await receiver.wait_for(3)
     await settle(b, a)
