@@ -3,6 +3,11 @@
 One transaction per cycle records every finished attempt and claims more; claimed rows
 wait in a per-endpoint ready queue so a freed slot is refilled without a round trip to
 the store. The worker task and the delivery session live in `outbox_ctx`.
+
+Pauses live in `endpoint_state`, shared by every process on the database: each cycle
+reads it in its transaction (and skips those endpoints), and every sweep does even when
+there is nothing else to do, so a pause, a 410 or a resume made by another process
+applies here within a cycle or a sweep (`_follow`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -78,6 +83,12 @@ class Outbox:
         self._lanes: list[asyncio.Task[None]] = []
         self._done: list[Outcome] = []
         self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
+        # Following the pauses made by other processes (endpoint_state):
+        self._sweep_due = False  # the next cycle reads endpoint_state even with no work
+        self._synced = 0.0  # loop time of the last cycle that read it
+        self._pausing = 0  # local pause()/resume() calls in progress
+        self._pause_epoch = 0  # bumped when one starts or ends: a cycle's read may be older
+        self._unhold: set[str] = set()  # resumed elsewhere: release their held rows
         self.task: asyncio.Task[None] | None = None
         self.beat = 0.0  # loop time the worker last came round (idle or between cycles)
 
@@ -90,6 +101,7 @@ class Outbox:
         for name, state in paused.items():
             log.warning("endpoint %s is %s since %d: its events are held until "
                         "`relay resume %s`", name, state.reason, state.since_ms, name)
+        self._synced = asyncio.get_running_loop().time()
         active = self.active_endpoints()
         released = await self._store.write(
             lambda: outbox_db.release_held(active, self._runtime.now_ms()))
@@ -187,10 +199,12 @@ class Outbox:
         self._wake.set()
 
     async def poke(self) -> None:
-        """Run one full cycle that starts after this call (record, claim, dispatch)."""
+        """Run one full cycle that starts after this call (record, claim, dispatch), and
+        read which endpoints are paused, as a sweep does."""
         if self.task is None or self.task.done():
             raise RuntimeError("the outbox worker is not running")
         target = self._cycles_started + 1
+        self._sweep_due = True
         self.wake()
         async with self._cycle_cond:
             await self._cycle_cond.wait_for(lambda: self._cycles_done >= target)
@@ -222,44 +236,83 @@ class Outbox:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
 
     def _drop_ready(self, name: str) -> list[Claimed]:
-        queue = self._ready[name]
+        queue = self._ready.get(name)
+        if queue is None:  # not configured here
+            return []
         dropped = list(queue)
         queue.clear()
         return dropped
 
+    @contextlib.contextmanager
+    def _changing_pauses(self) -> Iterator[None]:
+        """A local pause or resume: a cycle whose endpoint_state read may predate its
+        commit must not undo it (`_follow` skips such a read)."""
+        self._pausing += 1
+        self._pause_epoch += 1
+        try:
+            yield
+        finally:
+            self._pausing -= 1
+            self._pause_epoch += 1
+
     async def pause(self, name: str, reason: str = "paused", detail: str | None = None) -> int:
-        """Hold `name`'s rows (now and for new events) until resume; survives restarts."""
-        self._runtime.set_paused(self._runtime.paused | {name})
-        dropped = self._drop_ready(name)  # claimed but not started: give the leases back
-        now_ms = self._runtime.now_ms()
+        """Hold `name`'s rows (now and for new events) until resume; survives restarts.
 
-        def work() -> int:
-            held = outbox_db.hold_endpoint(name, reason, detail, now_ms)
-            outbox_db.release(dropped, now_ms)
-            return held
+        Other processes on the database follow within a cycle or a sweep (`_follow`)."""
+        with self._changing_pauses():
+            self._runtime.set_paused(self._runtime.paused | {name})
+            dropped = self._drop_ready(name)  # claimed but not started: give the leases back
+            now_ms = self._runtime.now_ms()
 
-        held = await self._store.write(work)
+            def work() -> int:
+                held = outbox_db.hold_endpoint(name, reason, detail, now_ms)
+                outbox_db.release(dropped, now_ms)
+                return held
+
+            held = await self._store.write(work)
         log.warning("endpoint %s %s: %d deliveries held", name, reason, held)
         return held
 
     async def resume(self, name: str) -> int:
-        """Send `name`'s held rows again and route new events to it."""
-        self._runtime.set_paused(self._runtime.paused - {name})
-        active = name in self.active_endpoints()
-        releases, self._to_release = self._to_release, []  # from a 410 not yet given back
-        now_ms = self._runtime.now_ms()
+        """Send `name`'s held rows again and route new events to it (here at once, in the
+        other processes on the database within a cycle or a sweep)."""
+        with self._changing_pauses():
+            self._runtime.set_paused(self._runtime.paused - {name})
+            self._unhold.discard(name)
+            active = name in self.active_endpoints()
+            releases, self._to_release = self._to_release, []  # from a 410 not given back
+            now_ms = self._runtime.now_ms()
 
-        def work() -> int:
-            outbox_db.release(releases, now_ms)
-            return outbox_db.resume_endpoint(name, now_ms, active)
+            def work() -> int:
+                outbox_db.release(releases, now_ms)
+                return outbox_db.resume_endpoint(name, now_ms, active)
 
-        try:
-            released = await self._store.write(work)
-        except BaseException:
-            self._to_release[:0] = releases
-            raise
+            try:
+                released = await self._store.write(work)
+            except BaseException:
+                self._to_release[:0] = releases
+                raise
         log.info("endpoint %s resumed: %d held deliveries released", name, released)
         return released
+
+    def _follow(self, paused: Mapping[str, str]) -> None:
+        """Adopt endpoint_state as a cycle read it: pauses, 410s and resumes made by
+        other processes (and by this one, already adopted: nothing to do)."""
+        known, now = self._runtime.paused, frozenset(paused)
+        if now == known:
+            return
+        for name in sorted(now - known):
+            self._to_release.extend(self._drop_ready(name))  # given back in the next cycle
+            what = "disabled (410 Gone)" if paused[name] == "gone" else "paused"
+            log.warning("endpoint %s %s by another process: its events are held until "
+                        "`relay resume %s`", name, what, name)
+        for name in sorted(known - now):
+            log.info("endpoint %s resumed by another process: sending its deliveries again",
+                     name)
+        self._runtime.set_paused(now)
+        active = self.active_endpoints()
+        self._unhold.update(name for name in known - now if name in active)
+        self.wake()  # the next cycle gives back dropped claims and claims resumed endpoints
 
     # ---- the worker --------------------------------------------------------------
 
@@ -275,6 +328,7 @@ class Outbox:
                         await self._wake.wait()
                 except TimeoutError:
                     self._urgent = True
+                    self._sweep_due = True
                 self._wake.clear()
                 if not self._worth_a_cycle():
                     continue
@@ -343,22 +397,35 @@ class Outbox:
         number = self._cycles_started
         outcomes, self._done = self._done, []
         releases, self._to_release = self._to_release, []
+        unhold, self._unhold = sorted(self._unhold), set()
         now_ms = self._runtime.now_ms()
         wants, leases = self._wants(now_ms)
         skip_locked = not self._store.is_sqlite
-        ok = True
+        started = asyncio.get_running_loop().time()
+        # Every cycle that goes to the store reads endpoint_state; one with nothing to do
+        # goes only on a sweep (a process that believes its endpoints paused must still
+        # learn of a resume).
+        sweep = not self._stopping and (self._sweep_due
+                                        or started - self._synced >= self._sweep_s)
+        self._sweep_due = False
+        epoch = self._pause_epoch
+        synced = ok = True
         try:
-            if outcomes or releases or wants:
+            if outcomes or releases or wants or unhold or sweep:
                 result = await self._store.write(
                     lambda: outbox_db.cycle(outcomes, wants, now_ms, leases, skip_locked,
-                                            releases),
+                                            releases, unhold, sweep),
                     notify=False)
-            else:  # no endpoint to feed: no store round trip
+                self._synced = started
+            else:  # no endpoint to feed and no sweep due: no store round trip
                 result = CycleResult()
+                synced = False
         except Exception as exc:
-            ok = False
+            ok = synced = False
             self._done[:0] = outcomes  # recorded next time; the leases keep the rows
             self._to_release[:0] = releases
+            self._unhold.update(unhold)
+            self._sweep_due = self._sweep_due or sweep
             result = CycleResult()
             log.error("outbox cycle failed (%d outcomes kept for the next): %s",
                       len(outcomes), exc)
@@ -370,6 +437,10 @@ class Outbox:
             got: dict[str, int] = collections.Counter(c.endpoint for c in result.claimed)
             self._hungry = {name for name, n in wants.items() if got[name] >= n}
         self._after(result)
+        # A local pause or resume that began or ended meanwhile may be newer than this
+        # read: the next cycle reads again.
+        if synced and not self._pausing and self._pause_epoch == epoch:
+            self._follow(result.paused)
         return ok
 
     def _after(self, result: CycleResult) -> None:

@@ -54,6 +54,9 @@ class CycleResult:
     dead: list[int] = field(default_factory=list)
     stale: int = 0  # records whose claim had been taken over
     next_due_ms: int | None = None
+    # endpoint_state as this transaction saw it (name: reason), after this cycle's 410s;
+    # every process follows it, whoever paused or resumed.
+    paused: dict[str, str] = field(default_factory=dict)
 
 
 _CLAIM = """
@@ -111,13 +114,29 @@ def hold_endpoint(name: str, reason: str, detail: str | None, now_ms: int) -> in
 
 
 def release_held(names: Iterable[str], now_ms: int) -> int:
-    """Turn held rows of active endpoints back to pending, due now; return how many."""
+    """Turn held rows of active endpoints back to pending, due now; return how many.
+
+    An endpoint paused in the database stays held, whatever the caller believes (another
+    process may have paused it since this one last looked)."""
     names = list(names)
     if not names:
         return 0
     released: int = Delivery.update(status="pending", next_attempt_ms=now_ms).where(
-        (Delivery.endpoint.in_(names)) & (Delivery.status == "held")).execute()
+        (Delivery.endpoint.in_(names)) & (Delivery.status == "held")
+        & Delivery.endpoint.not_in(EndpointState.select(EndpointState.name))).execute()
     return released
+
+
+def hold_pending(names: Sequence[str]) -> int:
+    """Hold the pending rows of paused endpoints: rows routed by a process that had not yet
+    seen the pause (claims in flight included, as `hold_endpoint` does)."""
+    if not names:
+        return 0
+    db = _db()
+    held: int = db.execute_sql(
+        f"UPDATE delivery SET status = 'held' WHERE endpoint IN {_in(len(names))} "
+        "AND status = 'pending'", tuple(names)).rowcount
+    return held
 
 
 def release_orphaned_claims(now_ms: int) -> int:
@@ -137,6 +156,12 @@ def resume_endpoint(name: str, now_ms: int, active: bool) -> int:
 
 def paused_endpoints() -> dict[str, EndpointState]:
     return {s.name: s for s in EndpointState.select()}
+
+
+def paused_reasons() -> dict[str, str]:
+    """Every paused or gone endpoint and why: one plain read of a tiny, mostly empty table."""
+    rows = _db().execute_sql("SELECT name, reason FROM endpoint_state").fetchall()
+    return {str(name): str(reason) for name, reason in rows}
 
 
 CHUNK = 100  # rows per multi-row statement: 600 bound values, under SQLite's 999
@@ -238,10 +263,17 @@ def next_due_ms(endpoints: Sequence[str], now_ms: int) -> int | None:
 
 def cycle(outcomes: Sequence[Outcome], wants: Mapping[str, int], now_ms: int,
           lease_until_ms: Mapping[str, int], skip_locked: bool = False,
-          releases: Sequence[Claimed] = ()) -> CycleResult:
+          releases: Sequence[Claimed] = (), unhold: Sequence[str] = (),
+          sweep: bool = False) -> CycleResult:
     """One worker turn in one transaction: record finished attempts, release, claim more.
 
-    `wants` maps every active endpoint to how many rows it may take now (0 when full).
+    `wants` maps every endpoint the caller believes active to how many rows it may take
+    now (0 when full). An endpoint paused in `endpoint_state` is never claimed, whatever
+    the caller believes: another process may have paused it or seen its 410. Its pending
+    rows (routed by a process that had not seen the pause yet) are held: those of the
+    endpoints in `wants` on every cycle, those of every paused endpoint on a `sweep`.
+    `unhold`: endpoints whose resume by another process the caller has learned of; their
+    held rows are released (rows routed as held before it learned).
     """
     result = CycleResult()
     release(releases, now_ms)
@@ -252,7 +284,12 @@ def cycle(outcomes: Sequence[Outcome], wants: Mapping[str, int], now_ms: int,
             result.gone.append(o.endpoint)
         if status == "dead":
             result.dead.append(o.delivery_id)
-    active = [name for name in wants if name not in result.gone]
+    result.paused = paused = paused_reasons()  # after record(): this cycle's 410s included
+    if paused:
+        hold_pending([name for name in paused
+                      if name not in result.gone and (sweep or name in wants)])
+    release_held(unhold, now_ms)  # never those paused again meanwhile
+    active = [name for name in wants if name not in paused]
     for name in active:
         result.claimed.extend(claim(name, wants[name], now_ms, lease_until_ms[name],
                                     skip_locked))

@@ -10,7 +10,7 @@ import pytest
 
 from relay import outbox_db, pipeline
 from relay.config import StoreConfig
-from relay.models import Attempt, Delivery
+from relay.models import Attempt, Delivery, EndpointState
 from relay.outbox_db import Claimed, Outcome
 from relay.pipeline import Route, Rules
 from relay.retry_policy import Verdict
@@ -46,6 +46,10 @@ async def claim(store: Store, now: int = NOW, limit: int = 10) -> list[Claimed]:
 async def set_status(store: Store, delivery_id: int, status: str) -> None:
     await store.write(lambda: Delivery.update(status=status, claimed_until_ms=None).where(
         Delivery.id == delivery_id).execute())
+
+
+async def statuses(store: Store) -> list[str]:
+    return await store.read(lambda: [d.status for d in Delivery.select().order_by(Delivery.id)])
 
 
 def outcome(c: Claimed, verdict: Verdict = Verdict.DELIVERED, status: int = 200) -> Outcome:
@@ -107,3 +111,31 @@ async def test_write_without_notify_skips_the_commit_listeners(store: Store) -> 
     await store.write(lambda: None)
     await store.read(lambda: None)  # listener calls are queued before the future settles
     assert calls == [1]
+
+
+async def test_cycle_never_claims_an_endpoint_paused_in_the_database(store: Store) -> None:
+    a1, b1 = await add(store, "a", 1), await add(store, "b", 1)
+    # Another process paused billing; this one has not seen it (billing is in its wants).
+    await store.write(lambda: EndpointState.insert(name="billing", reason="paused",
+                                                   since_ms=NOW).execute())
+    leases = {"billing": NOW + 60_000}
+
+    def run(wants: dict[str, int], **kw: Any) -> outbox_db.CycleResult:
+        return outbox_db.cycle([], wants, NOW, leases, **kw)
+
+    result = await store.write(lambda: run({"billing": 10}))
+    assert (result.claimed, result.paused) == ([], {"billing": "paused"})
+    assert await statuses(store) == ["held", "held"]  # routed as pending by a stale view
+    await set_status(store, b1, "pending")  # routed later, by a process still unaware
+    assert (await store.write(lambda: run({}))).claimed == []
+    assert await statuses(store) == ["held", "pending"]  # only a sweep looks at it now
+    await store.write(lambda: run({}, sweep=True))
+    assert await statuses(store) == ["held", "held"]
+    # A process that has not seen the pause never releases its held rows either.
+    assert await store.write(lambda: outbox_db.release_held(["billing"], NOW)) == 0
+    assert (await store.write(lambda: run({"billing": 10}, unhold=["billing"]))).claimed == []
+    # Resumed elsewhere: the rows still held (routed as held meanwhile) are released.
+    await store.write(lambda: EndpointState.delete().execute())
+    result = await store.write(lambda: run({"billing": 10}, unhold=["billing"]))
+    assert result.paused == {}
+    assert {c.id for c in result.claimed} == {a1, b1}
