@@ -199,14 +199,17 @@ async def drain(bench: ModuleType, ingest: ModuleType, base: str, *, store: str,
                                        headers=auth) as resp:
                     m = _DELIVERED.search(await resp.text())
                     per_instance.append(round(float(m.group(1))) if m else 0)
-            log = (await bench._stats(session, base, ids=True, reset=True))["ids"]
+            got = await bench._stats(session, base, ids=True, reset=True)
     finally:
         for proc in procs:
             ingest.stop(proc)
-    figures = check(log, found[0])
+    figures = check(got["ids"], found[0])
+    # Every 100th request, as signed by these processes, checked by an independent verifier.
+    verified, oracle = bench._verify(got["samples"], secret)
     return {"instances": instances, "seconds": round(seconds, 3),
             "deliveries_per_s": round(events / seconds), "per_instance": per_instance,
-            "delivered_rows": found[1], **figures,
+            "delivered_rows": found[1], "signatures_verified": verified,
+            "verified_with": oracle, **figures,
             "all_delivered": figures["missing"] == 0 and found[1] == events == len(found[0])}
 
 

@@ -93,6 +93,8 @@ async def compare(bench: ModuleType, args: argparse.Namespace) -> dict[str, Any]
                                          / best["x1"]["deliveries_per_s"], 3),
            # /metrics of the service (summed over its workers): deliveries it counted.
            "metrics_delivered": best["xn"]["per_instance"],
+           "signatures_verified": sum(r["signatures_verified"] for r in runs["xn"]),
+           "verified_with": best["xn"]["verified_with"],
            "duplicates": sum(r["duplicates"] for r in every),
            "order_violations": sum(r["order_violations"] for r in every),
            "all_delivered": all(r["all_delivered"] for r in every)}

@@ -58,3 +58,4 @@ def test_workers_drain_one_sqlite_file_in_order() -> None:
     assert w["all_delivered"] and w["duplicates"] == 0 and w["order_violations"] == 0
     assert w["workers_deliveries_per_s"] > 0 and w["ceiling_posts_per_s"] > 0
     assert w["metrics_delivered"] == [400]  # whichever worker answered the scrape
+    assert w["signatures_verified"] == 4  # every 100th request
