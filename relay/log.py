@@ -19,6 +19,9 @@ from aiohttp.abc import AbstractAccessLogger
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 BATCH = 64  # records per write() and flush: bounds how long one batch holds the GIL
 LINGER_S = 0.02  # after a write, let records gather: fewer wake-ups, each one a GIL handoff
+# Worker processes share one stderr pipe (journald's stream): a write() of at most
+# PIPE_BUF bytes reaches it whole, a longer one may interleave with another worker's.
+WRITE_MAX_BYTES = 4096
 _IMMUTABLE = (str, int, float, bool, type(None))
 _writer: LogWriter | None = None
 
@@ -74,11 +77,10 @@ class LogWriter:
                 self._stopping.wait(LINGER_S)
 
     def _write(self, lines: list[str]) -> None:
-        if not lines:
-            return
         try:
-            self._stream.write("".join(lines))
-            self._stream.flush()
+            for chunk in _chunks(lines, WRITE_MAX_BYTES):
+                self._stream.write(chunk)
+                self._stream.flush()
         except (OSError, ValueError):  # stderr gone (closed pipe): nothing left to tell
             pass
 
@@ -88,6 +90,23 @@ class LogWriter:
             self.queue.put(None)
             self._stopping.set()
             self._thread.join(5)
+
+
+def _chunks(lines: list[str], limit: int) -> list[str]:
+    """Whole lines joined into pieces of at most `limit` UTF-8 bytes (a longer line alone)."""
+    chunks: list[str] = []
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line.encode("utf-8", "surrogateescape"))
+        if piece and size + n > limit:
+            chunks.append("".join(piece))
+            piece, size = [], 0
+        piece.append(line)
+        size += n
+    if piece:
+        chunks.append("".join(piece))
+    return chunks
 
 
 class JsonFormatter(logging.Formatter):

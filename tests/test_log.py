@@ -89,3 +89,24 @@ def test_writer_keeps_order_batches_and_freezes_mutable_args() -> None:
     assert lines[1:601] == [f"INFO line {i}" for i in range(600)]
     assert lines[601] == "ERROR failed x" and "ValueError: boom" in text
     assert len(stream.writes) <= 12  # the piled-up records went out 64 to a write
+
+
+def test_writes_are_whole_lines_of_at_most_pipe_buf_bytes() -> None:
+    """Workers share stderr: each write() must be small enough to reach the pipe whole,
+    and made of whole lines, so lines of two workers never interleave."""
+    from relay.log import WRITE_MAX_BYTES, LogWriter, _Enqueue
+
+    stream = _Stream()
+    writer = LogWriter(stream, logging.Formatter("%(message)s"))
+    logger = logging.Logger("test.chunks")
+    logger.addHandler(_Enqueue(writer.queue))  # type: ignore[arg-type]
+    sent = [f"line {i} " + "é" * (i % 90) for i in range(300)] + ["x" * 5000]
+    for line in sent:
+        logger.info("%s", line)
+    stream.release.set()
+    writer.stop()
+    assert "".join(stream.writes).splitlines() == sent
+    assert len(stream.writes) > 3  # 64-line batches of ~100-250 bytes had to be cut
+    for text in stream.writes:
+        assert text.endswith("\n")
+        assert len(text.encode()) <= WRITE_MAX_BYTES or text.count("\n") == 1
