@@ -192,9 +192,9 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
                                seq, after.user_id, snap.observed_ms, snap.received_ms,
                                snap.attesto_event_id, stale, body))
             made.append((eid, event_type, body, seq))
-        after = replace(after, sequence=seq, updated_ms=now_ms)
-        after = replace(after, next_poll_ms=next_poll_ms(after, now_ms, rules.poll,
-                                                         snap.poll_now))
+        after = replace(after, sequence=seq, updated_ms=now_ms,
+                        next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
+                                                  updated_ms=now_ms))
         current[key] = dirty[key] = after
         decided.append((after, made, stale))
 
@@ -294,6 +294,10 @@ def _routes_for(rules: Rules, event_type: str, platform: str | None,
     return [r for r in rules.routes if r.matches(event_type, platform, environment)]
 
 
+# One encoder for every event body: json.dumps() with arguments builds a new one per call.
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def event_body(event_id: str, event_type: str, reason: str | None, source: str,
                occurred_ms: int, received_ms: int, platform: str | None,
                subject_key: str | None, after: PurchaseView | None,
@@ -315,7 +319,7 @@ def event_body(event_id: str, event_type: str, reason: str | None, source: str,
         "attesto_event_id": attesto_event_id,
     }
     body.update(extra)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return _compact_json(body)
 
 
 def record_event(eid: str, event_type: str, body: str, source: str, platform: str | None,

@@ -19,8 +19,12 @@ class PollPolicy:
 
 
 def next_poll_ms(p: PurchaseView, now_ms: int, policy: PollPolicy,
-                 poll_now: bool = False) -> int | None:
-    """The next time to re-poll `p`, or None for never."""
+                 poll_now: bool = False, *, updated_ms: int | None = None) -> int | None:
+    """The next time to re-poll `p`, or None for never.
+
+    `updated_ms`: the row's `updated_ms` once this change is stored, when the caller has
+    not put it in `p` yet (default `p.updated_ms`).
+    """
     if poll_now:
         return now_ms
     state = State(p.state) if p.state in State.__members__.values() else None
@@ -29,7 +33,8 @@ def next_poll_ms(p: PurchaseView, now_ms: int, policy: PollPolicy,
     sweep = now_ms + policy.sweep_interval_s * 1000
     if state == State.EXPIRED:
         # Keep an eye on it for a while (a resubscribe or late renewal), then stop.
-        if now_ms - p.updated_ms > policy.retention_s * 1000:
+        updated = p.updated_ms if updated_ms is None else updated_ms
+        if now_ms - updated > policy.retention_s * 1000:
             return None
         return sweep
     if state in SUSPENDED_STATES:

@@ -12,6 +12,7 @@ import operator
 import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import fields
+from itertools import chain
 from typing import Any
 
 from peewee import Database, SqliteDatabase
@@ -132,7 +133,7 @@ def _many(name: str, head: str, row: str, tail: str, rows: Sequence[Sequence[Any
     fetched: list[Any] = []
     for chunk in _chunks(rows, width):
         template = head + ", ".join([row] * len(chunk)) + tail
-        params = tuple(v for r in chunk for v in r)
+        params = tuple(chain.from_iterable(chunk))
         cursor = execute(f"{name}/{len(chunk)}", template, params)
         if "RETURNING" in tail:
             fetched.extend(cursor.fetchall())
