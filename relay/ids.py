@@ -12,15 +12,17 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _random = random.Random()
 
 
+# Two characters per 10 bits: a ULID is 13 table lookups, not 26 shifts (one per id,
+# several per request).
+_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+
+
 def ulid(now_ms: int | None = None) -> str:
     """A new ULID: 48-bit millisecond time then 80 random bits."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     value = (ms << 80) | _random.getrandbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in range(120, -10, -10)])
 
 
 def event_id(now_ms: int | None = None) -> str:
