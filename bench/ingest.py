@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,13 +204,15 @@ HELD_DOWNSTREAM = ('[[downstream]]\nname = "billing"\nurl = "https://billing.exa
 def start_relay(port: int, tmp: Path, log_level: str, store: str = "", name: str = "relay",
                 downstream: str = HELD_DOWNSTREAM,
                 env_extra: dict[str, str] | None = None,
-                workers: int = 1) -> subprocess.Popen[bytes]:
+                workers: int = 1, entry: tuple[str, ...] = ("-m", "relay")
+                ) -> subprocess.Popen[bytes]:
     """`relay serve` on 127.0.0.1:`port` with its config (and SQLite file) in `tmp`.
 
     `store` is the `[store]` body (default: a SQLite file in `tmp`); `downstream` is TOML
     appended to the config (the `[[downstream]]` tables, and any `[outbox]` they need);
     `env_extra` adds environment (their RELAY_CREDENTIAL_* secrets); `workers` is
-    `[server] workers`.
+    `[server] workers`; `entry` what Python runs (bench/relay_no_store.py for the
+    store-bypassed row).
     """
     config = tmp / f"{name}.toml"
     store = store or f'path = "{tmp / "relay.sqlite3"}"'
@@ -222,8 +225,8 @@ def start_relay(port: int, tmp: Path, log_level: str, store: str = "", name: str
            "PYTHONPATH": str(ROOT), **(env_extra or {})}
     env.pop("CREDENTIALS_DIRECTORY", None)
     with open(tmp / f"{name}.log", "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config",
-                                 str(config)], stdout=out, stderr=out, env=env, cwd=tmp)
+        return subprocess.Popen([sys.executable, *entry, "serve", "--config", str(config)],
+                                stdout=out, stderr=out, env=env, cwd=tmp)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -339,6 +342,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["relay"].update(stored=stored, events=events,
                                 stored_ok=0 <= stored - answered <= 2 * args.connections)
 
+        # 3. The same relay with the store answering at once: what the front alone costs
+        # (one process: worker processes are started as `relay serve`, unpatched).
+        if args.workers == 1:
+            results["bypassed"] = _bypassed(args, tmp, script, load)
+
         c, r = results["ceiling"], results["relay"]
         results["ratio"] = {"accepted_per_s": r["accepted_per_s"] / c["accepted_per_s"],
                             "p50": r["p50_ms"] / c["p50_ms"], "p99": r["p99_ms"] / c["p99_ms"]}
@@ -362,6 +370,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _bypassed(args: argparse.Namespace, tmp: Path, script: Path,
+              load: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """relay (bench/relay_no_store.py) on the same deliveries, nothing stored."""
+    port = free_port()
+    proc = start_relay(port, tmp, args.log_level, name="bypassed",
+                       entry=(str(BENCH_DIR / "relay_no_store.py"),))
+    try:
+        wait_ready(port, proc)
+        url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+        load(url, script, tmp / "warm", args.threads, args.connections, args.warmup)
+        cpu0 = cpu_s(proc.pid)
+        out = figures(load(url, script, tmp / "relay", args.threads, args.connections,
+                           args.duration))
+        out["cpu_us_per_delivery"] = (cpu_s(proc.pid) - cpu0) / max(out["accepted"], 1) * 1e6
+        return out
+    finally:
+        stop(proc)
+
+
 def _print(res: dict[str, Any]) -> None:
     c, r, q = res["ceiling"], res["relay"], res["ratio"]
     print(f"ingest: {res['connections']} connections, {res['duration_s']:.0f} s each, "
@@ -371,12 +398,20 @@ def _print(res: dict[str, Any]) -> None:
           f"{c['p50_ms']:>9.2f}{c['p99_ms']:>9.2f}{c['p999_ms']:>10.2f}")
     print(f"{'relay serve':32}{r['accepted_per_s']:>12,.0f}"
           f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['p999_ms']:>10.2f}")
+    b = res.get("bypassed")
+    if b:
+        print(f"{'relay, store bypassed':32}{b['accepted_per_s']:>12,.0f}"
+              f"{b['p50_ms']:>9.2f}{b['p99_ms']:>9.2f}{b['p999_ms']:>10.2f}")
     print(f"{'relay / ceiling':32}{q['accepted_per_s']:>12.2f}{q['p50']:>9.2f}{q['p99']:>9.2f}")
     print(f"relay: {r['accepted']:,} accepted, {r['non2xx']} non-2xx, {r['duplicates']} "
           f"duplicates, {r['socket_errors']} socket errors; every 2xx has its inbox row: "
           f"{r['stored_ok']} ({r['stored']:,} rows, {r['events']:,} events, warm-up included)")
     print(f"relay CPU: {r['cpu_us_per_delivery']:.0f} µs per accepted delivery (its process, "
           f"every thread)")
+    if b:
+        print(f"  with the store bypassed: {b['cpu_us_per_delivery']:.0f} µs (HTTP, signature, "
+              f"normalization, logs); the store's share: "
+              f"{r['cpu_us_per_delivery'] - b['cpu_us_per_delivery']:.0f} µs")
 
 
 if __name__ == "__main__":

@@ -38,3 +38,5 @@ def test_ingest_bench_runs_and_reports_ratios() -> None:
     assert c["non2xx"] == 0 and r["non2xx"] == 0 and r["duplicates"] == 0
     assert r["accepted"] > 0 and r["stored_ok"]
     assert figures["ratio"]["accepted_per_s"] == r["accepted_per_s"] / c["accepted_per_s"]
+    b = figures["bypassed"]  # the same deliveries, store answered at once
+    assert b["accepted"] > 0 and b["non2xx"] == 0 and b["cpu_us_per_delivery"] > 0
