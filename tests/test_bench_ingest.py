@@ -40,3 +40,12 @@ def test_ingest_bench_runs_and_reports_ratios() -> None:
     assert figures["ratio"]["accepted_per_s"] == r["accepted_per_s"] / c["accepted_per_s"]
     b = figures["bypassed"]  # the same deliveries, store answered at once
     assert b["accepted"] > 0 and b["non2xx"] == 0 and b["cpu_us_per_delivery"] > 0
+
+
+@pytest.mark.slow
+def test_split_experiment_stores_every_acknowledged_delivery() -> None:
+    split = importlib.import_module("bench.ingest_split")
+    r = split.main(["--duration", "1", "--warmup", "1", "--connections", "8",
+                    "--rate", "3000", "--loadgen", "python"])
+    assert r["accepted"] > 0 and r["non2xx"] == 0 and r["duplicates"] == 0
+    assert r["stored_ok"] and r["writer_cores"] > 0
