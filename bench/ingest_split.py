@@ -12,11 +12,12 @@ answers when it has committed. Same deliveries, same wrk load as bench/ingest.py
 Nothing here is wired into relay; it prices an architecture before it is built.
 
 Measured on the 2-core VM (2026-12-02, Intel Xeon host; one relay process did
-2,700-3,260/s, p99 35-44 ms in the same hour): one front + the writer 3,400-4,000/s,
-p99 27-34 ms, 365-430 µs of CPU per delivery over all processes; two fronts no better
-(3,600/s). The split buys 15-25 % and a p99 near 30 ms, not the 5,000/s of issue #4:
-the frames, the second event loop and the extra process hand-offs cost about what the
-GIL contention they remove cost, on two cores the load generator also uses.
+2,700-3,260/s, p99 35-44 ms in the same hour): one front + the writer 3,400-4,150/s,
+p99 26-34 ms, 340-430 µs of CPU per delivery over all processes, neither process busy
+more than 0.75 of a core; two fronts no better (3,600/s). The split buys 15-37 % and
+a p99 under 30 ms, not yet the 5,000/s of issue #4: with 64 connections in a closed
+loop the hand-offs between three busy processes on two cores (shared with the load
+generator) set the pace.
 """
 
 from __future__ import annotations
