@@ -11,13 +11,20 @@ runs relay's own write unit (`inbox.ingest_many`, group commit, durable SQLite) 
 answers when it has committed. Same deliveries, same wrk load as bench/ingest.py.
 Nothing here is wired into relay; it prices an architecture before it is built.
 
+Two writers: `--writer async` is relay's own Store (an event loop reading frames, the
+database thread committing groups: they share a GIL, as in relay); `--writer sync` is
+one thread with no event loop: wait for frames, store all that came in one
+transaction, commit, answer, repeat.
+
 Measured on the 2-core VM (2026-12-02, Intel Xeon host; one relay process did
-2,700-3,260/s, p99 35-44 ms in the same hour): one front + the writer 3,400-4,150/s,
-p99 26-34 ms, 340-430 µs of CPU per delivery over all processes, neither process busy
-more than 0.75 of a core; two fronts no better (3,600/s). The split buys 15-37 % and
-a p99 under 30 ms, not yet the 5,000/s of issue #4: with 64 connections in a closed
-loop the hand-offs between three busy processes on two cores (shared with the load
-generator) set the pace.
+2,700-3,260/s, p99 35-44 ms in the same hour), one front:
+- async writer: 3,400-4,150/s, p99 24-34 ms, 330-430 µs of CPU per delivery over all
+  processes, no process busier than 0.75 of a core (the stages take turns);
+- sync writer: 4,400-4,630/s, p99 23-30 ms (one run 44), 313-345 µs per delivery;
+  two fronts the same (4,520-4,620/s).
+So a one-thread writer process buys 40-50 % and a p99 within 30 ms: the design to
+build for issue #4, though on two cores shared with the load generator it stays short
+of 5,000/s.
 """
 
 from __future__ import annotations
@@ -147,6 +154,85 @@ async def _writer(sock_path: str, config_path: str) -> None:
         await server.serve_forever()
 
 
+def _writer_sync(sock_path: str, config_path: str) -> None:
+    """The same service with no event loop and no second thread: wait for frames, store
+    everything that arrived in one transaction (flock + BEGIN IMMEDIATE, as relay's
+    shared store does), commit, answer; repeat. One thread, so no GIL hand-offs."""
+    import fcntl
+    import selectors
+
+    from relay import migrations
+    from relay.bodies import parse_json_object
+    from relay.config import load_config
+    from relay.inbox import Delivered, Inbound, ingest_many
+    from relay.models import database
+    from relay.normalizer import normalize
+    from relay.runtime import rules_from
+    from relay.store import make_database
+
+    config = load_config(config_path)
+    db = make_database(config.store)
+    database.initialize(db)
+    db.connect()
+    migrations.migrate(db)
+    lock = open(f"{db.database}.lock", "a+b")  # noqa: SIM115 (lives as long as the process)
+    rules = rules_from(config)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock_path)
+    server.listen(16)
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    buffers: dict[socket.socket, bytearray] = {}
+    print("ready", flush=True)
+    while True:
+        batch: list[tuple[socket.socket, int, Delivered]] = []
+        for key, _ in sel.select():
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
+            if conn is server:
+                client, _ = server.accept()
+                buffers[client] = bytearray()
+                sel.register(client, selectors.EVENT_READ)
+                continue
+            data = conn.recv(1 << 20)
+            if not data:
+                sel.unregister(conn)
+                del buffers[conn]
+                continue
+            buf = buffers[conn]
+            buf += data
+            at = 0
+            while len(buf) - at >= _FRAME.size:
+                (n,) = _FRAME.unpack_from(buf, at)
+                if len(buf) - at - _FRAME.size < n:
+                    break
+                rid, fields = pickle.loads(buf[at + _FRAME.size:at + _FRAME.size + n])
+                at += _FRAME.size + n
+                inbound = Inbound(*fields)
+                norm = normalize(parse_json_object(inbound.body), inbound.received_ms)
+                batch.append((conn, rid, Delivered(inbound, norm, rules, inbound.received_ms)))
+            del buf[:at]
+        if not batch:
+            continue
+        replies: dict[socket.socket, list[bytes]] = {}
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                with db.atomic("IMMEDIATE"):
+                    outs = ingest_many([d for _, _, d in batch])
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            answers = [(rid, o.duplicate, o.stale, None)
+                       for (_, rid, _), o in zip(batch, outs, strict=True)]
+        except Exception as exc:  # the fronts answer 503
+            answers = [(rid, False, False, repr(exc)) for _, rid, _ in batch]
+        for (conn, _, _), answer in zip(batch, answers, strict=True):
+            data = pickle.dumps(answer)
+            replies.setdefault(conn, []).append(_FRAME.pack(len(data)) + data)
+        for conn, parts in replies.items():
+            conn.sendall(b"".join(parts))
+
+
 # ---- a front process -----------------------------------------------------------------------
 
 def _front(sock_path: str, config_path: str, port: int, index: int, fronts: int) -> int:
@@ -176,14 +262,15 @@ def _front(sock_path: str, config_path: str, port: int, index: int, fronts: int)
     async def forward(self: store.Store, batch: Any, item: Any) -> Any:
         if batch is not inbox.ingest_many:
             return await original(self, batch, item)
-        if "link" not in state:
-            loop = asyncio.get_running_loop()
-            state["link"] = (await loop.create_unix_connection(Front, sock_path))[1]
+        if "link" not in state:  # one connection, however many calls race to make it
+            state["link"] = asyncio.ensure_future(
+                asyncio.get_running_loop().create_unix_connection(Front, sock_path))
+        link = (await state["link"])[1]
         rid = state["next"] = state["next"] + 1
         future = asyncio.get_running_loop().create_future()
         pending[rid] = future
         i = item.inbound  # plain fields: the writer normalizes again (cheaper than pickling it)
-        state["link"].send((rid, (i.event_id, i.event_type, i.received_ms, i.signature_t,
+        link.send((rid, (i.event_id, i.event_type, i.received_ms, i.signature_t,
                                   i.headers, i.body)))
         return await future
 
@@ -195,7 +282,10 @@ def _front(sock_path: str, config_path: str, port: int, index: int, fronts: int)
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fronts", type=int, default=2)
+    parser.add_argument("--fronts", type=int, default=1)
+    parser.add_argument("--writer", choices=("async", "sync"), default="async",
+                        help="async: relay's Store (event loop + database thread); sync: "
+                             "one thread, no event loop")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=64)
@@ -209,6 +299,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.role == "writer":
         asyncio.run(_writer(*args.args))
+        return {}
+    if args.role == "writer-sync":
+        _writer_sync(*args.args)
         return {}
     if args.role == "front":
         sock_path, config_path, port, index = args.args
@@ -232,7 +325,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sock_path = str(tmp / "writer.sock")
         me = [sys.executable, str(Path(__file__).resolve()), "--fronts", str(args.fronts)]
         log = stack.enter_context(open(tmp / "split.log", "wb"))
-        writer = subprocess.Popen([*me, "--role", "writer", "--args", sock_path, str(config)],
+        role = "writer" if args.writer == "async" else "writer-sync"
+        writer = subprocess.Popen([*me, "--role", role, "--args", sock_path, str(config)],
                                   stdout=subprocess.PIPE, stderr=log, env=env, cwd=tmp)
         procs.append(writer)
         assert writer.stdout is not None
@@ -282,7 +376,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{result['stored_ok']} ({stored:,} rows)")
         return result
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("SPLIT_KEEP"):
+            print("kept", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
