@@ -60,7 +60,7 @@ _FRAME = struct.Struct("!I")
 def _config(tmp: Path, log_level: str) -> Path:
     path = tmp / "split.toml"
     path.write_text(
-        f'[server]\nport = 1\nworkers = 2\n[store]\npath = "{tmp / "relay.sqlite3"}"\n'
+        f'[server]\nport = 1\nworkers = 2\n[store]\npath = "{tmp / "split.sqlite3"}"\n'
         f'[scheduler]\nenabled = false\n[log]\nlevel = "{log_level}"\n'
         '[entitlements]\n"com.example.premium" = ["premium"]\n"premium_monthly" = ["premium"]\n'
         + ingest.HELD_DOWNSTREAM)
@@ -280,6 +280,21 @@ def _front(sock_path: str, config_path: str, port: int, index: int, fronts: int)
 
 # ---- the run ---------------------------------------------------------------------------
 
+def _one_process(args: argparse.Namespace, tmp: Path, script: Path,
+                 load: Any) -> dict[str, Any]:
+    """The baseline: one `relay serve` (bench/ingest.py's) on the same deliveries."""
+    port = ingest.free_port()
+    proc = ingest.start_relay(port, tmp, args.log_level)
+    try:
+        ingest.wait_ready(port, proc)
+        url = f"http://127.0.0.1:{port}{ingest.WEBHOOK_PATH}"
+        load(url, script, tmp / "warm", args.threads, args.connections, args.warmup)
+        return ingest.figures(load(url, script, tmp / "relay", args.threads,
+                                   args.connections, args.duration))
+    finally:
+        ingest.stop(proc)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fronts", type=int, default=1)
@@ -318,6 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ingest.make_request_files(tmp / "warm", int(args.rate * args.warmup), args.threads,
                                   offset=10_000_000)
         ingest.make_request_files(tmp / "relay", int(args.rate * args.duration), args.threads)
+        baseline = _one_process(args, tmp, script, load)
         config = _config(tmp, args.log_level)
         env = {**os.environ, "RELAY_CREDENTIAL_ATTESTO_WEBHOOK_SECRET": ingest.SECRET,
                "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
@@ -360,16 +376,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ingest.stop(proc)
         stack.close()
     try:
-        with sqlite3.connect(tmp / "relay.sqlite3") as db:
+        with sqlite3.connect(tmp / "split.sqlite3") as db:
             stored = db.execute("SELECT count(*) FROM inbox").fetchone()[0]
         answered = warm["accepted"] + result["accepted"]
         result["stored_ok"] = 0 <= stored - answered <= 2 * args.connections
+        result["one_process"] = baseline
         print(f"split ingest: {args.fronts} fronts + 1 writer process, {args.connections} "
               f"connections, {args.duration:.0f} s, {'wrk' if use_wrk else 'aiohttp load'}, "
               f"{os.cpu_count()} CPUs, durable SQLite")
-        print(f"  accepted/s {result['accepted_per_s']:,.0f}  p50 {result['p50_ms']:.2f} ms  "
-              f"p99 {result['p99_ms']:.2f} ms  non-2xx {result['non2xx']}  "
-              f"duplicates {result['duplicates']}")
+        for name, r in (("one relay process", baseline), (f"{args.writer} writer", result)):
+            print(f"  {name:18} accepted/s {r['accepted_per_s']:>6,.0f}  p50 {r['p50_ms']:6.2f} "
+                  f"ms  p99 {r['p99_ms']:6.2f} ms  non-2xx {r['non2xx']}  "
+                  f"duplicates {r['duplicates']}")
+        print(f"  split / one process: {result['accepted_per_s'] / baseline['accepted_per_s']:.2f}"
+              f" x the rate, {result['p99_ms'] / baseline['p99_ms']:.2f} x the p99")
         print(f"  CPU {result['cpu_us_per_delivery']:.0f} µs per delivery, "
               f"{result['cpu_cores']:.2f} cores (writer {result['writer_cores']:.2f}, fronts "
               f"{', '.join(f'{c:.2f}' for c in result['front_cores'])}); every 2xx stored: "

@@ -50,3 +50,4 @@ def test_split_experiment_stores_every_acknowledged_delivery(writer: str) -> Non
                     "--rate", "3000", "--loadgen", "python", "--writer", writer])
     assert r["accepted"] > 0 and r["non2xx"] == 0 and r["duplicates"] == 0
     assert r["stored_ok"] and r["writer_cores"] > 0
+    assert r["one_process"]["accepted"] > 0  # the baseline ran on the same deliveries
