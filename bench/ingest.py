@@ -204,20 +204,21 @@ HELD_DOWNSTREAM = ('[[downstream]]\nname = "billing"\nurl = "https://billing.exa
 def start_relay(port: int, tmp: Path, log_level: str, store: str = "", name: str = "relay",
                 downstream: str = HELD_DOWNSTREAM,
                 env_extra: dict[str, str] | None = None,
-                workers: int = 1, entry: tuple[str, ...] = ("-m", "relay")
-                ) -> subprocess.Popen[bytes]:
+                workers: int = 1, entry: tuple[str, ...] = ("-m", "relay"),
+                ingest_writer: bool = False) -> subprocess.Popen[bytes]:
     """`relay serve` on 127.0.0.1:`port` with its config (and SQLite file) in `tmp`.
 
     `store` is the `[store]` body (default: a SQLite file in `tmp`); `downstream` is TOML
     appended to the config (the `[[downstream]]` tables, and any `[outbox]` they need);
     `env_extra` adds environment (their RELAY_CREDENTIAL_* secrets); `workers` is
-    `[server] workers`; `entry` what Python runs (bench/relay_no_store.py for the
-    store-bypassed row).
+    `[server] workers`, `ingest_writer` `[server] ingest_writer`; `entry` what Python runs
+    (bench/relay_no_store.py for the store-bypassed row).
     """
     config = tmp / f"{name}.toml"
     store = store or f'path = "{tmp / "relay.sqlite3"}"'
     config.write_text(
-        f'[server]\nport = {port}\nworkers = {workers}\n[store]\n{store}\n'
+        f'[server]\nport = {port}\nworkers = {workers}\n'
+        f'ingest_writer = {str(ingest_writer).lower()}\n[store]\n{store}\n'
         f'[scheduler]\nenabled = false\n[log]\nlevel = "{log_level}"\n'
         '[entitlements]\n"com.example.premium" = ["premium"]\n"premium_monthly" = ["premium"]\n'
         + downstream)
@@ -282,6 +283,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1,
                         help="relay's [server] workers; the ceiling runs as many processes")
+    parser.add_argument("--ingest-writer", action="store_true",
+                        help="relay's [server] ingest_writer: webhooks stored by a writer "
+                             "process")
     parser.add_argument("--pg-url", default=os.environ.get(
         "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     args = parser.parse_args(argv)
@@ -298,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         script.write_text(LUA)
         results: dict[str, Any] = {"tool": tool, "connections": args.connections,
                                    "workers": args.workers,
+                                   "ingest_writer": args.ingest_writer,
                                    "duration_s": args.duration}
 
         # 1. The ceiling. It does not dedupe, so a smaller pool may wrap around.
@@ -319,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            offset=10_000_000)
         make_request_files(tmp / "relay", max(int(need * args.duration), 1000), args.threads)
         port = free_port()
-        proc = start_relay(port, tmp, args.log_level, workers=args.workers)
+        proc = start_relay(port, tmp, args.log_level, workers=args.workers,
+                           ingest_writer=args.ingest_writer)
         try:
             wait_ready(port, proc)
             url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
@@ -344,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         # 3. The same relay with the store answering at once: what the front alone costs
         # (one process: worker processes are started as `relay serve`, unpatched).
-        if args.workers == 1:
+        if args.workers == 1 and not args.ingest_writer:
             results["bypassed"] = _bypassed(args, tmp, script, load)
 
         c, r = results["ceiling"], results["relay"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -10,10 +12,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, openapi, outbox, watchdog
+from relay import __version__, ingest_wire, openapi, outbox, watchdog
 from relay.appkeys import (
     ATTESTO_KEY,
     HTTP_KEY,
+    INGEST_LINK_KEY,
     METRICS_KEY,
     RUNTIME_KEY,
     SCHEDULER_KEY,
@@ -21,6 +24,7 @@ from relay.appkeys import (
 )
 from relay.attesto import AttestoClient
 from relay.config import Config
+from relay.ingest_link import IngestLink
 from relay.metrics import Metrics
 from relay.middlewares import error_middleware, request_id_middleware
 from relay.ratelimit import TokenBucket
@@ -45,9 +49,12 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app[RUNTIME_KEY] = Runtime(config, clock)
     # Worker processes share the store; their supervisor migrated it before starting them.
     app[STORE_KEY] = Store(config.store, environ, store_pragmas,
-                           shared=config.server.workers > 1)
+                           shared=config.server.supervised)
     app[METRICS_KEY] = Metrics()
     app.cleanup_ctx.append(_store_ctx)
+    ingest_socket = (os.environ if environ is None else environ).get(ingest_wire.SOCKET_ENV)
+    if ingest_socket:  # a worker of `[server] ingest_writer`: that process stores webhooks
+        app.cleanup_ctx.append(functools.partial(_ingest_ctx, path=ingest_socket))
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_attesto_ctx)
     app.cleanup_ctx.append(outbox.outbox_ctx)
@@ -70,11 +77,20 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE_KEY]
     config = app[RUNTIME_KEY].config
-    version = await store.open(migrate=config.store.auto_migrate and config.server.workers == 1)
+    version = await store.open(migrate=config.store.auto_migrate
+                               and not config.server.supervised)
     log.info("store open: %s (schema %d)", store.description, version)
     yield
     await store.close()
     log.info("store closed")
+
+
+async def _ingest_ctx(app: web.Application, *, path: str) -> AsyncIterator[None]:
+    """The link to the ingest writer; what it commits wakes the outbox as our commits do."""
+    link = IngestLink(path, app[STORE_KEY].committed_elsewhere)
+    app[INGEST_LINK_KEY] = link
+    yield
+    await link.close()
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:

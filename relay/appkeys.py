@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.attesto import AttestoClient
+from relay.ingest_link import IngestLink
 from relay.metrics import Metrics
 from relay.runtime import Runtime
 from relay.scheduler import Scheduler
@@ -17,3 +18,4 @@ HTTP_KEY = web.AppKey("http", aiohttp.ClientSession)
 ATTESTO_KEY = web.AppKey("attesto", AttestoClient)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
+INGEST_LINK_KEY = web.AppKey("ingest_link", IngestLink)  # only with [server] ingest_writer

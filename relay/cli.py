@@ -163,7 +163,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     log.info("relay %s starting (config: %s)%s", __version__, config.source,
              f" as worker {worker}, pid {os.getpid()}" if worker else "")
     try:
-        if config.server.workers > 1 and worker is None:
+        if config.server.supervised and worker is None:
             return asyncio.run(workers.supervise(config, args.config))
         asyncio.run(serve(config, config_path=args.config))
     except SchemaError as exc:
@@ -173,6 +173,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         return EX_FAILURE
     return EX_OK
+
+
+def _cmd_ingest_writer(args: argparse.Namespace) -> int:
+    from relay.ingest_writer import serve_writer
+
+    config = _load(args.config)
+    configure_logging(config.log.level, config.log.format)
+    log.info("relay %s ingest writer starting (config: %s), pid %d", __version__,
+             config.source, os.getpid())
+    return serve_writer(config)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -237,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", "print the effective configuration, secrets redacted").set_defaults(
         func=_cmd_check_config)
     add("migrate", "apply pending database migrations").set_defaults(func=_cmd_migrate)
+    add("ingest-writer", "the webhook writer process `relay serve` starts with [server] "
+        "ingest_writer (not run by hand)").set_defaults(func=_cmd_ingest_writer)
     backup = add("backup", "copy the SQLite store consistently while relay runs")
     backup.add_argument("path", help="where to write the copy (must not exist)")
     backup.set_defaults(func=_cmd_backup)

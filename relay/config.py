@@ -51,6 +51,12 @@ class ServerConfig:
     max_body_bytes: int = 262_144
     shutdown_timeout_s: float = 30.0
     workers: int = 1  # processes serving the port (relay/workers.py); 1: no supervisor
+    ingest_writer: bool = False  # webhook writes in a process of their own (ingest_writer.py)
+
+    @property
+    def supervised(self) -> bool:
+        """`relay serve` runs a supervisor and child processes sharing the store."""
+        return self.workers > 1 or self.ingest_writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +292,9 @@ def _validate(cfg: Config, src: str) -> list[str]:
     _positive(p, f"{src}: [server]", "shutdown_timeout_s", s.shutdown_timeout_s)
     if not 1 <= s.workers <= MAX_WORKERS:
         p.append(f"{src}: [server] workers must be 1-{MAX_WORKERS} (got {s.workers})")
+    if s.ingest_writer and cfg.store.url:
+        p.append(f"{src}: [server] ingest_writer works with SQLite only; on PostgreSQL run "
+                 "more instances")
     if cfg.store.url and not cfg.store.url.startswith(("postgresql://", "postgres://")):
         p.append(f"{src}: [store] url must start with postgresql:// (got {cfg.store.url!r})")
     if not cfg.store.url and not cfg.store.path:

@@ -149,6 +149,16 @@ def _units(writes: list[_Job]) -> list[list[_Job]]:
     return units
 
 
+@contextlib.contextmanager
+def exclusive_write(lock_file: Any) -> Iterator[None]:
+    """Hold the cross-process write lock of a shared SQLite file (`<file>.lock`)."""
+    fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
 # The database cannot take writes now (disk full, lock timeout, lost connection; on
 # PostgreSQL also InternalError: a read-only standby after failover, an aborted transaction).
 UNAVAILABLE = (OperationalError, InterfaceError, InternalError, sqlite3.OperationalError)
@@ -269,6 +279,11 @@ class Store:
         """Call `listener()` on the event loop after every committed write group."""
         self._commit_listeners.append(listener)
 
+    def committed_elsewhere(self) -> None:
+        """Another process committed rows for this one (the ingest writer): tell the
+        commit listeners, as after a write group of our own. Call on the event loop."""
+        _settle_all([], self._commit_listeners)
+
     async def ping(self) -> bool:
         try:
             await self.read(lambda: self.db.execute_sql("SELECT 1").fetchone())  # type: ignore[no-untyped-call]
@@ -358,15 +373,11 @@ class Store:
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:
         """Shared SQLite: hold the cross-process write lock until after COMMIT/ROLLBACK."""
-        f = self._lock_file
-        if f is None:
+        if self._lock_file is None:
             yield
             return
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
+        with exclusive_write(self._lock_file):
             yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _run_one(self, job: _Job, *, savepoint: bool) -> None:
         # A plain SAVEPOINT, not db.atomic(): Peewee names each one with uuid4(), an

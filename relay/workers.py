@@ -26,10 +26,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay import systemd
+from relay import ingest_wire, systemd
 from relay.config import Config
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,16 @@ async def prepare_store(config: Config) -> None:
 @dataclass(eq=False)
 class _Worker:
     index: int
-    listen: socket.socket
+    listen: socket.socket | None  # None: the ingest writer, which serves no port
     notify: socket.socket  # this worker's NOTIFY_SOCKET, read by the supervisor
     proc: asyncio.subprocess.Process | None = None
     ready: bool = False
     last_ping: float = 0.0
+    became_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index}" if self.listen is not None else "ingest writer"
 
 
 class Supervisor:
@@ -112,6 +117,7 @@ class Supervisor:
         self.config_path = config_path or config.source
         self.environ = dict(os.environ if environ is None else environ)
         self.workers: list[_Worker] = []
+        self.ingest_socket: str | None = None  # [server] ingest_writer: the writer's socket
         self.serving = False  # READY=1 sent to systemd (cleared by a reload)
         self.stopping = False
         self._stop = asyncio.Event()
@@ -123,24 +129,32 @@ class Supervisor:
         await prepare_store(self.config)
         sockets = bind_sockets(cfg.host, cfg.port, cfg.workers)
         host, port = sockets[0].getsockname()[:2]
-        log.info("listening on http://%s:%s (%d workers)", host, port, cfg.workers)
+        log.info("listening on http://%s:%s (%d workers%s)", host, port, cfg.workers,
+                 ", webhooks stored by an ingest writer" if cfg.ingest_writer else "")
         runtime_dir = self.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         tmp = Path(tempfile.mkdtemp(prefix="relay-workers-", dir=runtime_dir))
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         try:
             (tmp / "metrics").mkdir()
-            for i, sock in enumerate(sockets):
+            listening: list[socket.socket | None] = list(sockets)
+            if cfg.ingest_writer:
+                listening.insert(0, None)  # the writer first: the workers send to it
+            for i, sock in enumerate(listening):
                 notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 notify.bind(str(tmp / f"notify-{i}"))
                 notify.setblocking(False)
-                worker = _Worker(i, sock, notify)
+                worker = _Worker(i - (len(listening) - len(sockets)), sock, notify)
                 self.workers.append(worker)
                 loop.add_reader(notify.fileno(), self._on_notify, worker)
+            self.ingest_socket = str(tmp / "ingest.sock") if cfg.ingest_writer else None
             for worker in self.workers:
                 worker.proc = await self._spawn(worker, tmp)
-                worker.listen.close()  # the worker holds it now; it goes when the worker goes
+                if worker.listen is not None:
+                    worker.listen.close()  # the worker holds it now; it goes with the worker
                 tasks.append(loop.create_task(self._watch(worker)))
+                if worker.listen is None and not await self._started(worker):
+                    return await self._wait()  # it exited before it was ready
             self._install_signals(loop)
             interval = systemd.watchdog_interval_s(self.environ)
             if interval is not None:
@@ -157,24 +171,41 @@ class Supervisor:
             for worker in self.workers:
                 loop.remove_reader(worker.notify.fileno())
                 worker.notify.close()
-                worker.listen.close()
+                if worker.listen is not None:
+                    worker.listen.close()
             shutil.rmtree(tmp, ignore_errors=True)
 
     async def _spawn(self, worker: _Worker, tmp: Path) -> asyncio.subprocess.Process:
         env = {k: v for k, v in self.environ.items()
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")}
-        env.update({
-            LISTEN_FD_ENV: str(worker.listen.fileno()),
-            WORKER_ENV: f"{worker.index}/{len(self.workers)}",
-            "NOTIFY_SOCKET": str(tmp / f"notify-{worker.index}"),
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-        })
+        env.update({"NOTIFY_SOCKET": str(worker.notify.getsockname()),
+                    "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")})
+        if self.ingest_socket is not None:
+            env[ingest_wire.SOCKET_ENV] = self.ingest_socket
+        fds: tuple[int, ...] = ()
+        if worker.listen is None:
+            command = "ingest-writer"
+        else:
+            command, fds = "serve", (worker.listen.fileno(),)
+            served = sum(w.listen is not None for w in self.workers)
+            env.update({LISTEN_FD_ENV: str(worker.listen.fileno()),
+                        WORKER_ENV: f"{worker.index}/{served}"})
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay", "serve", "--config", self.config_path,
-            env=env, pass_fds=(worker.listen.fileno(),))
+            sys.executable, "-m", "relay", command, "--config", self.config_path,
+            env=env, pass_fds=fds)
         worker.last_ping = time.monotonic()  # its first ping is due an interval from now
-        log.info("worker %d started (pid %d)", worker.index, proc.pid)
+        log.info("%s started (pid %d)", worker.name, proc.pid)
         return proc
+
+    async def _started(self, worker: _Worker) -> bool:
+        """Wait for READY=1 from `worker`; False if it exited first."""
+        assert worker.proc is not None
+        ready = asyncio.ensure_future(worker.became_ready.wait())
+        exited = asyncio.ensure_future(worker.proc.wait())
+        await asyncio.wait((ready, exited), return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        exited.cancel()
+        return worker.became_ready.is_set()
 
     async def _watch(self, worker: _Worker) -> None:
         assert worker.proc is not None
@@ -193,8 +224,8 @@ class Supervisor:
             return await self._stop_all()
         worker = exited.result()
         assert worker.proc is not None
-        log.error("worker %d (pid %d) exited with code %s; stopping the other workers",
-                  worker.index, worker.proc.pid, worker.proc.returncode)
+        log.error("%s (pid %d) exited with code %s; stopping the other workers",
+                  worker.name, worker.proc.pid, worker.proc.returncode)
         await self._stop_all()
         return 1
 
@@ -246,17 +277,20 @@ class Supervisor:
             key, _, value = line.partition("=")
             if key == "READY" and value == "1":
                 worker.ready = True
+                worker.became_ready.set()
             elif key == "RELOADING":
                 worker.ready = False
             elif key == "WATCHDOG" and value == "1":
                 worker.last_ping = time.monotonic()
             elif key == "STATUS" and not value.startswith("serving"):
-                systemd.notify(f"STATUS=worker {worker.index}: {value}", self.environ)
+                systemd.notify(f"STATUS={worker.name}: {value}", self.environ)
         all_ready = all(w.ready for w in self.workers)
         if all_ready and not self.serving and not self.stopping:
             self.serving = True
-            systemd.notify(f"READY=1\nSTATUS=serving ({len(self.workers)} workers)",
-                           self.environ)
+            served = sum(w.listen is not None for w in self.workers)
+            writer = ", an ingest writer" if served < len(self.workers) else ""
+            systemd.notify(f"READY=1\nSTATUS=serving ({served} worker"
+                           f"{'s' if served != 1 else ''}{writer})", self.environ)
         elif not all_ready:
             self.serving = False
 
@@ -265,12 +299,12 @@ class Supervisor:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            late = [w.index for w in self.workers if now - w.last_ping > 2 * interval]
+            late = [w.name for w in self.workers if now - w.last_ping > 2 * interval]
             if not late:
                 systemd.notify("WATCHDOG=1", self.environ)
             else:
-                log.error("watchdog: worker(s) %s stopped pinging; not pinging systemd",
-                          ", ".join(map(str, late)))
+                log.error("watchdog: %s stopped pinging; not pinging systemd",
+                          ", ".join(late))
 
 
 async def supervise(config: Config, config_path: str | None) -> int:

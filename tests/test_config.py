@@ -184,3 +184,15 @@ def test_a_bad_endpoint_name_is_a_config_error_not_a_crash(tmp_path: Path, name:
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     assert any("name must be lower-case letters" in p for p in err.value.problems)
+
+
+def test_ingest_writer_is_for_sqlite(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\ningest_writer = true\n[store]\nurl = "postgresql://db/x"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.problems == [
+        f"{path}: [server] ingest_writer works with SQLite only; on PostgreSQL run more "
+        "instances"]
+    cfg = load_config(write(tmp_path, "[server]\nworkers = 1\n"),
+                      environ={"RELAY_SERVER__INGEST_WRITER": "true"})
+    assert cfg.server.ingest_writer and cfg.server.supervised

@@ -2,7 +2,8 @@
 
 Thin: the signature check is `attesto_signature`, the reading is `normalizer`, the write
 unit is `inbox.ingest_many` (one transaction, shared by the deliveries that arrive while
-the store is busy: group commit). No outbound HTTP here; 2xx only after COMMIT.
+the store is busy: group commit), run here or, with `[server] ingest_writer`, by the
+writer process (`ingest_link`). No outbound HTTP here; 2xx only after COMMIT.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from aiohttp import web
 from peewee import DatabaseError
 
-from relay.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
+from relay.appkeys import INGEST_LINK_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.attesto_signature import AttestoSignatureError, verify_attesto
 from relay.bodies import parse_json_object, read_capped
 from relay.errors import (
@@ -76,10 +77,13 @@ async def handle_attesto(request: web.Request) -> web.Response:
         raise
     inbound = Inbound(norm.event_id, norm.event, now_ms, t, json.dumps(
         {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}), raw)
-    rules = runtime.rules
+    link = request.app.get(INGEST_LINK_KEY)
     try:
-        outcome = await request.app[STORE_KEY].write_many(
-            ingest_many, Delivered(inbound, norm, rules, now_ms))
+        if link is not None:  # [server] ingest_writer: that process commits it
+            outcome = await link.ingest(inbound)
+        else:
+            outcome = await request.app[STORE_KEY].write_many(
+                ingest_many, Delivered(inbound, norm, runtime.rules, now_ms))
     except StoreUnavailableError:
         counter.labels("failed", "store_unavailable").inc()
         raise

@@ -1,0 +1,105 @@
+"""`[server] ingest_writer = true`: webhooks stored by a writer process, end to end.
+
+Real processes: the supervisor, one web worker and the writer. Signed deliveries (some
+raced) are stored once with their events, which reach the downstream at once (the
+outbox is woken by the writer's answers, not by its sweep); SIGHUP reaches the writer
+too; a writer that dies stops the service with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from relay.receiver import DownstreamReceiver
+from relay.simulator import AttestoSimulator
+from tests.test_workers import Service, _is_zombie, deliver, sqlite_rows, write_config
+
+APPLE, GOOGLE, RACED = 30, 6, 6
+
+
+@pytest.fixture
+async def service(tmp_path: Path, attesto_url: str,
+                  receiver_url: str) -> AsyncIterator[Service]:
+    config = write_config(tmp_path, attesto_url, receiver_url)
+    text = config.read_text().replace("workers = 2", "workers = 1\ningest_writer = true")
+    # A sweep far away and no scheduler ticks (their commits wake the outbox too): only
+    # the writer's answers can wake it in time.
+    text = text.replace("[outbox]\n", "[outbox]\nsweep_s = 3600\n")
+    config.write_text(text.replace("tick_s = 0.2", "enabled = false"))
+    svc = Service(tmp_path, config)
+    try:
+        yield svc
+    finally:
+        if svc.proc is not None and svc.proc.returncode is None:
+            svc.proc.kill()
+            await svc.proc.wait()
+        svc.notify.close()
+
+
+def writer_pid(service: Service) -> int:
+    for pid in service.worker_pids():
+        if b"ingest-writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    raise AssertionError("no ingest writer among the supervisor's children")
+
+
+async def test_webhooks_are_stored_by_the_writer_process(tmp_path: Path, sim: AttestoSimulator,
+                                                         service: Service,
+                                                         receiver: DownstreamReceiver) -> None:
+    await service.start()
+    ready = (await service.until("READY=1"))[-1]
+    assert ready == "READY=1\nSTATUS=serving (1 worker, an ingest writer)"
+    await service.log_shows("webhooks stored by an ingest writer")
+    await service.log_shows("ingest writer listening on")
+    assert len(service.worker_pids()) == 2  # the web worker and the writer
+
+    now_ms = int(time.time() * 1000)
+    bodies = [sim.apple_webhook("SUBSCRIBED", sim.add_apple(
+        original_transaction_id=f"o{i}", transaction_id=f"t{i}", product_id="premium",
+        expires_ms=now_ms + 86_400_000, purchase_ms=now_ms),
+        subtype="INITIAL_BUY", auto_renew=True) for i in range(APPLE)]
+    google = [sim.google_webhook(4, sim.add_google(token=f"g{i}", product_id="premium_monthly"),
+                                 root_token=f"root{i}") for i in range(GOOGLE)]
+    answers = await asyncio.gather(*(deliver(sim, b, service.port)
+                                     for b in bodies + google + bodies[:RACED]))
+    assert answers.count("duplicate") == RACED
+    assert answers.count("accepted") == APPLE + GOOGLE
+    inbox, events = await asyncio.to_thread(sqlite_rows, tmp_path / "relay.sqlite3")
+    assert inbox == {json.loads(b)["eventId"] for b in bodies + google}
+    assert len(events) == APPLE + GOOGLE
+    # Delivered downstream well before the hour-long sweep: the answers woke the outbox.
+    async with asyncio.timeout(15):
+        while {r.headers["webhook-id"] for r in receiver.successful()} < set(events):
+            await receiver.wait_for(len(receiver.received) + 1, timeout_s=15)
+
+    assert service.proc is not None
+    service.proc.send_signal(signal.SIGHUP)
+    assert (await service.until("READY=1"))[0] == "RELOADING=1"
+    await service.log_shows("ingest writer: configuration reloaded")
+
+    pids = service.worker_pids()
+    service.proc.send_signal(signal.SIGTERM)
+    assert await service.stop() == 0
+    await service.log_shows("ingest writer stopped after")
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+async def test_a_writer_that_dies_stops_the_service(sim: AttestoSimulator,
+                                                    service: Service) -> None:
+    await service.start()
+    await service.until("READY=1")
+    os.kill(writer_pid(service), signal.SIGKILL)
+    assert service.proc is not None
+    assert await asyncio.wait_for(service.proc.wait(), 30) == 1
+    await service.log_shows("ingest writer (pid")
+    await service.log_shows("exited with code -9; stopping the other workers")
