@@ -26,12 +26,12 @@ from typing import Any
 from peewee import Database
 
 from relay import ingest_wire as wire
-from relay import migrations, systemd
+from relay import migrations, outbox_db, systemd
 from relay.bodies import parse_json_object
 from relay.config import Config, ConfigError, load_config
-from relay.inbox import Delivered, Outcome, ingest_many
+from relay.inbox import Delivered, Inbound, Outcome, ingest_many
 from relay.models import database
-from relay.normalizer import normalize
+from relay.normalizer import Normalized, normalize
 from relay.pipeline import Rules
 from relay.runtime import rules_from
 from relay.store import UNAVAILABLE, exclusive_write, make_database
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0  # a web worker that does not read its answers for this long is dropped
 
-_Item = tuple[socket.socket, int, Delivered]
+_Item = tuple[socket.socket, int, Inbound, Normalized]
 
 
 class IngestWriter:
@@ -49,6 +49,7 @@ class IngestWriter:
     def __init__(self, config: Config, socket_path: str,
                  environ: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self._paused: frozenset[str] = frozenset()
         self.rules: Rules = rules_from(config)
         self.socket_path = socket_path
         self.environ = dict(os.environ if environ is None else environ)
@@ -88,7 +89,7 @@ class IngestWriter:
                            else max(0.0, pinged + interval - time.monotonic()))
                 items = self._gather(server, wake_r, timeout)
                 if items:
-                    self._answer(items, self._store([d for _, _, d in items]))
+                    self._answer(items, self._store([(i, n) for _, _, i, n in items]))
                 if self.reload_pending:
                     self._reload()
                 if interval is not None and time.monotonic() - pinged >= interval:
@@ -124,7 +125,7 @@ class IngestWriter:
             log.error("reload failed, keeping the running configuration: %s",
                       "; ".join(exc.problems))
         else:
-            self.config, self.rules = config, rules_from(config)
+            self.config, self.rules = config, rules_from(config, self._paused)
             log.info("ingest writer: configuration reloaded from %s", config.source)
         systemd.notify("READY=1", self.environ)
 
@@ -173,8 +174,7 @@ class IngestWriter:
                               exc)
                     self._send(conn, [wire.answer(wire.Answer(rid, wire.FAILED, str(exc)))])
                     continue
-                items.append((conn, rid, Delivered(inbound, norm, self.rules,
-                                                   inbound.received_ms)))
+                items.append((conn, rid, inbound, norm))
         except (wire.WireError, UnicodeDecodeError) as exc:
             log.error("ingest writer: dropping a connection that sent a bad frame: %s", exc)
             self._drop(conn)
@@ -192,11 +192,19 @@ class IngestWriter:
         with exclusive_write(self._lock), self.db.atomic("IMMEDIATE"):
             yield
 
-    def _store(self, items: list[Delivered]) -> list[Outcome | Exception]:
+    def _delivered(self, items: list[tuple[Inbound, Normalized]]) -> list[Delivered]:
+        """The items with the rules of now: endpoints paused by any process hold their
+        new rows (endpoint_state, read in the transaction), as the web workers' would."""
+        paused = frozenset(outbox_db.paused_reasons())
+        if paused != self._paused:
+            self._paused, self.rules = paused, rules_from(self.config, paused)
+        return [Delivered(i, n, self.rules, i.received_ms) for i, n in items]
+
+    def _store(self, items: list[tuple[Inbound, Normalized]]) -> list[Outcome | Exception]:
         """One transaction for all; if one item spoils it, each alone, so only it fails."""
         try:
             with self._transaction():
-                outcomes: list[Outcome | Exception] = list(ingest_many(items))
+                outcomes: list[Outcome | Exception] = list(ingest_many(self._delivered(items)))
             self.groups_committed += 1
             return outcomes
         except UNAVAILABLE as exc:  # disk full, I/O error: every one of them is refused
@@ -208,15 +216,15 @@ class IngestWriter:
         for item in items:
             try:
                 with self._transaction():
-                    alone.append(ingest_many([item])[0])
+                    alone.append(ingest_many(self._delivered([item]))[0])
             except Exception as exc:
-                log.error("delivery event_id=%s not stored: %s", item.inbound.event_id, exc)
+                log.error("delivery event_id=%s not stored: %s", item[0].event_id, exc)
                 alone.append(exc)
         return alone
 
     def _answer(self, items: list[_Item], outcomes: list[Outcome | Exception]) -> None:
         by_conn: dict[socket.socket, list[bytes]] = {}
-        for (conn, rid, _), out in zip(items, outcomes, strict=True):
+        for (conn, rid, _, _), out in zip(items, outcomes, strict=True):
             if isinstance(out, Exception):
                 a = wire.Answer(rid, wire.FAILED, f"{type(out).__name__}: {out}")
             else:

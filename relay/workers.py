@@ -230,11 +230,19 @@ class Supervisor:
         return 1
 
     async def _stop_all(self) -> int:
-        """SIGTERM every live worker; wait for them (kill the ones that will not stop)."""
+        """Stop every live worker; 0 if all of them exited cleanly."""
         if not self.stopping:
             self.stopping = True
             systemd.notify("STOPPING=1", self.environ)
-        procs = [w.proc for w in self.workers if w.proc is not None]
+        # The web workers first: the ingest writer stores what they still send it.
+        front = await self._terminate([w.proc for w in self.workers
+                                  if w.proc is not None and w.listen is not None])
+        writer = await self._terminate([w.proc for w in self.workers
+                                   if w.proc is not None and w.listen is None])
+        return front or writer
+
+    async def _terminate(self, procs: list[asyncio.subprocess.Process]) -> int:
+        """SIGTERM `procs`; wait for them (kill the ones that will not stop)."""
         for proc in procs:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

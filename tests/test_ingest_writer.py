@@ -12,14 +12,17 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
+from tests.conftest import ADMIN_TOKEN
 from tests.test_workers import Service, _is_zombie, deliver, sqlite_rows, write_config
 
 APPLE, GOOGLE, RACED = 30, 6, 6
@@ -103,3 +106,25 @@ async def test_a_writer_that_dies_stops_the_service(sim: AttestoSimulator,
     assert await asyncio.wait_for(service.proc.wait(), 30) == 1
     await service.log_shows("ingest writer (pid")
     await service.log_shows("exited with code -9; stopping the other workers")
+
+
+async def test_the_writer_holds_rows_of_an_endpoint_paused_elsewhere(
+        tmp_path: Path, sim: AttestoSimulator, service: Service) -> None:
+    await service.start()
+    await service.until("READY=1")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+                f"http://127.0.0.1:{service.port}/v1/admin/endpoints/billing/pause",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+            assert resp.status == 200, await resp.text()
+    now_ms = int(time.time() * 1000)
+    body = sim.apple_webhook("SUBSCRIBED", sim.add_apple(
+        original_transaction_id="op", transaction_id="tp", product_id="premium",
+        expires_ms=now_ms + 86_400_000, purchase_ms=now_ms), auto_renew=True)
+    assert await deliver(sim, body, service.port) == "accepted"
+
+    def statuses() -> list[str]:
+        with sqlite3.connect(tmp_path / "relay.sqlite3") as db:
+            return [r[0] for r in db.execute("SELECT status FROM delivery")]
+    assert await asyncio.to_thread(statuses) == ["held"]
+    assert await service.stop() == 0
