@@ -39,6 +39,7 @@ from relay.store import UNAVAILABLE, exclusive_write, make_database
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0  # a web worker that does not read its answers for this long is dropped
+PARENT_CHECK_S = 1.0  # how often an idle writer checks that its supervisor still runs
 
 _Item = tuple[socket.socket, int, Inbound, Normalized]
 
@@ -80,13 +81,14 @@ class IngestWriter:
                     signal.SIGHUP: self._on_hup}
         old = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
         interval = systemd.watchdog_interval_s(self.environ)
+        parent = os.getppid()
         log.info("ingest writer listening on %s", self.socket_path)
         systemd.notify("READY=1\nSTATUS=ingest writer", self.environ)
         pinged = time.monotonic()
         try:
             while not self.stopping:
-                timeout = (None if interval is None
-                           else max(0.0, pinged + interval - time.monotonic()))
+                timeout = PARENT_CHECK_S if interval is None else min(
+                    PARENT_CHECK_S, max(0.0, pinged + interval - time.monotonic()))
                 items = self._gather(server, wake_r, timeout)
                 if items:
                     self._answer(items, self._store([(i, n) for _, _, i, n in items]))
@@ -95,6 +97,9 @@ class IngestWriter:
                 if interval is not None and time.monotonic() - pinged >= interval:
                     systemd.notify("WATCHDOG=1", self.environ)
                     pinged = time.monotonic()
+                if os.getppid() != parent:
+                    log.error("ingest writer: the supervisor is gone; stopping")
+                    break
         finally:
             signal.set_wakeup_fd(previous)
             for sig, handler in old.items():

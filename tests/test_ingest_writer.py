@@ -41,9 +41,7 @@ async def service(tmp_path: Path, attesto_url: str,
     try:
         yield svc
     finally:
-        if svc.proc is not None and svc.proc.returncode is None:
-            svc.proc.kill()
-            await svc.proc.wait()
+        await svc.kill()
         svc.notify.close()
 
 
@@ -128,3 +126,16 @@ async def test_the_writer_holds_rows_of_an_endpoint_paused_elsewhere(
             return [r[0] for r in db.execute("SELECT status FROM delivery")]
     assert await asyncio.to_thread(statuses) == ["held"]
     assert await service.stop() == 0
+
+
+async def test_the_writer_stops_when_its_supervisor_is_gone(service: Service) -> None:
+    await service.start()
+    await service.until("READY=1")
+    writer = writer_pid(service)
+    assert service.proc is not None
+    os.kill(service.proc.pid, signal.SIGKILL)  # no chance to stop its children
+    await service.proc.wait()
+    await service.log_shows("ingest writer: the supervisor is gone; stopping")
+    async with asyncio.timeout(10):
+        while Path(f"/proc/{writer}").exists() and not _is_zombie(writer):
+            await asyncio.sleep(0.05)

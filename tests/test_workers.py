@@ -10,6 +10,7 @@ service with exit code 1. And the store's cross-process write lock, on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -101,7 +102,15 @@ class Service:
         with self.log_path.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "relay", "serve", "--config", str(self.config),
-                env=env(self.tmp_path, self.notify_path, self.watchdog_usec), stderr=log)
+                env=env(self.tmp_path, self.notify_path, self.watchdog_usec), stderr=log,
+                start_new_session=True)  # kill(): the whole group, workers included
+
+    async def kill(self) -> None:
+        """After the test: no worker may outlive it, even one whose supervisor died."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
 
     async def message(self, timeout_s: float = 20.0) -> str:
         loop = asyncio.get_running_loop()
@@ -146,9 +155,7 @@ async def service(tmp_path: Path, attesto_url: str,
     try:
         yield svc
     finally:
-        if svc.proc is not None and svc.proc.returncode is None:
-            svc.proc.kill()
-            await svc.proc.wait()
+        await svc.kill()
         svc.notify.close()
 
 
@@ -289,9 +296,7 @@ async def test_watchdog_pings_only_while_every_worker_pings(tmp_path: Path,
         await svc.until("WATCHDOG=1", timeout_s=5)
         assert await svc.stop() == 0
     finally:
-        if svc.proc is not None and svc.proc.returncode is None:
-            svc.proc.kill()
-            await svc.proc.wait()
+        await svc.kill()
         svc.notify.close()
 
 
