@@ -1,19 +1,21 @@
 """A web worker's side of the ingest writer (`[server] ingest_writer = true`).
 
 `IngestLink.ingest(inbound)` sends the checked delivery to the writer process and returns
-once the writer has committed it (or raises `StoreUnavailableError`: the webhook answers
-503 and Attesto delivers again). One Unix connection, made on first use and again after
+once the writer has committed it, or raises: `BadRequestError` for an envelope the writer
+found malformed (400), `StoreUnavailableError` when it could not store it (503: Attesto
+delivers again). One Unix connection, made on first use and again after
 it breaks; frames queued in one loop iteration go out in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
 from relay import ingest_wire as wire
-from relay.errors import StoreUnavailableError
+from relay.errors import BadRequestError, StoreUnavailableError
 from relay.inbox import Inbound, Outcome
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,10 @@ class IngestLink:
         self._pending[rid] = future
         protocol.send(wire.request(rid, inbound))
         answer = await future
+        if answer.status == wire.REJECTED:
+            error = json.loads(answer.error)
+            raise BadRequestError(error["message"], code=error["code"],
+                                  details=error.get("details"))
         if answer.status == wire.FAILED:
             raise _unavailable(f"event_id={inbound.event_id}: the ingest writer: "
                                f"{answer.error}")

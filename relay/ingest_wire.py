@@ -21,14 +21,15 @@ _REQUEST = struct.Struct("!QqqHHII")
 _ANSWER = struct.Struct("!QBH")
 MAX_FRAME = 64 << 20
 
-ACCEPTED, DUPLICATE, STALE, FAILED = 0, 1, 2, 3
+# REJECTED: the envelope is malformed (the error is the 400's JSON: code, message, details)
+ACCEPTED, DUPLICATE, STALE, FAILED, REJECTED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     request_id: int
-    status: int  # ACCEPTED, DUPLICATE, STALE or FAILED
-    error: str = ""  # FAILED: why, for the log (never shown to the caller)
+    status: int  # ACCEPTED, DUPLICATE, STALE, FAILED or REJECTED
+    error: str = ""  # FAILED: why, for the log; REJECTED: the 400 for the caller, as JSON
 
 
 class WireError(Exception):
@@ -59,7 +60,7 @@ def read_request(frame: bytes) -> tuple[int, Inbound]:
 
 
 def answer(a: Answer) -> bytes:
-    error = a.error.encode()[:1000]
+    error = a.error.encode()[:60000]
     return _LENGTH.pack(_ANSWER.size + len(error)) + _ANSWER.pack(
         a.request_id, a.status, len(error)) + error
 
@@ -69,7 +70,7 @@ def read_answer(frame: bytes) -> Answer:
         rid, status, n_error = _ANSWER.unpack_from(frame)
     except struct.error as exc:
         raise WireError(f"short answer frame: {exc}") from None
-    if _ANSWER.size + n_error != len(frame) or status > FAILED:
+    if _ANSWER.size + n_error != len(frame) or status > REJECTED:
         raise WireError("malformed answer frame")
     return Answer(rid, status, frame[_ANSWER.size:].decode("utf-8", "replace"))
 

@@ -1,17 +1,18 @@
 """The ingest writer (`[server] ingest_writer = true`): the webhook write unit, in a process.
 
-The web workers check each Attesto delivery (signature, body, eventId) and hand it over a
-Unix socket (`ingest_wire` frames); this process runs `inbox.ingest_many` on everything
-that arrived since its last commit, in one durable transaction, then answers each
-delivery. It is one thread with no event loop: in a relay process the event loop and the
-database thread share one GIL and wait for each other, here nothing does
-(bench/ingest_split.py measured the difference). Started and watched by the workers
+The web workers check each Attesto delivery (signature, JSON, eventId) and hand it over a
+Unix socket (`ingest_wire` frames); this process normalizes it (a malformed envelope is
+answered REJECTED: 400), runs `inbox.ingest_many` on everything that arrived since its
+last commit, in one durable transaction, then answers each delivery. It is one thread
+with no event loop: in a relay process the event loop and the database thread share one
+GIL and wait for each other; here nothing does. Started and watched by the workers
 supervisor like a worker: sd_notify READY/WATCHDOG, SIGHUP re-reads the configuration
 (its rules), SIGTERM stops it after the transaction in progress.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import selectors
@@ -29,6 +30,7 @@ from relay import ingest_wire as wire
 from relay import migrations, outbox_db, systemd
 from relay.bodies import parse_json_object
 from relay.config import Config, ConfigError, load_config
+from relay.errors import BadRequestError
 from relay.inbox import Delivered, Inbound, Outcome, ingest_many
 from relay.models import database
 from relay.normalizer import Normalized, normalize
@@ -174,7 +176,11 @@ class IngestWriter:
                 rid, inbound = wire.read_request(frame)
                 try:
                     norm = normalize(parse_json_object(inbound.body), inbound.received_ms)
-                except Exception as exc:  # the web worker checked it: a bug, not bad input
+                except BadRequestError as exc:  # the web worker answers 400
+                    self._send(conn, [wire.answer(wire.Answer(rid, wire.REJECTED, json.dumps(
+                        {"code": exc.code, "message": exc.message, "details": exc.details})))])
+                    continue
+                except Exception as exc:  # a bug, not bad input: 503, Attesto retries
                     log.error("ingest writer cannot read event_id=%s: %s", inbound.event_id,
                               exc)
                     self._send(conn, [wire.answer(wire.Answer(rid, wire.FAILED, str(exc)))])

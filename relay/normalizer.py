@@ -99,11 +99,17 @@ def _fallback_time(doc: dict[str, Any], received_ms: int) -> int:
         return received_ms
 
 
-def normalize(doc: dict[str, Any], received_ms: int) -> Normalized:
-    """Read one parsed delivery body; raise `BadRequestError` for a malformed envelope."""
+def envelope_ids(doc: dict[str, Any]) -> tuple[str, str]:
+    """The delivery's `eventId` and `event`, checked as `normalize` checks them."""
     event_id = _str(doc, "eventId", max_len=MAX_EVENT_ID, nullable=False)
     event = _str(doc, "event", max_len=MAX_EVENT_NAME, nullable=False)
     assert event_id is not None and event is not None
+    return event_id, event
+
+
+def normalize(doc: dict[str, Any], received_ms: int) -> Normalized:
+    """Read one parsed delivery body; raise `BadRequestError` for a malformed envelope."""
+    event_id, event = envelope_ids(doc)
     reason = doc.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise _bad("`reason` must be a string or null", "reason")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from relay import ingest_wire as wire
-from relay.errors import StoreUnavailableError
+from relay.errors import BadRequestError, StoreUnavailableError
 from relay.inbox import Inbound
 from relay.ingest_link import IngestLink
 from tests.conftest import RelayFactory
@@ -105,6 +106,24 @@ async def test_link_answers_and_wakes_the_outbox(tmp_path: Path) -> None:
     assert [(o.duplicate, o.stale) for o in outcomes] == [(False, False), (True, False),
                                                           (False, True)]
     assert woken  # rows were committed for it: the outbox looks at once
+
+
+async def test_link_turns_a_rejection_into_400(tmp_path: Path) -> None:
+    path = tmp_path / "w.sock"
+    error = {"code": "invalid_envelope", "message": '`source` must be "apple" or "google"',
+             "details": {"field": "source"}}
+    server = await _fake_writer(path, lambda rid: wire.answer(wire.Answer(
+        rid, wire.REJECTED, json.dumps(error))))
+    link = IngestLink(str(path), lambda: None)
+    try:
+        with pytest.raises(BadRequestError) as err:
+            await link.ingest(INBOUND)
+    finally:
+        await link.close()
+        await server.close()
+    assert err.value.status == 400
+    assert (err.value.code, err.value.message, err.value.details) == (
+        error["code"], error["message"], error["details"])
 
 
 @pytest.mark.parametrize("reply", [

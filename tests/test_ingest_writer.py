@@ -139,3 +139,22 @@ async def test_the_writer_stops_when_its_supervisor_is_gone(service: Service) ->
     async with asyncio.timeout(10):
         while Path(f"/proc/{writer}").exists() and not _is_zombie(writer):
             await asyncio.sleep(0.05)
+
+
+async def test_a_malformed_envelope_gets_400_from_the_writer(tmp_path: Path,
+                                                            sim: AttestoSimulator,
+                                                            service: Service) -> None:
+    await service.start()
+    await service.until("READY=1")
+    doc = {"eventId": "evt_bad_1", "event": "subscription.renewed", "source": "amazon",
+           "subject": None, "data": {}}
+    body = json.dumps(doc).encode()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{service.port}/v1/webhooks/attesto",
+                                data=body, headers=sim.headers_for(body)) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+    assert error["code"] == "invalid_envelope" and error["details"] == {"field": "source"}
+    inbox, events = await asyncio.to_thread(sqlite_rows, tmp_path / "relay.sqlite3")
+    assert inbox == set() and events == []
+    assert await service.stop() == 0

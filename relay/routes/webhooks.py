@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from aiohttp import web
 from peewee import DatabaseError
@@ -25,7 +26,7 @@ from relay.errors import (
     UnauthorizedError,
 )
 from relay.inbox import Delivered, Inbound, ingest_many
-from relay.normalizer import normalize
+from relay.normalizer import envelope_ids, normalize
 
 log = logging.getLogger(__name__)
 
@@ -66,36 +67,44 @@ async def handle_attesto(request: web.Request) -> web.Response:
         raise UnauthorizedError(f"X-Attesto-Signature is {exc.reason}",
                                 code="invalid_signature",
                                 details={"reason": exc.reason}) from None
+    # [server] ingest_writer: that process reads the rest of the envelope and commits.
+    link = request.app.get(INGEST_LINK_KEY)
+    norm = None
     try:
-        norm = normalize(parse_json_object(raw), now_ms)
-        if header_id != norm.event_id:
+        doc = parse_json_object(raw)
+        if link is None:
+            norm = normalize(doc, now_ms)
+            event_id, event = norm.event_id, norm.event
+        else:
+            event_id, event = envelope_ids(doc)
+        if header_id != event_id:
             raise BadRequestError("X-Attesto-Event-Id does not match the body's eventId",
                                   code="event_id_mismatch")
     except BadRequestError as exc:
-        counter.labels("rejected", exc.code).inc()
-        log.warning("webhook rejected: %s event_id=%s", exc.code, (header_id or "-")[:64])
-        raise
-    inbound = Inbound(norm.event_id, norm.event, now_ms, t, json.dumps(
+        raise _rejected(counter, exc, header_id) from None
+    inbound = Inbound(event_id, event, now_ms, t, json.dumps(
         {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}), raw)
-    link = request.app.get(INGEST_LINK_KEY)
     try:
-        if link is not None:  # [server] ingest_writer: that process commits it
+        if link is not None:
             outcome = await link.ingest(inbound)
         else:
+            assert norm is not None
             outcome = await request.app[STORE_KEY].write_many(
                 ingest_many, Delivered(inbound, norm, runtime.rules, now_ms))
+    except BadRequestError as exc:  # the writer found the envelope malformed
+        raise _rejected(counter, exc, header_id) from None
     except StoreUnavailableError:
         counter.labels("failed", "store_unavailable").inc()
         raise
     except DatabaseError as exc:
         # Rolled back whole; 503 makes Attesto deliver again later.
         counter.labels("failed", "store_unavailable").inc()
-        log.error("webhook not stored event_id=%s: %s", norm.event_id, exc)
+        log.error("webhook not stored event_id=%s: %s", event_id, exc)
         raise StoreUnavailableError("the delivery could not be stored; retry later",
                                     retry_after_s=30) from None
     if outcome.duplicate:
         counter.labels("duplicate", "").inc()
-        log.info("webhook duplicate event_id=%s", norm.event_id)
+        log.info("webhook duplicate event_id=%s", event_id)
         return _answer(_DUPLICATE)
     counter.labels("accepted", "stale" if outcome.stale else "").inc()
     # Routine deliveries are in the access log and the inbox; a stale one is news.
@@ -103,11 +112,17 @@ async def handle_attesto(request: web.Request) -> web.Response:
     if log.isEnabledFor(level):
         p = outcome.purchase
         log.log(level, "webhook accepted event_id=%s type=%s subject=%s state=%s events=%s%s",
-                norm.event_id, norm.event,
+                event_id, event,
                 _short(f"{p.platform}:{p.subject_key}") if p else "-", p.state if p else "-",
                 ",".join(e.id for e in outcome.events) or "-",
                 " stale (state kept)" if outcome.stale else "")
     return _answer(_ACCEPTED)
+
+
+def _rejected(counter: Any, exc: BadRequestError, header_id: str | None) -> BadRequestError:
+    counter.labels("rejected", exc.code).inc()
+    log.warning("webhook rejected: %s event_id=%s", exc.code, (header_id or "-")[:64])
+    return exc
 
 
 def _short(subject: str) -> str:
