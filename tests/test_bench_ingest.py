@@ -43,11 +43,9 @@ def test_ingest_bench_runs_and_reports_ratios() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("writer", ["async", "sync"])
-def test_split_experiment_stores_every_acknowledged_delivery(writer: str) -> None:
-    split = importlib.import_module("bench.ingest_split")
-    r = split.main(["--duration", "1", "--warmup", "1", "--connections", "8",
-                    "--rate", "3000", "--loadgen", "python", "--writer", writer])
-    assert r["accepted"] > 0 and r["non2xx"] == 0 and r["duplicates"] == 0
-    assert r["stored_ok"] and r["writer_cores"] > 0
-    assert r["one_process"]["accepted"] > 0  # the baseline ran on the same deliveries
+def test_ingest_bench_runs_relay_with_its_ingest_writer() -> None:
+    figures = bench.main(["--duration", "1", "--warmup", "1", "--connections", "8",
+                          "--ceiling-pool", "400", "--loadgen", "python", "--ingest-writer"])
+    r = figures["relay"]
+    assert figures["ingest_writer"] and "bypassed" not in figures
+    assert r["accepted"] > 0 and r["non2xx"] == 0 and r["duplicates"] == 0 and r["stored_ok"]
