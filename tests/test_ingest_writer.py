@@ -23,7 +23,14 @@ import pytest
 from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
 from tests.conftest import ADMIN_TOKEN
-from tests.test_workers import Service, _is_zombie, deliver, sqlite_rows, write_config
+from tests.test_workers import (
+    Service,
+    _is_zombie,
+    deliver,
+    sqlite_rows,
+    subscriptions,
+    write_config,
+)
 
 APPLE, GOOGLE, RACED = 30, 6, 6
 
@@ -62,13 +69,7 @@ async def test_webhooks_are_stored_by_the_writer_process(tmp_path: Path, sim: At
     await service.log_shows("ingest writer listening on")
     assert len(service.worker_pids()) == 2  # the web worker and the writer
 
-    now_ms = int(time.time() * 1000)
-    bodies = [sim.apple_webhook("SUBSCRIBED", sim.add_apple(
-        original_transaction_id=f"o{i}", transaction_id=f"t{i}", product_id="premium",
-        expires_ms=now_ms + 86_400_000, purchase_ms=now_ms),
-        subtype="INITIAL_BUY", auto_renew=True) for i in range(APPLE)]
-    google = [sim.google_webhook(4, sim.add_google(token=f"g{i}", product_id="premium_monthly"),
-                                 root_token=f"root{i}") for i in range(GOOGLE)]
+    bodies, google = subscriptions(sim, APPLE, GOOGLE)
     answers = await asyncio.gather(*(deliver(sim, b, service.port)
                                      for b in bodies + google + bodies[:RACED]))
     assert answers.count("duplicate") == RACED

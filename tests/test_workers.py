@@ -168,6 +168,18 @@ async def deliver(sim: AttestoSimulator, body: bytes, port: int) -> str:
             return str((await resp.json())["status"])
 
 
+def subscriptions(sim: AttestoSimulator, apple: int,
+                  google: int) -> tuple[list[bytes], list[bytes]]:
+    """Signed first-purchase deliveries: `apple` Apple subscriptions, `google` Google ones."""
+    now_ms = int(time.time() * 1000)
+    return ([sim.apple_webhook("SUBSCRIBED", sim.add_apple(
+                original_transaction_id=f"o{i}", transaction_id=f"t{i}", product_id="premium",
+                expires_ms=now_ms + 86_400_000, purchase_ms=now_ms),
+                subtype="INITIAL_BUY", auto_renew=True) for i in range(apple)],
+            [sim.google_webhook(4, sim.add_google(token=f"g{i}", product_id="premium_monthly"),
+                                root_token=f"root{i}") for i in range(google)])
+
+
 def sqlite_rows(path: Path) -> tuple[set[str], list[str]]:
     with sqlite3.connect(path) as db:
         inbox = {r[0] for r in db.execute("SELECT event_id FROM inbox")}
@@ -198,13 +210,7 @@ async def test_two_workers_one_port_one_database(tmp_path: Path, sim: AttestoSim
     await service.log_shows("as worker 1/2")
     assert len(service.worker_pids()) == 2
 
-    now_ms = int(time.time() * 1000)
-    bodies = [sim.apple_webhook("SUBSCRIBED", sim.add_apple(
-        original_transaction_id=f"o{i}", transaction_id=f"t{i}", product_id="premium",
-        expires_ms=now_ms + 86_400_000, purchase_ms=now_ms),
-        subtype="INITIAL_BUY", auto_renew=True) for i in range(APPLE)]
-    google = [sim.google_webhook(4, sim.add_google(token=f"g{i}", product_id="premium_monthly"),
-                                 root_token=f"root{i}") for i in range(GOOGLE)]
+    bodies, google = subscriptions(sim, APPLE, GOOGLE)
     answers = await asyncio.gather(*(deliver(sim, b, service.port)
                                      for b in bodies + google + bodies[:RACED]))
     # A delivery raced to both workers is processed once; the other copy is a duplicate.
