@@ -5,7 +5,10 @@ one GIL; workers put every core to use. The supervisor prepares the store while 
 worker runs (migrations; on SQLite it gives back claims a crashed run left), binds N
 listening sockets in one SO_REUSEPORT group (the kernel spreads connections across them)
 and starts one worker per socket. Workers share the database as instances do (write
-lock, leases, claims), and their metrics through `PROMETHEUS_MULTIPROC_DIR`.
+lock, leases, claims), and their metrics through `PROMETHEUS_MULTIPROC_DIR`. With
+`[server] ingest_writer` it first starts `relay ingest-writer` (its socket in the
+supervisor's runtime directory) and waits for it to be ready; it is watched like a
+worker, and stopped after them.
 
 The supervisor relays the workers' sd_notify messages to systemd: READY=1 once every
 worker is ready, WATCHDOG=1 only while every worker pings. SIGHUP and SIGTERM are
@@ -137,14 +140,13 @@ class Supervisor:
         tasks: list[asyncio.Task[None]] = []
         try:
             (tmp / "metrics").mkdir()
-            listening: list[socket.socket | None] = list(sockets)
-            if cfg.ingest_writer:
-                listening.insert(0, None)  # the writer first: the workers send to it
-            for i, sock in enumerate(listening):
+            # The ingest writer first (index -1): the workers send to it.
+            children = ([(-1, None)] if cfg.ingest_writer else []) + list(enumerate(sockets))
+            for index, sock in children:
                 notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                notify.bind(str(tmp / f"notify-{i}"))
+                notify.bind(str(tmp / f"notify-{index}"))
                 notify.setblocking(False)
-                worker = _Worker(i - (len(listening) - len(sockets)), sock, notify)
+                worker = _Worker(index, sock, notify)
                 self.workers.append(worker)
                 loop.add_reader(notify.fileno(), self._on_notify, worker)
             self.ingest_socket = str(tmp / "ingest.sock") if cfg.ingest_writer else None
@@ -187,9 +189,8 @@ class Supervisor:
             command = "ingest-writer"
         else:
             command, fds = "serve", (worker.listen.fileno(),)
-            served = sum(w.listen is not None for w in self.workers)
             env.update({LISTEN_FD_ENV: str(worker.listen.fileno()),
-                        WORKER_ENV: f"{worker.index}/{served}"})
+                        WORKER_ENV: f"{worker.index}/{self.config.server.workers}"})
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay", command, "--config", self.config_path,
             env=env, pass_fds=fds)
@@ -295,8 +296,8 @@ class Supervisor:
         all_ready = all(w.ready for w in self.workers)
         if all_ready and not self.serving and not self.stopping:
             self.serving = True
-            served = sum(w.listen is not None for w in self.workers)
-            writer = ", an ingest writer" if served < len(self.workers) else ""
+            served = self.config.server.workers
+            writer = ", an ingest writer" if self.config.server.ingest_writer else ""
             systemd.notify(f"READY=1\nSTATUS=serving ({served} worker"
                            f"{'s' if served != 1 else ''}{writer})", self.environ)
         elif not all_ready:
