@@ -52,7 +52,7 @@ class _Transactions(dict):  # type: ignore[type-arg]
     """Every `t<n>` exists: an Apple subscription made a minute ago (made on first use)."""
 
     def get(self, key: Any, default: Any = None) -> Any:
-        from relay.simulator import AppleTransaction
+        from relay.attesto.simulator import AppleTransaction
 
         if key not in self and isinstance(key, str) and key[1:].isdigit():
             now = int(time.time() * 1000)
@@ -71,7 +71,7 @@ class _NoList(list):  # type: ignore[type-arg]
 def _run_sim(port: int) -> None:
     from aiohttp import web
 
-    from relay.simulator import AttestoSimulator
+    from relay.attesto.simulator import AttestoSimulator
 
     sim = AttestoSimulator(api_key=API_KEY, apple=_Transactions(), calls=_NoList())
     web.run_app(sim.app(), host="127.0.0.1", port=port, print=None, access_log=None,
@@ -100,9 +100,9 @@ def _run_relay(port: int, attesto_url: str, db_dir: str, synchronous: str,
         _serve_workers(port, attesto_url, db_dir, workers)
     from aiohttp import web
 
-    from relay.app import create_app
     from relay.config import Credentials, Secret, load_config
     from relay.log import AccessLogger, configure_logging
+    from relay.web.app import create_app
 
     base = load_config(None, environ={})
     config = dataclasses.replace(

@@ -362,7 +362,7 @@ def _validate(cfg: Config, src: str) -> list[str]:
                      "(@nossdev/iap needs it)")
     if cfg.downstream and not any("allow_networks" in line for line in p):
         # Key material and the SSRF guard's refusal of literal addresses (exit 78).
-        from relay.endpoints import downstream_problems
+        from relay.outbox.endpoints import downstream_problems
 
         p.extend(downstream_problems(cfg))
     return p

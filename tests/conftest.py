@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from relay.app import create_app
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
-from relay.receiver import DownstreamReceiver
-from relay.simulator import AttestoSimulator
+from relay.outbox.receiver import DownstreamReceiver
+from relay.web.app import create_app
 from tests.store_support import (  # noqa: F401
     _drop_remaining_databases,
     _drop_test_databases,

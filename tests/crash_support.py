@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from relay.simulator import AttestoSimulator
+from relay.attesto.simulator import AttestoSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_SECRET = "crash-secret-0123456789abcdefghijklmnopqrstuvwxyz"

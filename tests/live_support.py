@@ -13,9 +13,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay.app import create_app
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import DownstreamConfig
-from relay.simulator import AttestoSimulator
+from relay.web.app import create_app
 from tests.conftest import make_config
 from tests.webhooks_support import ENTITLEMENTS
 

@@ -9,11 +9,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from relay import pipeline
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
-from relay.domain import EventView, Snapshot, State
-from relay.models import Attempt, Delivery
-from relay.outbox import OUTBOX_KEY, Outbox
+from relay.core.domain import EventView, Snapshot, State
+from relay.outbox.worker import OUTBOX_KEY, Outbox
+from relay.store import pipeline
+from relay.store.models import Attempt, Delivery
+from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
 from tests.conftest import Clock
 
 _counter = itertools.count(1)

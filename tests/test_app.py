@@ -6,8 +6,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay.appkeys import STORE_KEY
-from relay.bodies import read_json_object
+from relay.web.appkeys import STORE_KEY
+from relay.web.bodies import read_json_object
 from tests.conftest import RelayFactory, make_config
 
 
@@ -44,7 +44,7 @@ async def test_unknown_route_and_method_get_the_envelope(relay_factory: RelayFac
 
 
 async def test_body_cap_and_bad_json_are_clear_4xx(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from relay.app import create_app
+    from relay.web.app import create_app
 
     cfg = make_config(tmp_path, server={"max_body_bytes": 64})
     app = create_app(cfg)

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay.attesto import AttestoClient
-from relay.breaker import Breaker, BreakerState
+from relay.attesto.breaker import Breaker, BreakerState
+from relay.attesto.client import AttestoClient
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import AttestoConfig, Secret
-from relay.errors import NotConfiguredError, RelayError
-from relay.simulator import AttestoSimulator
+from relay.core.errors import NotConfiguredError, RelayError
 
 
 class FakeTime:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.attesto_signature import (
+from relay.attesto.signature import (
     REASONS,
     AttestoSignatureError,
     sign_attesto,

@@ -14,9 +14,9 @@ from aiohttp.test_utils import make_mocked_request
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.auth import check_admin_token, check_service_key, check_user_jwt
 from relay.config import Config, Secret
-from relay.errors import NotConfiguredError, UnauthorizedError
+from relay.core.errors import NotConfiguredError, UnauthorizedError
+from relay.web.auth import check_admin_token, check_service_key, check_user_jwt
 from tests.conftest import ADMIN_TOKEN, API_KEY, JWT_SECRET, make_config
 
 

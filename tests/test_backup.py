@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.backup import BackupError, backup_sqlite
 from relay.config import StoreConfig
-from relay.models import Event, Inbox
-from relay.store import Store
+from relay.store.backup import BackupError, backup_sqlite
+from relay.store.database import Store
+from relay.store.models import Event, Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from relay.simulator import AttestoSimulator
-from relay.webhook_signing import WebhookSignatureError, parse_secret, verify_headers
+from relay.attesto.simulator import AttestoSimulator
+from relay.outbox.signing import WebhookSignatureError, parse_secret, verify_headers
 from tests.crash_support import (
     DOWNSTREAM_SECRET,
     WEBHOOK_SECRET,

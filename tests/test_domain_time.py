@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from relay.domain import MAX_TIME_MS, iso, parse_time_ms
+from relay.core.domain import MAX_TIME_MS, iso, parse_time_ms
 
 
 @pytest.mark.parametrize(("ms", "text"), [

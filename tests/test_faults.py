@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from relay.appkeys import STORE_KEY
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import DownstreamConfig
-from relay.receiver import DownstreamReceiver
-from relay.simulator import AttestoSimulator
+from relay.outbox.receiver import DownstreamReceiver
+from relay.web.appkeys import STORE_KEY
 from tests.conftest import Clock, RelayFactory
 from tests.outbox_support import deliveries, now_clock, outbox_of
 from tests.store_support import sqlite_only

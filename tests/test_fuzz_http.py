@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.attesto_signature import sign_attesto
-from relay.errors import BadRequestError
-from relay.normalizer import normalize
-from relay.simulator import AttestoSimulator
+from relay.attesto.signature import sign_attesto
+from relay.attesto.simulator import AttestoSimulator
+from relay.core.errors import BadRequestError
+from relay.core.normalizer import normalize
 from tests.conftest import API_KEY
 from tests.live_support import LiveRelay
 from tests.webhooks_support import PATH

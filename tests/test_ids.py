@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay import ids
+from relay.core import ids
 
 
 def _decode(text: str) -> int:

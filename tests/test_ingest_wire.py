@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from relay import ingest_wire as wire
-from relay.errors import BadRequestError, StoreUnavailableError
-from relay.inbox import Inbound
-from relay.ingest_link import IngestLink
+from relay.core.errors import BadRequestError, StoreUnavailableError
+from relay.intake import wire
+from relay.intake.inbox import Inbound
+from relay.intake.link import IngestLink
 from tests.conftest import RelayFactory
 from tests.webhooks_support import PATH, counts
 
@@ -144,7 +144,7 @@ async def test_link_failures_are_store_unavailable(tmp_path: Path, reply: Any) -
 
 async def test_webhook_answers_503_and_stores_nothing_when_the_writer_is_away(
         tmp_path: Path, relay_factory: RelayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    from relay.simulator import AttestoSimulator
+    from relay.attesto.simulator import AttestoSimulator
 
     monkeypatch.setenv(wire.SOCKET_ENV, str(tmp_path / "nobody-listens.sock"))
     sim = AttestoSimulator(webhook_secret="whsec-writer-test-0123456789")

@@ -20,8 +20,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay.receiver import DownstreamReceiver
-from relay.simulator import AttestoSimulator
+from relay.attesto.simulator import AttestoSimulator
+from relay.outbox.receiver import DownstreamReceiver
 from tests.conftest import ADMIN_TOKEN
 from tests.test_workers import (
     Service,

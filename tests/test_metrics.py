@@ -7,12 +7,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.appkeys import STORE_KEY
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import DownstreamConfig
-from relay.models import Purchase
-from relay.outbox import OUTBOX_KEY
-from relay.receiver import DownstreamReceiver
-from relay.simulator import AttestoSimulator
+from relay.outbox.receiver import DownstreamReceiver
+from relay.outbox.worker import OUTBOX_KEY
+from relay.store.models import Purchase
+from relay.web.appkeys import STORE_KEY
 from tests.conftest import ADMIN_TOKEN, Clock, RelayFactory, auth
 from tests.test_scheduler_attesto import due_now
 from tests.verify_support import DAY_MS, verify_config

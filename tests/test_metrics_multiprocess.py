@@ -43,8 +43,8 @@ SCRAPER = """
 import asyncio, sys
 from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
-from relay.app import create_app
-from relay.appkeys import METRICS_KEY
+from relay.web.app import create_app
+from relay.web.appkeys import METRICS_KEY
 from relay.config import DownstreamConfig
 from tests.conftest import ADMIN_TOKEN, auth, make_config
 

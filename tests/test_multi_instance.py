@@ -23,8 +23,8 @@ import aiohttp
 import psycopg2
 import pytest
 
-from relay.receiver import DownstreamReceiver
-from relay.simulator import AttestoSimulator
+from relay.attesto.simulator import AttestoSimulator
+from relay.outbox.receiver import DownstreamReceiver
 from tests.conftest import API_KEY, DOWNSTREAM_SECRET
 from tests.store_support import ON_POSTGRES, create_database
 from tests.test_serve import free_port

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from relay.domain import State, parse_time_ms
-from relay.errors import BadRequestError
-from relay.normalizer import decode_jws_payload, normalize
-from relay.simulator import AttestoSimulator, unsigned_jws
+from relay.attesto.simulator import AttestoSimulator, unsigned_jws
+from relay.core.domain import State, parse_time_ms
+from relay.core.errors import BadRequestError
+from relay.core.normalizer import decode_jws_payload, normalize
 
 NOW = 1_800_000_000_000
 EXPIRES = NOW + 30 * 86_400_000

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from relay import openapi
-from relay.app import create_app
+from relay.web import openapi
+from relay.web.app import create_app
 from tests.conftest import ADMIN_TOKEN, RelayFactory, auth, make_config
 
 METHODS = {"get", "post", "put", "patch", "delete"}

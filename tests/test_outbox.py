@@ -15,20 +15,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
 from relay.config import DownstreamConfig, Secret
-from relay.deliver import delivery_session
-from relay.models import EndpointState, Event
-from relay.outbox import Outbox
-from relay.receiver import DownstreamReceiver
-from relay.ssrf import GuardedResolver, parse_allow_networks
-from relay.webhook_signing import (
+from relay.outbox.deliver import delivery_session
+from relay.outbox.receiver import DownstreamReceiver
+from relay.outbox.signing import (
     generate_ed25519_keypair,
     generate_secret,
     parse_public_key,
     parse_secret,
     verify_headers,
 )
+from relay.outbox.ssrf import GuardedResolver, parse_allow_networks
+from relay.outbox.worker import Outbox
+from relay.store.models import EndpointState, Event
+from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
 from tests.conftest import DOWNSTREAM_SECRET, Clock, RelayFactory, make_config
 from tests.outbox_support import App, attempts, deliveries, emit, now_clock, outbox_of
 

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from relay import outbox_db, pipeline
 from relay.config import StoreConfig
-from relay.models import Attempt, Delivery, EndpointState
-from relay.outbox_db import Claimed, Outcome
-from relay.pipeline import Route, Rules
-from relay.retry_policy import Verdict
-from relay.store import Store
+from relay.core.retry_policy import Verdict
+from relay.outbox import queue as outbox_db
+from relay.outbox.queue import Claimed, Outcome
+from relay.store import pipeline
+from relay.store.database import Store
+from relay.store.models import Attempt, Delivery, EndpointState
+from relay.store.pipeline import Route, Rules
 
 NOW = 1_800_000_000_000
 RULES = Rules(routes=(Route("billing"),))

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 import pytest
 from peewee import Database, DatabaseProxy
 
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
 from relay.config import DownstreamConfig
-from relay.models import database
-from relay.receiver import DownstreamReceiver
+from relay.outbox.receiver import DownstreamReceiver
+from relay.store.models import database
+from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
 from tests.conftest import ADMIN_TOKEN, Clock, RelayFactory, auth, make_config
 from tests.outbox_support import App, deliveries, emit, now_clock, outbox_of
 from tests.test_outbox import Hanging, serve

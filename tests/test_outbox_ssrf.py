@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from relay.app import create_app
 from relay.config import ConfigError, DownstreamConfig, load_config
-from relay.outbox import RESOLVER_KEY
-from relay.receiver import DownstreamReceiver
+from relay.outbox.receiver import DownstreamReceiver
+from relay.outbox.worker import RESOLVER_KEY
+from relay.web.app import create_app
 from tests.conftest import Clock, make_config
 from tests.outbox_support import deliveries, emit, now_clock, outbox_of
 

@@ -25,9 +25,9 @@ import psycopg2
 import pytest
 from peewee import Database
 
-from relay.errors import StoreUnavailableError
-from relay.models import Event
-from relay.store import Store
+from relay.core.errors import StoreUnavailableError
+from relay.store.database import Store
+from relay.store.models import Event
 from tests.store_support import ON_POSTGRES, POSTGRES_URL, create_database
 
 pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="needs RELAY_TEST_POSTGRES_URL")

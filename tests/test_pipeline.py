@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from relay import pipeline
-from relay.domain import Snapshot, State
-from relay.errors import ConflictError
-from relay.models import AppUser, Delivery, Event, Purchase
-from relay.pipeline import Route, Rules
-from relay.store import Store
+from relay.core.domain import Snapshot, State
+from relay.core.errors import ConflictError
+from relay.store import pipeline
+from relay.store.database import Store
+from relay.store.models import AppUser, Delivery, Event, Purchase
+from relay.store.pipeline import Route, Rules
 from tests.store_support import store_config
 
 DAY = 86_400_000
@@ -151,14 +151,14 @@ async def test_a_failing_apply_leaves_nothing_half_written(store: Store) -> None
 @pytest.mark.parametrize("value", [533216569697924546560, "533216569697924546560", -1,
                                    float("inf"), float("nan"), True, "not a time"])
 def test_times_outside_1970_to_9999_are_refused(value: object) -> None:
-    from relay.domain import parse_time_ms
+    from relay.core.domain import parse_time_ms
 
     with pytest.raises(ValueError):
         parse_time_ms(value)
 
 
 def test_times_in_range_parse() -> None:
-    from relay.domain import parse_time_ms
+    from relay.core.domain import parse_time_ms
 
     assert parse_time_ms("2026-04-18T12:00:03.412Z") == 1_776_513_603_412
     assert parse_time_ms("1776513600000") == 1_776_513_600_000

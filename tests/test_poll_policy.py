@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.domain import PurchaseView, State
-from relay.poll_policy import PollPolicy, next_poll_ms
+from relay.core.domain import PurchaseView, State
+from relay.core.poll_policy import PollPolicy, next_poll_ms
 
 NOW = 1_800_000_000_000
 DAY = 86_400_000

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from relay import cli
-from relay.app import create_app
-from relay.appkeys import ATTESTO_KEY, RUNTIME_KEY
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import load_config
-from relay.simulator import AttestoSimulator
+from relay.service import cli
+from relay.web.app import create_app
+from relay.web.appkeys import ATTESTO_KEY, RUNTIME_KEY
 
 
 def write(path: Path, port: int, audience: str) -> None:

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from relay import cli
-from relay.app import create_app
 from relay.config import load_config
-from relay.outbox import OUTBOX_KEY
-from relay.receiver import DownstreamReceiver
-from relay.webhook_signing import generate_secret
+from relay.outbox.receiver import DownstreamReceiver
+from relay.outbox.signing import generate_secret
+from relay.outbox.worker import OUTBOX_KEY
+from relay.service import cli
+from relay.web.app import create_app
 from tests.outbox_support import emit, now_clock
 
 OLD, NEW = generate_secret(), generate_secret()

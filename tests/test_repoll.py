@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from relay import pipeline
-from relay.domain import PurchaseView, Snapshot, State
-from relay.errors import UpstreamUnavailableError
-from relay.housekeeping import prune
-from relay.leases import take_lease
-from relay.models import Delivery, Event, Inbox, Purchase
-from relay.ratelimit import TokenBucket
-from relay.repoll import Outcome, Poller, claim_due, due_stats
+from relay.core.domain import PurchaseView, Snapshot, State
+from relay.core.errors import UpstreamUnavailableError
 from relay.runtime import Runtime
-from relay.scheduler import Scheduler
-from relay.store import Store
+from relay.scheduler.clock import Scheduler
+from relay.scheduler.ratelimit import TokenBucket
+from relay.scheduler.repoll import Outcome, Poller, claim_due, due_stats
+from relay.store import pipeline
+from relay.store.database import Store
+from relay.store.housekeeping import prune
+from relay.store.leases import take_lease
+from relay.store.models import Delivery, Event, Inbox, Purchase
 from tests.conftest import Clock, make_config
 
 HOUR = 3_600_000

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from relay.retry_policy import (
+from relay.core.retry_policy import (
     MAX_RETRY_AFTER_S,
     Verdict,
     decide,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from relay.appkeys import RUNTIME_KEY
 from relay.config import DownstreamConfig
-from relay.domain import iso
-from relay.receiver import DownstreamReceiver
+from relay.core.domain import iso
+from relay.outbox.receiver import DownstreamReceiver
+from relay.web.appkeys import RUNTIME_KEY
 from tests.conftest import ADMIN_TOKEN, API_KEY, Clock, RelayFactory, auth, make_config
 from tests.outbox_support import App, deliveries, emit, now_clock, outbox_of
 

@@ -11,9 +11,9 @@ from typing import Any
 import jwt
 import pytest
 
-from relay import pipeline
-from relay.appkeys import RUNTIME_KEY, STORE_KEY
-from relay.simulator import AttestoSimulator
+from relay.attesto.simulator import AttestoSimulator
+from relay.store import pipeline
+from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
 from tests.conftest import JWT_SECRET, Clock, RelayFactory, auth
 from tests.verify_support import DAY_MS, apple_webhook_snapshot, user_token, verify_config
 

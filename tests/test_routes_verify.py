@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from relay.appkeys import STORE_KEY
-from relay.models import Purchase
-from relay.simulator import AttestoSimulator
+from relay.attesto.simulator import AttestoSimulator
+from relay.store.models import Purchase
+from relay.web.appkeys import STORE_KEY
 from tests.conftest import Clock, RelayFactory, auth
 from tests.verify_support import DAY_MS, UUID_A, user_token, verify_config
 

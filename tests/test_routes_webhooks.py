@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from relay.appkeys import STORE_KEY
-from relay.attesto_signature import sign_attesto
-from relay.models import database
-from relay.simulator import AttestoSimulator
+from relay.attesto.signature import sign_attesto
+from relay.attesto.simulator import AttestoSimulator
+from relay.store.models import database
+from relay.web.appkeys import STORE_KEY
 from tests.conftest import Clock, RelayFactory
 from tests.store_support import ON_POSTGRES
 from tests.webhooks_support import (

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from relay.appkeys import ATTESTO_KEY, SCHEDULER_KEY, STORE_KEY
-from relay.domain import iso
-from relay.models import Delivery, Event, Purchase
-from relay.ratelimit import TokenBucket
-from relay.simulator import AttestoSimulator, GooglePurchase
+from relay.attesto.simulator import AttestoSimulator, GooglePurchase
+from relay.core.domain import iso
+from relay.scheduler.ratelimit import TokenBucket
+from relay.store.models import Delivery, Event, Purchase
+from relay.web.appkeys import ATTESTO_KEY, SCHEDULER_KEY, STORE_KEY
 from tests.conftest import Clock, RelayFactory, auth
 from tests.verify_support import DAY_MS, verify_config
 from tests.webhooks_support import post
@@ -25,7 +25,7 @@ async def due_now(client: Any) -> int:
     sched = client.app[SCHEDULER_KEY]
     assert sched.poller is not None
     now = sched.runtime.now_ms()
-    from relay.repoll import claim_due
+    from relay.scheduler.repoll import claim_due
 
     views = await client.app[STORE_KEY].write(lambda: claim_due(now, 100))
     for view in views:

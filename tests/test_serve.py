@@ -10,7 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay import cli, systemd
+from relay import systemd
+from relay.service import cli
 from tests.conftest import make_config
 
 
@@ -62,7 +63,7 @@ async def test_in_flight_handler_finishes_before_close(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from aiohttp import web
 
-    from relay.routes import health
+    from relay.web.routes import health
 
     entered, release = asyncio.Event(), asyncio.Event()
 

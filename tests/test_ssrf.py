@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
-from relay.ssrf import (
+from relay.outbox.ssrf import (
     GuardedResolver,
     Network,
     SsrfError,

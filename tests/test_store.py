@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from peewee import IntegrityError, SqliteDatabase
 
-from relay import migrations
 from relay.config import StoreConfig
-from relay.errors import StoreUnavailableError
-from relay.models import SCHEMA_VERSION, Delivery, Event, Inbox, Meta, Purchase, database
+from relay.core.errors import StoreUnavailableError
+from relay.store import migrations
+from relay.store.models import SCHEMA_VERSION, Delivery, Event, Inbox, Meta, Purchase, database
 from tests.store_support import sqlite_only, store_config
 
 
@@ -21,7 +21,7 @@ def cfg(tmp_path: Path) -> StoreConfig:
 
 
 async def open_store(tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def]
-    from relay.store import Store
+    from relay.store.database import Store
 
     store = Store(cfg(tmp_path), **kw)  # type: ignore[arg-type]
     await store.open()
@@ -59,7 +59,7 @@ async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
     await store.write(lambda: Meta.update(value=str(SCHEMA_VERSION + 1)).where(
         Meta.key == "schema_version").execute())
     await store.close()
-    from relay.store import Store
+    from relay.store.database import Store
 
     again = Store(cfg(tmp_path))
     with pytest.raises(migrations.SchemaError, match="newer than this relay"):
@@ -67,7 +67,7 @@ async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 
 async def test_no_auto_migrate_refuses_an_empty_database(tmp_path: Path) -> None:
-    from relay.store import Store
+    from relay.store.database import Store
 
     store = Store(cfg(tmp_path))
     with pytest.raises(migrations.SchemaError, match="version 0"):
@@ -153,8 +153,8 @@ async def test_models_are_portable_no_sqlite_only_types(tmp_path: Path) -> None:
 
 
 async def test_nul_in_text_is_a_clear_400_on_every_backend(tmp_path: Path) -> None:
-    from relay.errors import BadRequestError
-    from relay.store import Store
+    from relay.core.errors import BadRequestError
+    from relay.store.database import Store
     from tests.store_support import store_config
 
     store = Store(store_config(tmp_path, "nul"))

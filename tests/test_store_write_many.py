@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from peewee import OperationalError
 
-from relay.errors import StoreUnavailableError
-from relay.models import Meta
-from relay.store import Store
+from relay.core.errors import StoreUnavailableError
+from relay.store.database import Store
+from relay.store.models import Meta
 from tests.store_support import store_config
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from relay.domain import ENTITLED_STATES, SUSPENDED_STATES, State
-from relay.simulator import APPLE_EVENTS, GOOGLE_PRODUCT_EVENTS, GOOGLE_SUB_EVENTS
-from relay.transitions import APPLE_STATUS, TRANSITIONS, resolve_state, transition_for
+from relay.attesto.simulator import APPLE_EVENTS, GOOGLE_PRODUCT_EVENTS, GOOGLE_SUB_EVENTS
+from relay.core.domain import ENTITLED_STATES, SUSPENDED_STATES, State
+from relay.core.transitions import APPLE_STATUS, TRANSITIONS, resolve_state, transition_for
 
 A, ANR, G, BR = State.ACTIVE, State.ACTIVE_NOT_RENEWING, State.GRACE, State.BILLING_RETRY
 OH, PA, EX, RV, RF, OW = (State.ON_HOLD, State.PAUSED, State.EXPIRED, State.REVOKED,

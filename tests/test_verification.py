@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from relay import pipeline
-from relay.domain import State
-from relay.errors import ConflictError, UpstreamError
-from relay.models import Event
-from relay.simulator import AttestoSimulator
-from relay.verification import AppleItem, GoogleItem, Verifier
+from relay.attesto.simulator import AttestoSimulator
+from relay.core.domain import State
+from relay.core.errors import ConflictError, UpstreamError
+from relay.store import pipeline
+from relay.store.models import Event
+from relay.verify.verifier import AppleItem, GoogleItem, Verifier
 from tests.conftest import Clock
 from tests.verify_support import (
     DAY_MS,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from relay import verification
-from relay.errors import ConflictError
-from relay.simulator import AttestoSimulator
-from relay.verification import AppleItem, GoogleItem, Item, Outcome, Verifier
+from relay.attesto.simulator import AttestoSimulator
+from relay.core.errors import ConflictError
+from relay.verify import verifier as verification
+from relay.verify.verifier import AppleItem, GoogleItem, Item, Outcome, Verifier
 from tests.conftest import Clock
 from tests.verify_support import (
     DAY_MS,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from relay.domain import PurchaseView, State
-from relay.simulator import AppleTransaction, AttestoSimulator
-from relay.verify_snapshot import (
+from relay.attesto.simulator import AppleTransaction, AttestoSimulator
+from relay.core.domain import PurchaseView, State
+from relay.core.verify_snapshot import (
     AttestoResponseError,
     apple_snapshot,
     google_snapshot,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from relay.appkeys import STORE_KEY
-from relay.models import AppUser, Purchase
-from relay.simulator import AppleTransaction, AttestoSimulator, GooglePurchase
+from relay.attesto.simulator import AppleTransaction, AttestoSimulator, GooglePurchase
+from relay.store.models import AppUser, Purchase
+from relay.web.appkeys import STORE_KEY
 from tests.conftest import Clock, RelayFactory
 from tests.webhooks_support import (
     BILLING,
@@ -292,8 +292,8 @@ async def test_google_webhook_then_the_scheduled_re_verify_fills_the_expiry(
         relay_factory: RelayFactory, sim: AttestoSimulator, attesto_url: str,
         tmp_path: Path, clock: Clock) -> None:
     """The whole Google loop: webhook (no expiry) -> due now -> re-verify the newest token."""
-    from relay.appkeys import SCHEDULER_KEY
-    from relay.repoll import claim_due
+    from relay.scheduler.repoll import claim_due
+    from relay.web.appkeys import SCHEDULER_KEY
     from tests.conftest import make_config
 
     client: Client = await relay_factory(

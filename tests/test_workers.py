@@ -27,11 +27,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import StoreConfig
-from relay.errors import StoreUnavailableError
-from relay.receiver import DownstreamReceiver
-from relay.simulator import AttestoSimulator
-from relay.store import Store
+from relay.core.errors import StoreUnavailableError
+from relay.outbox.receiver import DownstreamReceiver
+from relay.store.database import Store
 from tests.conftest import ADMIN_TOKEN, API_KEY, DOWNSTREAM_SECRET
 from tests.test_multi_instance import Calls
 from tests.test_serve import free_port

@@ -14,14 +14,14 @@ from typing import Any
 import aiohttp
 import jwt
 
-from relay import lookups
-from relay.attesto import AttestoClient
+from relay.attesto.client import AttestoClient
 from relay.config import Config, ProductConfig
-from relay.domain import PurchaseView, Snapshot, State
-from relay.models import Event
+from relay.core.domain import PurchaseView, Snapshot, State
 from relay.runtime import Runtime
-from relay.store import Store
-from relay.verification import Verifier
+from relay.store import lookups
+from relay.store.database import Store
+from relay.store.models import Event
+from relay.verify.verifier import Verifier
 from tests.conftest import JWT_SECRET, Clock, make_config
 
 ENTITLEMENTS = types.MappingProxyType({

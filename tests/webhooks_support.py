@@ -8,12 +8,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from relay.appkeys import METRICS_KEY, STORE_KEY
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import DownstreamConfig
-from relay.domain import PurchaseView
-from relay.models import Delivery, Event, Inbox, Purchase
-from relay.pipeline import view_of
-from relay.simulator import AttestoSimulator
+from relay.core.domain import PurchaseView
+from relay.store.models import Delivery, Event, Inbox, Purchase
+from relay.store.pipeline import view_of
+from relay.web.appkeys import METRICS_KEY, STORE_KEY
 
 Client = TestClient[web.Request, web.Application]
 PATH = "/v1/webhooks/attesto"

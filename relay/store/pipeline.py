@@ -1,0 +1,341 @@
+"""Derive → compare → store: apply one snapshot to its purchase row, with events and outbox.
+
+Every input (verify, restore, webhook, poll) ends here. `apply()` runs on the store
+thread inside the caller's transaction, so the row, its events and their deliveries
+commit together or not at all. `apply_many()` is the same path for a batch (one pure
+decision per snapshot, then a few multi-row statements via `statements`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from relay.core import ids
+from relay.core.domain import (
+    ENTITLED_STATES,
+    EntitlementPolicy,
+    EventView,
+    PurchaseView,
+    Snapshot,
+    State,
+    entitlement_keys,
+    is_entitled,
+    iso,
+)
+from relay.core.errors import ConflictError
+from relay.core.poll_policy import PollPolicy, next_poll_ms
+from relay.store import statements
+from relay.store.models import Purchase
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A downstream endpoint as the fan-out sees it."""
+
+    name: str
+    events: tuple[str, ...] = ("*",)
+    platforms: tuple[str, ...] = ()
+    environments: tuple[str, ...] = ()
+    active: bool = True  # False: rows are stored as held
+
+    def matches(self, event_type: str, platform: str | None, environment: str | None) -> bool:
+        if self.platforms and platform not in self.platforms:
+            return False
+        if self.environments and environment not in self.environments:
+            return False
+        return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Everything from the configuration that applying a snapshot needs."""
+
+    routes: tuple[Route, ...] = ()
+    entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    owner_conflict: str = "transfer"
+    entitlement_policy: EntitlementPolicy = field(default_factory=EntitlementPolicy)
+    poll: PollPolicy = field(default_factory=PollPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    purchase: PurchaseView | None
+    events: tuple[EventView, ...]
+    stale: bool = False
+
+    @property
+    def deliveries(self) -> int:
+        return sum(e.deliveries for e in self.events)
+
+
+# Derived event names for inputs that carry no event (verify, restore, poll).
+_INTO_STATE_EVENT: dict[State, str] = {
+    State.EXPIRED: "subscription.expired",
+    State.REVOKED: "subscription.revoked",
+    State.REFUNDED: "subscription.refunded",
+    State.GRACE: "subscription.in_grace_period",
+    State.BILLING_RETRY: "subscription.in_billing_retry",
+    State.ON_HOLD: "subscription.on_hold",
+    State.PAUSED: "subscription.paused",
+    State.ACTIVE_NOT_RENEWING: "subscription.cancellation_scheduled",
+}
+
+
+def view_of(row: Purchase) -> PurchaseView:
+    return PurchaseView(
+        platform=row.platform, subject_key=row.subject_key, kind=row.kind,
+        user_id=row.user_id, app_user_id=row.app_user_id, product_id=row.product_id,
+        base_plan_id=row.base_plan_id, state=row.state, state_reason=row.state_reason,
+        environment=row.environment, expires_ms=row.expires_ms, auto_renew=row.auto_renew,
+        latest_ref=row.latest_ref, package_name=row.package_name,
+        store_time_ms=row.store_time_ms, sequence=row.sequence, created_ms=row.created_ms,
+        updated_ms=row.updated_ms, next_poll_ms=row.next_poll_ms,
+        period_pending=bool(row.period_pending))
+
+
+def derive_event(before: PurchaseView | None, after: PurchaseView) -> str | None:
+    """Name the change between two views of a purchase, or None when nothing changed."""
+    product = after.kind == "product"
+    if before is None:
+        if product:
+            return "product.purchased" if after.state == State.OWNED else (
+                _INTO_STATE_EVENT.get(State(after.state), "product.state_changed")
+                if after.state in State.__members__.values() else "product.state_changed")
+        return "subscription.purchased"
+    if after.state != before.state:
+        if product:
+            return {State.REFUNDED: "subscription.refunded",
+                    State.CONSUMED: "product.consumed"}.get(State(after.state),
+                                                          "product.state_changed")
+        if after.state == State.ACTIVE:
+            if before.state in (State.BILLING_RETRY, State.ON_HOLD, State.GRACE):
+                return "subscription.recovered"
+            if before.state == State.ACTIVE_NOT_RENEWING:
+                return ("subscription.renewed" if _later(after, before)
+                        else "subscription.cancellation_revoked")
+            if before.state == State.EXPIRED:
+                return "subscription.renewed" if _later(after, before) else (
+                    "subscription.state_changed")
+            return "subscription.state_changed"
+        return _INTO_STATE_EVENT.get(State(after.state), "subscription.state_changed")
+    if _later(after, before) and after.state in ENTITLED_STATES:
+        return "subscription.renewed"
+    if after.auto_renew != before.auto_renew and before.auto_renew is not None:
+        return ("subscription.cancellation_revoked" if after.auto_renew
+                else "subscription.cancellation_scheduled")
+    return None
+
+
+def _later(after: PurchaseView, before: PurchaseView) -> bool:
+    # No stored expiry (e.g. a Google webhook came first): learning one is not a renewal.
+    return before.expires_ms is not None and (after.expires_ms or 0) > before.expires_ms
+
+
+def _coalesce(new: Any, old: Any) -> Any:
+    return old if new is None else new
+
+
+_Pending = tuple[str, str, str | None, dict[str, Any]]  # (event id, type, reason, extra)
+
+
+def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
+    """Apply `snap` inside the current transaction; see the module docstring."""
+    return apply_many([snap], rules, now_ms)[0]
+
+
+def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
+               known: Mapping[tuple[str, str], PurchaseView | None] | None = None
+               ) -> list[Applied]:
+    """Apply `snaps` in order, as `apply` would one by one, with a few statements for all.
+
+    Several snapshots of one purchase chain (each sees the one before). Raises what
+    `apply` raises (ConflictError) for the first snapshot that fails; the caller's
+    transaction must then be rolled back as a whole. `known`: rows (or their absence)
+    already read in this transaction.
+    """
+    known = known or {}
+    keys = {(s.platform, s.subject_key) for s in snaps}
+    current = statements.load_purchases(keys - known.keys()) if keys - known.keys() else {}
+    current.update({k: v for k, v in known.items() if v is not None and k in keys})
+    wanted = {s.app_user_id for s in snaps if s.user_id is None and s.app_user_id is not None}
+    bound = statements.users_of_app_users(wanted) if wanted else {}
+    dirty: dict[tuple[str, str], PurchaseView] = {}
+    event_rows: list[statements.EventRow] = []
+    decided: list[tuple[PurchaseView, list[tuple[str, str, str, int]], bool]] = []
+    for snap in snaps:
+        key = (snap.platform, snap.subject_key)
+        before = current.get(key)
+        user_id = snap.user_id if snap.user_id is not None or snap.app_user_id is None \
+            else bound.get(snap.app_user_id)
+        after, events, stale = _decide(snap, before, user_id, rules, now_ms)
+        if before is not None and after == before and not events:
+            if snap.poll_now:
+                after = replace(before, next_poll_ms=now_ms)
+                current[key] = dirty[key] = after
+            decided.append((after, [], stale))
+            continue
+        seq = before.sequence if before is not None else 0
+        granted = (list(entitlement_keys(rules.entitlements, after.product_id,
+                                         after.base_plan_id))
+                   if is_entitled(after, now_ms, rules.entitlement_policy) else [])
+        made: list[tuple[str, str, str, int]] = []
+        for event_type, reason, extra in events:
+            seq += 1
+            eid = ids.event_id(now_ms)
+            body = event_body(eid, event_type, reason, snap.source, snap.observed_ms,
+                              snap.received_ms, snap.platform, snap.subject_key, after, before,
+                              seq, stale, snap.attesto_event_id, granted, extra)
+            event_rows.append((eid, event_type, snap.source, snap.platform, snap.subject_key,
+                               seq, after.user_id, snap.observed_ms, snap.received_ms,
+                               snap.attesto_event_id, stale, body))
+            made.append((eid, event_type, body, seq))
+        after = replace(after, sequence=seq, updated_ms=now_ms,
+                        next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
+                                                  updated_ms=now_ms))
+        current[key] = dirty[key] = after
+        decided.append((after, made, stale))
+
+    cursors = statements.insert_events(event_rows) if event_rows else {}
+    deliveries: list[statements.DeliveryRow] = []
+    results: list[Applied] = []
+    for after, made, stale in decided:
+        views = []
+        for eid, event_type, body, seq in made:
+            routes = _routes_for(rules, event_type, after.platform, after.environment)
+            subject = f"{after.platform}:{after.subject_key}"
+            deliveries.extend((cursors[eid], r.name, subject, seq,
+                               "pending" if r.active else "held", now_ms, now_ms)
+                              for r in routes)
+            views.append(EventView(cursor=cursors[eid], id=eid, type=event_type, body=body,
+                                   platform=after.platform, subject_key=after.subject_key,
+                                   sequence=seq, stale=stale, deliveries=len(routes)))
+        results.append(Applied(after, tuple(views), stale))
+    if deliveries:
+        statements.insert_deliveries(deliveries)
+    if dirty:
+        statements.upsert_purchases(list(dirty.values()))
+    return results
+
+
+def _decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rules: Rules,
+            now_ms: int) -> tuple[PurchaseView, list[tuple[str, str | None, dict[str, Any]]],
+                                  bool]:
+    """The row after `snap`, the events it makes (type, reason, extra) and staleness. Pure."""
+    events: list[tuple[str, str | None, dict[str, Any]]] = []
+    if before is not None and snap.user_id and before.user_id and snap.user_id != before.user_id:
+        if rules.owner_conflict == "keep":
+            raise ConflictError("this purchase belongs to another user",
+                                code="purchase_owned_by_other_user")
+        events.append(("subscription.transferred", None,
+                       {"previous_user_id": before.user_id}))
+
+    stale = before is not None and snap.observed_ms < before.store_time_ms
+    if before is None:
+        after = PurchaseView(
+            platform=snap.platform, subject_key=snap.subject_key,
+            kind=snap.kind or "subscription", user_id=user_id, app_user_id=snap.app_user_id,
+            product_id=snap.product_id, base_plan_id=snap.base_plan_id,
+            state=snap.state or State.PENDING, state_reason=snap.state_reason,
+            environment=snap.environment, expires_ms=snap.expires_ms,
+            auto_renew=snap.auto_renew, latest_ref=snap.latest_ref,
+            package_name=snap.package_name, store_time_ms=snap.observed_ms, sequence=0,
+            created_ms=now_ms, updated_ms=now_ms,
+            period_pending=snap.announces_period and snap.expires_ms is None)
+    elif stale:
+        # Identity fields fill in whatever the order; state fields only move forward.
+        after = replace(
+            before,
+            user_id=_coalesce(snap.user_id, before.user_id or user_id),
+            app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
+            product_id=before.product_id or snap.product_id,
+            base_plan_id=before.base_plan_id or snap.base_plan_id,
+            environment=before.environment or snap.environment,
+            package_name=before.package_name or snap.package_name,
+            kind=before.kind if snap.kind is None else snap.kind,
+        )
+    else:
+        after = replace(
+            before,
+            user_id=_coalesce(snap.user_id, before.user_id or user_id),
+            app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
+            product_id=_coalesce(snap.product_id, before.product_id),
+            base_plan_id=_coalesce(snap.base_plan_id, before.base_plan_id),
+            environment=_coalesce(snap.environment, before.environment),
+            package_name=before.package_name or snap.package_name,
+            kind=before.kind if snap.kind is None else snap.kind,
+            state=_coalesce(snap.state, before.state),
+            state_reason=snap.state_reason if snap.state is not None else before.state_reason,
+            expires_ms=_coalesce(snap.expires_ms, before.expires_ms),
+            auto_renew=_coalesce(snap.auto_renew, before.auto_renew),
+            latest_ref=_coalesce(snap.latest_ref, before.latest_ref),
+            store_time_ms=max(snap.observed_ms, before.store_time_ms),
+            # Announced by a webhook, until an input brings the period's expiry.
+            period_pending=snap.expires_ms is None and (snap.announces_period
+                                                        or before.period_pending),
+        )
+
+    if snap.event_type is not None:
+        events.append((snap.event_type, snap.event_reason, {}))
+    elif not stale:
+        derived = derive_event(before, after)
+        if derived == "subscription.renewed" and before is not None and before.period_pending:
+            # The webhook relayed this renewal already; this input only brings its expiry.
+            events.append(("subscription.state_changed", "renewal_confirmed", {}))
+        elif derived is not None:
+            events.append((derived, after.state_reason, {}))
+    return after, events, stale
+
+
+def _routes_for(rules: Rules, event_type: str, platform: str | None,
+                environment: str | None) -> list[Route]:
+    return [r for r in rules.routes if r.matches(event_type, platform, environment)]
+
+
+# One encoder for every event body: json.dumps() with arguments builds a new one per call.
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def event_body(event_id: str, event_type: str, reason: str | None, source: str,
+               occurred_ms: int, received_ms: int, platform: str | None,
+               subject_key: str | None, after: PurchaseView | None,
+               before: PurchaseView | None, sequence: int | None, stale: bool,
+               attesto_event_id: str | None, entitlements: list[str],
+               extra: Mapping[str, Any]) -> str:
+    body: dict[str, Any] = {
+        "id": event_id, "type": event_type, "reason": reason,
+        "occurred_at": iso(occurred_ms), "received_at": iso(received_ms), "source": source,
+        "platform": platform, "subject_key": subject_key,
+        "user_id": after.user_id if after else None,
+        "app_user_id": after.app_user_id if after else None,
+        "product_id": after.product_id if after else None,
+        "environment": after.environment if after else None,
+        "state": str(after.state) if after else None,
+        "previous_state": str(before.state) if before else None,
+        "expires_at": iso(after.expires_ms) if after else None,
+        "entitlements": entitlements, "sequence": sequence, "stale": stale,
+        "attesto_event_id": attesto_event_id,
+    }
+    body.update(extra)
+    return _compact_json(body)
+
+
+def record_event(eid: str, event_type: str, body: str, source: str, platform: str | None,
+                 subject_key: str | None, seq: int | None, user_id: str | None,
+                 occurred_ms: int, received_ms: int, attesto_event_id: str | None,
+                 stale: bool, environment: str | None, rules: Rules, now_ms: int) -> EventView:
+    """Insert one event and its outbox rows (one per matching endpoint)."""
+    cursor = statements.insert_event(eid, event_type, source, platform, subject_key, seq,
+                                     user_id, occurred_ms, received_ms, attesto_event_id,
+                                     stale, body)
+    subject = f"{platform}:{subject_key}" if subject_key else eid
+    routes = _routes_for(rules, event_type, platform, environment)
+    for r in routes:
+        statements.insert_delivery(cursor, r.name, subject, seq or 0,
+                                   "pending" if r.active else "held", now_ms, now_ms)
+    deliveries = len(routes)
+    return EventView(cursor=cursor, id=eid, type=event_type, body=body, platform=platform,
+                     subject_key=subject_key, sequence=seq, stale=stale, deliveries=deliveries)

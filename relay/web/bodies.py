@@ -1,0 +1,47 @@
+"""Reading request bodies: size cap, content type, UTF-8 and JSON, each with a clear 4xx."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from relay.core.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+JSON_TYPES = ("application/json", "")
+
+
+async def read_capped(request: web.Request, max_bytes: int) -> bytes:
+    """The raw body, refusing more than `max_bytes` before reading it when possible."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes",
+                                   details={"max_bytes": max_bytes})
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes",
+                                   details={"max_bytes": max_bytes}) from None
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequestError("body is not valid UTF-8", code="invalid_json") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(f"body is not valid JSON: {exc.msg} at position {exc.pos}",
+                              code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise BadRequestError("body must be a JSON object", code="invalid_json")
+    return value
+
+
+async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """A JSON object body; 415 for another content type, 400 for bad JSON, 413 if too big."""
+    if request.content_type not in JSON_TYPES and not request.content_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"send Content-Type: application/json (got {request.content_type!r})")
+    return parse_json_object(await read_capped(request, max_bytes))
