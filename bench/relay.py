@@ -41,13 +41,16 @@ from receiver_proc import start_receiver, stop_receiver  # noqa: E402
 
 from relay.config import Credentials, DownstreamConfig, Secret, load_config  # noqa: E402
 from relay.core.domain import Snapshot, State  # noqa: E402
+from relay.core.signing import generate_secret, parse_secret, verify_headers  # noqa: E402
 from relay.outbox import admin as delivery_admin  # noqa: E402
-from relay.outbox.signing import generate_secret, parse_secret, verify_headers  # noqa: E402
-from relay.outbox.worker import OUTBOX_KEY  # noqa: E402
 from relay.store import pipeline  # noqa: E402
 from relay.store.models import Delivery  # noqa: E402
 from relay.web.app import create_app  # noqa: E402
-from relay.web.appkeys import RUNTIME_KEY, STORE_KEY  # noqa: E402
+from relay.web.appkeys import (  # noqa: E402
+    OUTBOX_KEY,  # noqa: E402
+    RUNTIME_KEY,
+    STORE_KEY,
+)
 
 SAMPLE_EVERY = 100
 

@@ -23,6 +23,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 # Credentials and Secret are re-exported: callers know them as part of the Config.
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay.core.addresses import Network, Resolve, SsrfError, check_url, parse_allow_networks
+from relay.core.signing import SECRET_PREFIX, SIGNING_KEY_PREFIX, parse_secret, parse_signing_key
 from relay.credentials import Credentials as Credentials
 from relay.credentials import Secret as Secret
 from relay.credentials import load_credentials
@@ -362,10 +366,60 @@ def _validate(cfg: Config, src: str) -> list[str]:
                      "(@nossdev/iap needs it)")
     if cfg.downstream and not any("allow_networks" in line for line in p):
         # Key material and the SSRF guard's refusal of literal addresses (exit 78).
-        from relay.outbox.endpoints import downstream_problems
-
         p.extend(downstream_problems(cfg))
     return p
+
+
+def downstream_where(index: int, ds: DownstreamConfig) -> str:
+    return f"[[downstream]] #{index + 1} ({ds.name})"
+
+
+def split_keys(name: str, secrets: Sequence[Secret], problems: list[str]
+               ) -> tuple[tuple[bytes, ...], tuple[Ed25519PrivateKey, ...]]:
+    hmac_keys: list[bytes] = []
+    ed_keys: list[Ed25519PrivateKey] = []
+    for line, secret in enumerate(secrets, start=1):
+        text = secret.reveal()
+        try:
+            if text.startswith(SIGNING_KEY_PREFIX):
+                ed_keys.append(parse_signing_key(text))
+            elif text.startswith(SECRET_PREFIX):
+                hmac_keys.append(parse_secret(text))
+            # A line with neither prefix is reported by load_credentials.
+        except ValueError as exc:  # the messages never echo key material
+            problems.append(f"credential downstream-{name}-secret line {line}: {exc}")
+    return tuple(hmac_keys), tuple(ed_keys)
+
+
+def url_problem(url: str, allow: Sequence[Network], resolve: Resolve | None = None
+                ) -> str | None:
+    """Why the SSRF guard refuses `url` (scheme, literal IP; hostnames too if `resolve`)."""
+    try:
+        check_url(url, allow, resolve=resolve)
+    except SsrfError as exc:
+        return f"url refused by the SSRF guard ({exc.rule}): {exc}"
+    return None
+
+
+def downstream_problems(config: Config) -> list[str]:
+    """Every key-material and literal-address problem of the `[[downstream]]` tables."""
+    problems: list[str] = []
+    o = config.outbox
+    if len(config.downstream) > 1 and o.per_endpoint_concurrency >= o.concurrency:
+        problems.append(
+            f"{config.source}: [outbox] per_endpoint_concurrency ({o.per_endpoint_concurrency})"
+            f" must be below concurrency ({o.concurrency}) with several [[downstream]] "
+            "endpoints, or one slow endpoint could take every slot")
+    try:
+        allow = parse_allow_networks(config.outbox.allow_networks)
+    except ValueError as exc:
+        return [str(exc)]
+    for i, ds in enumerate(config.downstream):
+        split_keys(ds.name, config.credentials.downstream_secrets.get(ds.name, ()), problems)
+        problem = url_problem(ds.url, allow)
+        if problem is not None:
+            problems.append(f"{config.source}: {downstream_where(i, ds)} {problem}")
+    return problems
 
 
 def _build_section(cls: type[Any], table: Mapping[str, Any], where: str,

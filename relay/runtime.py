@@ -8,7 +8,7 @@ from collections.abc import Callable
 from relay.config import Config
 from relay.core.domain import EntitlementPolicy
 from relay.core.poll_policy import PollPolicy
-from relay.store.pipeline import Route, Rules
+from relay.core.rules import Route, Rules
 
 
 def rules_from(config: Config, paused: frozenset[str] = frozenset()) -> Rules:

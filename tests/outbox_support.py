@@ -10,10 +10,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.core.domain import EventView, Snapshot, State
-from relay.outbox.worker import OUTBOX_KEY, Outbox
+from relay.outbox.worker import Outbox
 from relay.store import pipeline
 from relay.store.models import Attempt, Delivery
-from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.web.appkeys import OUTBOX_KEY, RUNTIME_KEY, STORE_KEY
 from tests.conftest import Clock
 
 _counter = itertools.count(1)

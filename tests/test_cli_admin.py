@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from relay.config import DownstreamConfig
-from relay.outbox.receiver import DownstreamReceiver
-from relay.outbox.signing import (
+from relay.core.signing import (
     parse_public_key,
     parse_secret,
     parse_signing_key,
 )
+from relay.outbox.receiver import DownstreamReceiver
 from relay.service import cli
 from tests.conftest import ADMIN_TOKEN, Clock, RelayFactory, make_config
 from tests.outbox_support import App, deliveries, emit, now_clock, outbox_of

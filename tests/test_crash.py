@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from relay.attesto.simulator import AttestoSimulator
-from relay.outbox.signing import WebhookSignatureError, parse_secret, verify_headers
+from relay.core.signing import WebhookSignatureError, parse_secret, verify_headers
 from tests.crash_support import (
     DOWNSTREAM_SECRET,
     WEBHOOK_SECRET,

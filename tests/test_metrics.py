@@ -10,9 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.attesto.simulator import AttestoSimulator
 from relay.config import DownstreamConfig
 from relay.outbox.receiver import DownstreamReceiver
-from relay.outbox.worker import OUTBOX_KEY
 from relay.store.models import Purchase
-from relay.web.appkeys import STORE_KEY
+from relay.web.appkeys import OUTBOX_KEY, STORE_KEY
 from tests.conftest import ADMIN_TOKEN, Clock, RelayFactory, auth
 from tests.test_scheduler_attesto import due_now
 from tests.verify_support import DAY_MS, verify_config

@@ -16,16 +16,17 @@ from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from relay.config import DownstreamConfig, Secret
-from relay.outbox.deliver import delivery_session
-from relay.outbox.receiver import DownstreamReceiver
-from relay.outbox.signing import (
+from relay.core.addresses import parse_allow_networks
+from relay.core.signing import (
     generate_ed25519_keypair,
     generate_secret,
     parse_public_key,
     parse_secret,
     verify_headers,
 )
-from relay.outbox.ssrf import GuardedResolver, parse_allow_networks
+from relay.outbox.deliver import delivery_session
+from relay.outbox.receiver import DownstreamReceiver
+from relay.outbox.ssrf import GuardedResolver
 from relay.outbox.worker import Outbox
 from relay.store.models import EndpointState, Event
 from relay.web.appkeys import RUNTIME_KEY, STORE_KEY

@@ -10,12 +10,12 @@ import pytest
 
 from relay.config import StoreConfig
 from relay.core.retry_policy import Verdict
+from relay.core.rules import Route, Rules
 from relay.outbox import queue as outbox_db
 from relay.outbox.queue import Claimed, Outcome
 from relay.store import pipeline
 from relay.store.database import Store
 from relay.store.models import Attempt, Delivery, EndpointState
-from relay.store.pipeline import Route, Rules
 
 NOW = 1_800_000_000_000
 RULES = Rules(routes=(Route("billing"),))

@@ -11,8 +11,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from relay.config import ConfigError, DownstreamConfig, load_config
 from relay.outbox.receiver import DownstreamReceiver
-from relay.outbox.worker import RESOLVER_KEY
 from relay.web.app import create_app
+from relay.web.appkeys import RESOLVER_KEY
 from tests.conftest import Clock, make_config
 from tests.outbox_support import deliveries, emit, now_clock, outbox_of
 

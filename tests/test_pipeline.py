@@ -10,10 +10,10 @@ import pytest
 
 from relay.core.domain import Snapshot, State
 from relay.core.errors import ConflictError
+from relay.core.rules import Route, Rules
 from relay.store import pipeline
 from relay.store.database import Store
 from relay.store.models import AppUser, Delivery, Event, Purchase
-from relay.store.pipeline import Route, Rules
 from tests.store_support import store_config
 
 DAY = 86_400_000

@@ -12,10 +12,10 @@ import pytest
 
 from relay.core.domain import Snapshot, State
 from relay.core.errors import ConflictError
+from relay.core.rules import Route, Rules
 from relay.store import pipeline, statements
 from relay.store.database import Store
 from relay.store.models import AppUser, Delivery, Event, Purchase
-from relay.store.pipeline import Route, Rules
 from tests.store_support import store_config
 
 NOW = 1_800_000_000_000

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from relay.config import load_config
+from relay.core.signing import generate_secret
 from relay.outbox.receiver import DownstreamReceiver
-from relay.outbox.signing import generate_secret
-from relay.outbox.worker import OUTBOX_KEY
 from relay.service import cli
 from relay.web.app import create_app
+from relay.web.appkeys import OUTBOX_KEY
 from tests.outbox_support import emit, now_clock
 
 OLD, NEW = generate_secret(), generate_secret()

@@ -12,14 +12,14 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
-from relay.outbox.ssrf import (
-    GuardedResolver,
+from relay.core.addresses import (
     Network,
     SsrfError,
     check_address,
     check_url,
     parse_allow_networks,
 )
+from relay.outbox.ssrf import GuardedResolver
 
 NONE: tuple[Network, ...] = ()
 LOOPBACK = parse_allow_networks(["127.0.0.0/8", "::1"])

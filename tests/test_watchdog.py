@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.outbox.worker import OUTBOX_KEY
+from relay.web.appkeys import OUTBOX_KEY
 from tests.conftest import RelayFactory
 
 

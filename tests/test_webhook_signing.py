@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from relay.outbox.signing import (
+from relay.core.signing import (
     WebhookSignatureError,
     generate_ed25519_keypair,
     generate_secret,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from relay.core import ids
 from relay.core.domain import EventView, PurchaseView, Snapshot
 from relay.core.normalizer import Normalized, refund_snapshot
+from relay.core.rules import Rules
 from relay.store import lookups, pipeline, statements
-from relay.store.pipeline import Rules
 
 
 @dataclass(frozen=True, slots=True)

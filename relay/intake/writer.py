@@ -29,7 +29,9 @@ from peewee import Database
 from relay import systemd
 from relay.config import Config, ConfigError, load_config
 from relay.core.errors import BadRequestError
+from relay.core.json_object import parse_json_object
 from relay.core.normalizer import Normalized, normalize
+from relay.core.rules import Rules
 from relay.intake import wire
 from relay.intake.inbox import Delivered, Inbound, Outcome, ingest_many
 from relay.outbox import queue as outbox_db
@@ -37,8 +39,6 @@ from relay.runtime import rules_from
 from relay.store import migrations
 from relay.store.database import UNAVAILABLE, exclusive_write, make_database
 from relay.store.models import database
-from relay.store.pipeline import Rules
-from relay.web.bodies import parse_json_object
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 from peewee import Case, fn
 
 from relay.core.domain import iso
+from relay.core.rules import Route
 from relay.store.models import Attempt, Delivery, Event
-from relay.store.pipeline import Route
 
 STATUSES = ("pending", "held", "delivered", "dead", "failed")  # failed: pending, retrying
 

@@ -18,12 +18,12 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from relay import __version__
-from relay.config import ConfigError
+from relay.config import ConfigError, url_problem
+from relay.core.addresses import Network, SsrfError
 from relay.core.retry_policy import Decision, Verdict, decide
-from relay.outbox.endpoints import Endpoint, url_problem
+from relay.core.signing import sign_headers
+from relay.outbox.endpoints import Endpoint
 from relay.outbox.queue import Claimed, Outcome
-from relay.outbox.signing import sign_headers
-from relay.outbox.ssrf import Network, SsrfError
 
 log = logging.getLogger(__name__)
 

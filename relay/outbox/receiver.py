@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.outbox.signing import WebhookSignatureError, parse_secret, verify_headers
+from relay.core.signing import WebhookSignatureError, parse_secret, verify_headers
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 One transaction per cycle records every finished attempt and claims more; claimed rows
 wait in a per-endpoint ready queue so a freed slot is refilled without a round trip to
-the store. The worker task and the delivery session live in `outbox_ctx`.
+the store. The worker task and the delivery session live in `relay.web.contexts`.
 
 Pauses live in `endpoint_state`, shared by every process on the database: each cycle
 reads it in its transaction (and skips those endpoints), and every sweep does even when
@@ -17,12 +17,10 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
-from aiohttp import web
-from aiohttp.abc import AbstractResolver
 
 from relay.config import Config
 from relay.core.retry_policy import Verdict
@@ -31,10 +29,8 @@ from relay.outbox import deliver
 from relay.outbox import queue as outbox_db
 from relay.outbox.endpoints import Endpoint, build_endpoints
 from relay.outbox.queue import Claimed, CycleResult, Outcome
-from relay.outbox.ssrf import GuardedResolver, parse_allow_networks
 from relay.runtime import Runtime
 from relay.store.database import Store
-from relay.web.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -515,30 +511,3 @@ class Outbox:
         if outcome.verdict == Verdict.DELIVERED and c.created_ms:
             finished_ms = outcome.started_ms + outcome.duration_ms
             series[1].observe(max(0, finished_ms - c.created_ms) / 1000)
-
-
-OUTBOX_KEY = web.AppKey("outbox", Outbox)
-# Tests map hostnames to addresses with their own resolver; the guard still wraps it.
-RESOLVER_KEY = web.AppKey("outbox_resolver", AbstractResolver)
-
-
-async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Refuse unusable endpoints (ConfigError), then run the worker until the app stops."""
-    runtime, store = app[RUNTIME_KEY], app[STORE_KEY]
-    config = runtime.config
-    endpoints = build_endpoints(config)
-    allow = parse_allow_networks(config.outbox.allow_networks)
-    resolver = GuardedResolver(allow, app.get(RESOLVER_KEY))
-    session = deliver.delivery_session(resolver, config.outbox.concurrency)
-    try:
-        await deliver.check_hostnames(resolver, endpoints, allow, config.source)
-        outbox = Outbox(store, runtime, session, endpoints, metrics=app[METRICS_KEY])
-        app[OUTBOX_KEY] = outbox
-        store.add_commit_listener(outbox.wake)
-        await outbox.start()
-        log.info("outbox started: %d endpoint(s), %d active", len(endpoints),
-                 len(outbox.active_endpoints()))
-        yield
-        await outbox.stop()
-    finally:
-        await session.close()

@@ -17,11 +17,10 @@ from aiohttp import web
 from relay import __version__, systemd
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.log import AccessLogger, configure_logging
-from relay.outbox.worker import OUTBOX_KEY
 from relay.service import cli_admin, workers
 from relay.store.migrations import SchemaError
 from relay.web.app import create_app
-from relay.web.appkeys import ATTESTO_KEY, RUNTIME_KEY
+from relay.web.appkeys import ATTESTO_KEY, OUTBOX_KEY, RUNTIME_KEY
 
 log = logging.getLogger("relay.cli")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.config import find_config_path, load_config
-from relay.outbox.signing import generate_ed25519_keypair, generate_secret
+from relay.core.signing import generate_ed25519_keypair, generate_secret
 from relay.service.admin_client import AdminClient, AdminError
 
 AddParser = Callable[[str, str], argparse.ArgumentParser]

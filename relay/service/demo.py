@@ -20,13 +20,12 @@ from aiohttp import web
 
 from relay.attesto.simulator import AttestoSimulator
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
+from relay.core.signing import generate_secret
 from relay.outbox.receiver import DownstreamReceiver
-from relay.outbox.signing import generate_secret
-from relay.outbox.worker import OUTBOX_KEY
 from relay.scheduler.repoll import claim_due
 from relay.store.models import Purchase
 from relay.web.app import create_app
-from relay.web.appkeys import SCHEDULER_KEY, STORE_KEY
+from relay.web.appkeys import OUTBOX_KEY, SCHEDULER_KEY, STORE_KEY
 
 DAY_MS = 86_400_000
 Out = Callable[[str], None]

@@ -13,8 +13,8 @@ from typing import Any
 from relay.core import ids
 from relay.core.domain import Entitlement, PurchaseView, Snapshot, entitlements_of
 from relay.core.errors import ConflictError
+from relay.core.rules import Rules
 from relay.store.models import AppUser, Purchase, database
-from relay.store.pipeline import Rules
 
 _COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
             "base_plan_id", "state", "state_reason", "environment", "expires_ms", "auto_renew",

@@ -8,16 +8,14 @@ decision per snapshot, then a few multi-row statements via `statements`).
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.core import ids
 from relay.core.domain import (
     ENTITLED_STATES,
-    EntitlementPolicy,
     EventView,
     PurchaseView,
     Snapshot,
@@ -27,38 +25,10 @@ from relay.core.domain import (
     iso,
 )
 from relay.core.errors import ConflictError
-from relay.core.poll_policy import PollPolicy, next_poll_ms
+from relay.core.poll_policy import next_poll_ms
+from relay.core.rules import Route, Rules
 from relay.store import statements
 from relay.store.models import Purchase
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A downstream endpoint as the fan-out sees it."""
-
-    name: str
-    events: tuple[str, ...] = ("*",)
-    platforms: tuple[str, ...] = ()
-    environments: tuple[str, ...] = ()
-    active: bool = True  # False: rows are stored as held
-
-    def matches(self, event_type: str, platform: str | None, environment: str | None) -> bool:
-        if self.platforms and platform not in self.platforms:
-            return False
-        if self.environments and environment not in self.environments:
-            return False
-        return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in self.events)
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """Everything from the configuration that applying a snapshot needs."""
-
-    routes: tuple[Route, ...] = ()
-    entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    owner_conflict: str = "transfer"
-    entitlement_policy: EntitlementPolicy = field(default_factory=EntitlementPolicy)
-    poll: PollPolicy = field(default_factory=PollPolicy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from relay.core.domain import (
     is_entitled,
 )
 from relay.core.errors import RelayError, UpstreamError
+from relay.core.rules import Rules
 from relay.core.verify_snapshot import (
     AttestoResponseError,
     apple_snapshot,
@@ -223,7 +224,7 @@ class VerifyWrite:
 
     snap: Snapshot
     linked: str | None  # Google: the linkedPurchaseToken Attesto reported
-    rules: pipeline.Rules
+    rules: Rules
     now_ms: int
     with_entitlements: bool
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from relay.attesto.client import AttestoClient
 from relay.intake.link import IngestLink
 from relay.metrics import Metrics
+from relay.outbox.worker import Outbox
 from relay.runtime import Runtime
 from relay.scheduler.clock import Scheduler
 from relay.store.database import Store
@@ -19,3 +21,6 @@ ATTESTO_KEY = web.AppKey("attesto", AttestoClient)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
 INGEST_LINK_KEY = web.AppKey("ingest_link", IngestLink)  # only with [server] ingest_writer
+OUTBOX_KEY = web.AppKey("outbox", Outbox)
+# Tests map hostnames to addresses with their own resolver; the guard still wraps it.
+RESOLVER_KEY = web.AppKey("outbox_resolver", AbstractResolver)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
-from relay.core.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from relay.core.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from relay.core.json_object import parse_json_object
 
 JSON_TYPES = ("application/json", "")
 
@@ -22,21 +22,6 @@ async def read_capped(request: web.Request, max_bytes: int) -> bytes:
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes",
                                    details={"max_bytes": max_bytes}) from None
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequestError("body is not valid UTF-8", code="invalid_json") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(f"body is not valid JSON: {exc.msg} at position {exc.pos}",
-                              code="invalid_json") from None
-    if not isinstance(value, dict):
-        raise BadRequestError("body must be a JSON object", code="invalid_json")
-    return value
 
 
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:

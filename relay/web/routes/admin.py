@@ -11,11 +11,11 @@ from aiohttp import web
 
 from relay.core.domain import PLATFORMS, iso, parse_time_ms
 from relay.core.errors import BadRequestError, NotFoundError
+from relay.core.rules import Route
 from relay.outbox import admin as delivery_admin
 from relay.outbox import queue as outbox_db
-from relay.outbox.worker import OUTBOX_KEY, Outbox
-from relay.store.pipeline import Route
-from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.outbox.worker import Outbox
+from relay.web.appkeys import OUTBOX_KEY, RUNTIME_KEY, STORE_KEY
 from relay.web.auth import check_admin_token
 from relay.web.bodies import read_json_object
 

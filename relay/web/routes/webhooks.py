@@ -23,10 +23,11 @@ from relay.core.errors import (
     StoreUnavailableError,
     UnauthorizedError,
 )
+from relay.core.json_object import parse_json_object
 from relay.core.normalizer import envelope_ids, normalize
 from relay.intake.inbox import Delivered, Inbound, ingest_many
 from relay.web.appkeys import INGEST_LINK_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
-from relay.web.bodies import parse_json_object, read_capped
+from relay.web.bodies import read_capped
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from relay import systemd
-from relay.outbox.worker import OUTBOX_KEY
-from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.web.appkeys import OUTBOX_KEY, RUNTIME_KEY, STORE_KEY
 
 log = logging.getLogger(__name__)
 
