@@ -1,4 +1,8 @@
-"""Logging set-up: plain (journald-aware) or JSON lines, written off the event loop."""
+"""Logging set-up: plain (journald-aware) or JSON lines, written off the event loop.
+
+Logger names appear in every line, so they are fixed names (`relay.outbox`,
+`relay.repoll`, ...) that predate the package layout, not module paths.
+"""
 
 from __future__ import annotations
 

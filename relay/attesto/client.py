@@ -33,7 +33,7 @@ from relay.core.errors import (
 )
 from relay.metrics import Metrics
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.attesto")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.1

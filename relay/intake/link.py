@@ -18,7 +18,7 @@ from relay.core.errors import BadRequestError, StoreUnavailableError
 from relay.intake import wire
 from relay.intake.inbox import Inbound, Outcome
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.ingest_link")
 
 
 def _unavailable(detail: str) -> StoreUnavailableError:

@@ -40,7 +40,7 @@ from relay.store import migrations
 from relay.store.database import UNAVAILABLE, exclusive_write, make_database
 from relay.store.models import database
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.ingest_writer")
 
 SEND_TIMEOUT_S = 10.0  # a web worker that does not read its answers for this long is dropped
 PARENT_CHECK_S = 1.0  # how often an idle writer checks that its supervisor still runs

@@ -25,7 +25,7 @@ from relay.core.signing import sign_headers
 from relay.outbox.endpoints import Endpoint
 from relay.outbox.queue import Claimed, Outcome
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.deliver")
 
 EXCERPT_BYTES = 256  # first bytes of a response kept with the attempt
 START_LOOKUP_TIMEOUT_S = 5.0  # a slow DNS delays the start by at most this per endpoint

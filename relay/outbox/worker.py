@@ -32,7 +32,7 @@ from relay.outbox.queue import Claimed, CycleResult, Outcome
 from relay.runtime import Runtime
 from relay.store.database import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.outbox")
 
 ERROR_BACKOFF_S = 1.0  # wait after a failed cycle (store unavailable) before the next
 RECORD_WITHIN_S = 0.05  # a finished attempt is recorded at most this long after

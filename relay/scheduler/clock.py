@@ -24,7 +24,7 @@ from relay.store.database import Store
 from relay.store.housekeeping import prune
 from relay.store.leases import take_lease
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.scheduler")
 
 HOUSEKEEPING_S = 3600.0
 

@@ -32,7 +32,7 @@ from relay.store.database import Store
 from relay.store.models import Purchase
 from relay.store.pipeline import Applied, view_of
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.repoll")
 
 # Returns what Attesto says now (a Snapshot, observed at poll time), or None when
 # Attesto gave a verdict with no usable state (e.g. not found). Raises UpstreamError

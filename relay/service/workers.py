@@ -36,7 +36,7 @@ from relay import systemd
 from relay.config import Config
 from relay.intake import wire as ingest_wire
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.workers")
 
 LISTEN_FD_ENV = "RELAY_LISTEN_FD"  # a worker serves this inherited listening socket
 WORKER_ENV = "RELAY_WORKER"  # "i/N": which worker this process is

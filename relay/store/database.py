@@ -44,7 +44,7 @@ from relay.core.errors import BadRequestError, StoreUnavailableError
 from relay.store import migrations
 from relay.store.models import database
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.store")
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from relay.store.database import Store
 from relay.store.models import Attempt, Delivery, Inbox
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.housekeeping")
 
 BATCH = 1000
 

@@ -25,7 +25,7 @@ from relay.store.models import (
     Purchase,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.migrations")
 
 
 class SchemaError(Exception):

@@ -34,7 +34,7 @@ from relay.runtime import Runtime
 from relay.store import lookups, pipeline
 from relay.store.database import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.verification")
 
 RESTORE_CONCURRENCY = 8
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from relay.config import Config
 from relay.core.errors import NotConfiguredError, UnauthorizedError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.auth")
 
 _HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 

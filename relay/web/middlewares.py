@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 from relay.core import ids
 from relay.core.errors import RelayError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.middlewares")
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

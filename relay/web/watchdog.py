@@ -16,7 +16,7 @@ from aiohttp import web
 from relay import systemd
 from relay.web.appkeys import OUTBOX_KEY, RUNTIME_KEY, STORE_KEY
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.watchdog")
 
 STALL_FLOOR_S = 30.0  # the outbox may spend this long in one cycle before it counts as stuck
 

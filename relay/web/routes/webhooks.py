@@ -29,7 +29,7 @@ from relay.intake.inbox import Delivered, Inbound, ingest_many
 from relay.web.appkeys import INGEST_LINK_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.web.bodies import read_capped
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.routes.webhooks")
 
 # Kept with the inbox row (never the signature): enough to audit a delivery later.
 KEPT_HEADERS = ("Content-Type", "User-Agent", "X-Attesto-Event", "X-Attesto-Event-Id",
