@@ -153,6 +153,10 @@ def configure_logging(level: str = "info", fmt: str = "plain",
     _writer = LogWriter(sys.stderr, formatter)
     root.addHandler(_Enqueue(_writer.queue))
     root.setLevel(level.upper())
+    # APScheduler logs two INFO lines per job run (every tick: ~35,000 a day); relay logs
+    # what its jobs did. Its warnings and errors still show; everything at debug level.
+    logging.getLogger("apscheduler").setLevel(
+        logging.DEBUG if level.lower() == "debug" else logging.WARNING)
     # No format here uses the caller's file and line, thread or process: do not collect
     # them for every record (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None

@@ -41,6 +41,24 @@ def test_json_lines_carry_the_ids() -> None:
     assert doc["level"] == "info" and doc["logger"] == "relay.x"
 
 
+APSCHEDULER = ("import logging,sys; from relay.log import configure_logging; "
+               "configure_logging(sys.argv[1], 'plain'); "
+               "logging.getLogger('apscheduler.executors.default').info('Running job tick'); "
+               "logging.getLogger('apscheduler.scheduler').warning('Run time was missed')")
+
+
+def test_apscheduler_job_lines_only_at_debug() -> None:
+    def lines(level: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", APSCHEDULER, level], capture_output=True,
+                             text=True, env={"PYTHONPATH": str(ROOT), "JOURNAL_STREAM": "8:1"},
+                             timeout=30)
+        return out.stderr.splitlines()
+
+    assert lines("info") == ["WARNING apscheduler.scheduler: Run time was missed"]
+    assert lines("debug") == ["INFO apscheduler.executors.default: Running job tick",
+                              "WARNING apscheduler.scheduler: Run time was missed"]
+
+
 def test_access_log_is_quiet_for_health(caplog) -> None:  # type: ignore[no-untyped-def]
     logger = logging.getLogger("test.access")
     access = AccessLogger(logger, "")
