@@ -65,4 +65,4 @@ def test_logger_names_are_the_published_ones() -> None:
             elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "getLogger"
                     and node.args):
                 names.add(f"<computed in {path.relative_to(ROOT)}>")
-    assert names - {"relay"} == LOGGERS
+    assert {n for n in names if n.startswith(("relay.", "<"))} == LOGGERS
