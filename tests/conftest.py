@@ -17,7 +17,7 @@ from relay.attesto.simulator import AttestoSimulator
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
 from relay.outbox.receiver import DownstreamReceiver
 from relay.web.app import create_app
-from tests.store_support import (  # noqa: F401
+from tests.support.store import (  # noqa: F401
     _drop_remaining_databases,
     _drop_test_databases,
     store_config,

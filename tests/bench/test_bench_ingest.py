@@ -1,0 +1,51 @@
+"""bench/ingest.py: its deliveries are ones relay accepts, and it runs end to end (tiny)."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import pytest
+
+from tests.conftest import RelayFactory
+from tests.support.webhooks import PATH, counts
+
+bench = importlib.import_module("bench.ingest")  # the worktree root is on sys.path
+
+
+async def test_bench_deliveries_are_signed_unique_and_accepted(
+        relay_factory: RelayFactory) -> None:
+    client = await relay_factory(webhook_secrets=(bench.SECRET,))
+    lines = bench._make_chunk((0, 40, 10, int(time.time()), 0))
+    assert len({line.split("\t")[0] for line in lines}) == 40
+    statuses = []
+    for line in lines:
+        eid, event, ts, sig, body = line.split("\t", 4)
+        resp = await client.post(PATH, data=body.encode(), headers={
+            "Content-Type": "application/json", "X-Attesto-Event": event,
+            "X-Attesto-Event-Id": eid, "X-Attesto-Timestamp": ts, "X-Attesto-Signature": sig})
+        statuses.append((resp.status, (await resp.json())["status"]))
+    assert statuses == [(200, "accepted")] * 40
+    got = await counts(client)
+    assert got["inbox"] == 40 and got["purchase"] == 10  # four deliveries per purchase
+
+
+@pytest.mark.slow
+def test_ingest_bench_runs_and_reports_ratios() -> None:
+    figures = bench.main(["--duration", "1", "--warmup", "1", "--connections", "8",
+                          "--ceiling-pool", "400", "--loadgen", "python"])
+    c, r = figures["ceiling"], figures["relay"]
+    assert c["non2xx"] == 0 and r["non2xx"] == 0 and r["duplicates"] == 0
+    assert r["accepted"] > 0 and r["stored_ok"]
+    assert figures["ratio"]["accepted_per_s"] == r["accepted_per_s"] / c["accepted_per_s"]
+    b = figures["bypassed"]  # the same deliveries, store answered at once
+    assert b["accepted"] > 0 and b["non2xx"] == 0 and b["cpu_us_per_delivery"] > 0
+
+
+@pytest.mark.slow
+def test_ingest_bench_runs_relay_with_its_ingest_writer() -> None:
+    figures = bench.main(["--duration", "1", "--warmup", "1", "--connections", "8",
+                          "--ceiling-pool", "400", "--loadgen", "python", "--ingest-writer"])
+    r = figures["relay"]
+    assert figures["ingest_writer"] and "bypassed" not in figures
+    assert r["accepted"] > 0 and r["non2xx"] == 0 and r["duplicates"] == 0 and r["stored_ok"]
