@@ -245,7 +245,7 @@ def _verify(samples: list[dict[str, Any]], secret: str) -> tuple[int, str]:
         key = parse_secret(secret)
         for s in samples:
             verify_headers(s["headers"], s["body"].encode(), [key], now_s=int(s["at"]))
-        return len(samples), "relay.webhook_signing"
+        return len(samples), "relay.core.signing"
     hook = Webhook(secret)
     for s in samples:
         assert hook.verify(s["body"], s["headers"])["id"] == s["headers"]["webhook-id"]

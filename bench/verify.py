@@ -2,7 +2,7 @@
 
     /tmp/v/bin/python bench/verify.py [--duration 5] [--concurrency 64] [--requests 1000]
 
-Four processes: the fake Attesto (relay.simulator), relay (`relay.cli.serve`, real
+Four processes: the fake Attesto (relay.attesto.simulator), relay (`relay.service.cli.serve`, real
 SQLite file, production pragmas), this load generator (aiohttp) and, for latency only,
 the floor: a bare aiohttp proxy to the fake that commits one row to SQLite with the
 same pragmas before it answers (what any durable verify proxy on aiohttp costs here).

@@ -1,4 +1,4 @@
-"""Tests for relay.attesto_signature: the Attesto §4.2 vector, window, rotation, parsing."""
+"""Tests for relay.attesto.signature: the Attesto §4.2 vector, window, rotation, parsing."""
 
 import pytest
 from hypothesis import given

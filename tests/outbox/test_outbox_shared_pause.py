@@ -42,7 +42,7 @@ def clock() -> Clock:
 
 
 class _PerStoreThread(DatabaseProxy):
-    """`relay.models.database` when two Stores share one process: each store thread uses
+    """`relay.store.models.database` when two Stores share one process: each store thread uses
     the Database its own Store initialized (relay has one Store per process, so the proxy
     is global; separate processes need none of this)."""
 

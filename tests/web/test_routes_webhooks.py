@@ -1,6 +1,6 @@
 """The Attesto webhook receiver over HTTP: signatures, exactly-once, failures, status codes.
 
-Every delivery is built and signed byte-exact by the fake Attesto (relay.simulator); relay
+Every delivery is built and signed byte-exact by the fake Attesto (relay.attesto.simulator); relay
 runs as the real app on a real SQLite file, its clock injected.
 """
 

@@ -1,4 +1,5 @@
-"""Tests for relay.ssrf: address rules, URL checks with a fake resolver, and GuardedResolver.
+"""Tests for relay.core.addresses and relay.outbox.ssrf: address rules, URL checks with a
+fake resolver, and GuardedResolver.
 
 No network: the only real connections go to a test server on 127.0.0.1.
 """

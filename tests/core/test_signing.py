@@ -1,4 +1,4 @@
-"""Tests for relay.webhook_signing, cross-checked against the `standardwebhooks` package."""
+"""Tests for relay.core.signing, cross-checked against the `standardwebhooks` package."""
 
 import base64
 import time
