@@ -1,0 +1,116 @@
+"""Hostile peers and callers against a real `relay serve` process (issue 16).
+
+Each test starts the daemon as a subprocess on 127.0.0.1 (tests/crash_support.py), talks
+to it over real sockets and reads its real log on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay.receiver import DownstreamReceiver
+from relay.simulator import AttestoSimulator
+from tests.conftest import ADMIN_TOKEN, auth
+from tests.crash_support import WEBHOOK_PATH, WEBHOOK_SECRET, RelayProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[RelayProcess]]:
+    """Every daemon a test starts is stopped after it, whatever happened."""
+    started: list[RelayProcess] = []
+    yield started
+    for relay in started:
+        if relay.proc is not None:
+            await relay.kill()
+
+
+async def serve(processes: list[RelayProcess], relay: RelayProcess) -> RelayProcess:
+    processes.append(relay)
+    await relay.start()
+    return relay
+
+
+def first_purchase(sim: AttestoSimulator, n: int) -> bytes:
+    """A signed-ready SUBSCRIBED delivery for a new Apple subscription `n`."""
+    now_ms = int(time.time() * 1000)
+    txn = sim.add_apple(transaction_id=f"t{n}", original_transaction_id=f"o{n}",
+                        product_id="com.example.premium", expires_ms=now_ms + 86_400_000,
+                        purchase_ms=now_ms - 60_000)
+    return sim.apple_webhook("SUBSCRIBED", txn, subtype="INITIAL_BUY", auto_renew=True)
+
+
+async def webhook(session: aiohttp.ClientSession, sim: AttestoSimulator, relay: RelayProcess,
+                  body: bytes) -> None:
+    status, text = await sim.deliver(session, relay.base + WEBHOOK_PATH, body,
+                                     secret=WEBHOOK_SECRET)
+    assert status == 200, text
+
+
+async def admin_get(session: aiohttp.ClientSession, relay: RelayProcess,
+                    path: str) -> Any:
+    async with session.get(relay.base + path, headers=auth(ADMIN_TOKEN)) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+def when(iso_time: str) -> float:
+    return dt.datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+
+
+# ---- 1, 2: delivery survives any downstream answer --------------------------------------
+
+
+async def test_retry_after_zero_does_not_spend_the_retry_schedule(
+        tmp_path: Path, sim: AttestoSimulator, receiver: DownstreamReceiver,
+        receiver_url: str, processes: list[RelayProcess]) -> None:
+    """1. downstream answers 503 with `Retry-After: 0`  2. relay waits the scheduled hour
+    (RFC 9110 §10.2.3: Retry-After says how long the client *ought* to wait, a minimum), not
+    zero seconds; the row stays pending with its retries intact."""
+    receiver.reply_next(503, times=5, headers={"Retry-After": "0"})
+    relay = await serve(processes, RelayProcess(
+        tmp_path, receiver_url, retry_schedule="[3600, 3600, 3600]",
+        env={"RELAY_CREDENTIAL_ADMIN_TOKEN": ADMIN_TOKEN}))
+    async with aiohttp.ClientSession() as session:
+        await webhook(session, sim, relay, first_purchase(sim, 1))
+        await receiver.wait_for(1)
+        async with asyncio.timeout(10):
+            while not (rows := (await admin_get(session, relay, "/v1/admin/deliveries"))[
+                    "deliveries"]) or rows[0]["attempts"] < 1:
+                await asyncio.sleep(0.05)
+        row = await admin_get(session, relay, f"/v1/admin/deliveries/{rows[0]['id']}")
+    assert (row["status"], row["attempts"], row["last_status"]) == ("pending", 1, 503)
+    waited = when(row["next_attempt_at"]) - when(row["history"][0]["started_at"])
+    assert waited >= 3600 * 0.8  # the first step of the schedule, less its jitter
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "9" * 5000])
+async def test_a_retry_after_int_cannot_read_does_not_stop_delivery(
+        tmp_path: Path, sim: AttestoSimulator, receiver: DownstreamReceiver,
+        receiver_url: str, processes: list[RelayProcess], retry_after: str) -> None:
+    """1. the endpoint's only lane gets a 503 whose Retry-After passes str.isdigit() but not
+    int()  2. it is a failed attempt like another (`²` is no delay-seconds: the schedule
+    applies; 5,000 digits are a delay longer than any cap: a day)  3. the lane lives on:
+    a second event is delivered."""
+    receiver.reply_next(503, headers={"Retry-After": retry_after})
+    relay = await serve(processes, RelayProcess(
+        tmp_path, receiver_url, env={"RELAY_OUTBOX__PER_ENDPOINT_CONCURRENCY": "1"}))
+    async with aiohttp.ClientSession() as session:
+        await webhook(session, sim, relay, first_purchase(sim, 1))
+        [refused] = await receiver.wait_for(1)
+        await webhook(session, sim, relay, first_purchase(sim, 2))
+        while not [r for r in receiver.received
+                   if r.headers["webhook-id"] != refused.headers["webhook-id"]]:
+            await receiver.wait_for(len(receiver.received) + 1, timeout_s=15)
+    assert all(r.signature_ok for r in receiver.received)
+    assert not [line for line in relay.log_lines if "Traceback" in line]
