@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,10 +19,18 @@ import pytest
 
 from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
-from tests.conftest import ADMIN_TOKEN, auth
+from tests.conftest import ADMIN_TOKEN, API_KEY, JWT_SECRET, auth
 from tests.crash_support import WEBHOOK_PATH, WEBHOOK_SECRET, RelayProcess
 
 pytestmark = pytest.mark.slow
+
+# Every credential but the webhook and downstream secrets (RelayProcess sets those).
+SERVICE_CREDENTIALS = {
+    "RELAY_CREDENTIAL_ATTESTO_API_KEY": AttestoSimulator.api_key,
+    "RELAY_CREDENTIAL_API_KEYS": "backend:" + hashlib.sha256(API_KEY.encode()).hexdigest(),
+    "RELAY_CREDENTIAL_ADMIN_TOKEN": ADMIN_TOKEN,
+    "RELAY_CREDENTIAL_JWT_KEY": JWT_SECRET,
+}
 
 
 @pytest.fixture
@@ -114,3 +123,46 @@ async def test_a_retry_after_int_cannot_read_does_not_stop_delivery(
             await receiver.wait_for(len(receiver.received) + 1, timeout_s=15)
     assert all(r.signature_ok for r in receiver.received)
     assert not [line for line in relay.log_lines if "Traceback" in line]
+
+
+# ---- 4: log injection ----------------------------------------------------------------
+
+
+async def raw_request(port: int, request: bytes) -> bytes:
+    """Send `request` as it is on a fresh connection; return everything answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_caller_supplied_values_cannot_forge_journal_lines(
+        tmp_path: Path, sim: AttestoSimulator, attesto_url: str, receiver_url: str,
+        processes: list[RelayProcess]) -> None:
+    """Under systemd (JOURNAL_STREAM set) each stderr line is one journal entry, and a line
+    that starts with `<N>` gets priority N (sd-daemon(3): "<0>" is SD_EMERG; journald's
+    stream protocol, systemd.exec(5) SyslogLevelPrefix=, on by default).
+
+    1. a path with `%0A<0>` and an escape sequence  2. a verify whose user_id carries one
+    3. every such value is written escaped inside its own line: no line starts with `<`."""
+    relay = await serve(processes, RelayProcess(
+        tmp_path, receiver_url, extra_config=f'[attesto]\nbase_url = "{attesto_url}"\n',
+        env={"JOURNAL_STREAM": "8:12345", **SERVICE_CREDENTIALS}))
+    answer = await raw_request(relay.port, b"GET /x%0A%3C0%3Eforged%0D%1B%5B31m HTTP/1.1\r\n"
+                                           b"Host: relay\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.base + "/v1/verify/apple", headers=auth(), json={
+                "user_id": "victim\n<0>user\u2028forged", "transaction_id": "1"}) as resp:
+            assert resp.status == 200 and (await resp.json())["valid"] is False
+    path_line = await relay.logged("GET /x")
+    user_line = await relay.logged("user=victim")
+    assert "/x\\n<0>forged\\r\\x1b[31m 404" in path_line
+    assert "user=victim\\n<0>user\\u2028forged " in user_line
+    assert [line for line in relay.log_lines if line.startswith("<")] == []
+    assert not [line for line in relay.log_lines if "forged" in line
+                and line not in (path_line, user_line)]
