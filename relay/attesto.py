@@ -258,7 +258,7 @@ class AttestoClient:
             raw = await resp.read()
             try:
                 parsed = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # not JSON, or nested too deep
                 parsed = None
             body = parsed if isinstance(parsed, dict) else None
             return _Answer(resp.status, body, _retry_after(resp.headers, body))

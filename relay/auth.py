@@ -96,7 +96,7 @@ def check_user_jwt(config: Config, request: web.Request, now_s: float | None = N
         claims: dict[str, Any] = jwt.decode(
             token, material, algorithms=algorithms, options=options,  # type: ignore[arg-type]
             leeway=cfg.leeway_s, **kwargs)
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:  # deep JSON
         log.info("end-user JWT refused: %s", type(exc).__name__)
         raise UnauthorizedError("invalid token") from None
     sub = claims.get("sub")

@@ -377,3 +377,12 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker(session: aiohttp.Cli
     fake.t += 10
     assert (await c.verify_apple("t2")).error == "TRANSACTION_NOT_FOUND"
     assert breaker.state == BreakerState.CLOSED
+
+
+async def test_a_deeply_nested_answer_is_a_bad_response(session: aiohttp.ClientSession,
+                                                        aiohttp_server: Any) -> None:
+    deep = web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+    url = await scripted(aiohttp_server, [deep])
+    with pytest.raises(RelayError) as err:
+        await client(session, url, FakeTime()).verify_apple("t1")
+    assert (err.value.status, err.value.code) == (502, "attesto_bad_response")

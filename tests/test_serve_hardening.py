@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay.attesto_signature import sign_attesto
 from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
 from tests.conftest import ADMIN_TOKEN, API_KEY, JWT_SECRET, auth
@@ -166,3 +167,61 @@ async def test_caller_supplied_values_cannot_forge_journal_lines(
     assert [line for line in relay.log_lines if line.startswith("<")] == []
     assert not [line for line in relay.log_lines if "forged" in line
                 and line not in (path_line, user_line)]
+
+
+# ---- 6: deeply nested JSON -------------------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # 200 kB: under max_body_bytes, too deep for json
+
+
+def jwt_for(sub: str, header: bytes | None = None) -> str:
+    import base64
+
+    import jwt
+
+    token = jwt.encode({"sub": sub, "exp": int(time.time()) + 300}, JWT_SECRET,
+                       algorithm="HS256")
+    if header is None:
+        return token
+    _, payload, signature = token.split(".")
+    return ".".join((base64.urlsafe_b64encode(header).decode().rstrip("="), payload,
+                     signature))
+
+
+async def test_deeply_nested_json_is_a_400_everywhere(
+        tmp_path: Path, sim: AttestoSimulator, attesto_url: str, receiver_url: str,
+        processes: list[RelayProcess]) -> None:
+    """json.loads raises RecursionError (not a ValueError) past ~1,000 levels: every place
+    that parses JSON from outside answers a clear 4xx, and nothing logs a traceback."""
+    relay = await serve(processes, RelayProcess(
+        tmp_path, receiver_url, extra_config=f'[attesto]\nbase_url = "{attesto_url}"\n',
+        env=SERVICE_CREDENTIALS))
+    user = {"Authorization": f"Bearer {jwt_for('u1')}"}
+    async with aiohttp.ClientSession() as session:
+        t = int(time.time())
+        async with session.post(relay.base + WEBHOOK_PATH, data=DEEP, headers={
+                "Content-Type": "application/json", "X-Attesto-Event-Id": "evt_deep",
+                "X-Attesto-Timestamp": str(t),
+                "X-Attesto-Signature": sign_attesto(WEBHOOK_SECRET, t, DEEP)}) as resp:
+            body = await resp.json()
+            assert (resp.status, body["error"]["code"]) == (400, "invalid_json"), body
+        for path, headers in (("/v1/verify/apple", auth()), ("/v1/restore", auth()),
+                              ("/api/iap/verify/apple", user), ("/api/iap/restore", user),
+                              ("/v1/admin/replay", auth(ADMIN_TOKEN))):
+            async with session.post(relay.base + path, data=DEEP, headers={
+                    **headers, "Content-Type": "application/json"}) as resp:
+                body = await resp.json()
+                assert (resp.status, body["error"]["code"]) == (400, "invalid_json"), path
+        long_number = b'{"user_id": ' + b"1" * 5000 + b"}"  # int() refuses > 4,300 digits
+        async with session.post(relay.base + "/v1/verify/apple", data=long_number, headers={
+                **auth(), "Content-Type": "application/json"}) as resp:
+            assert resp.status == 400, await resp.text()
+        # a JWT whose header is nested too deep: a bare 401, like any bad token
+        deep_header = {"Authorization": f"Bearer {jwt_for('u1', b'[' * 5000 + b']' * 5000)}"}
+        async with session.get(relay.base + "/api/iap/entitlements",
+                               headers=deep_header) as resp:
+            assert resp.status == 401, await resp.text()
+    async with asyncio.timeout(5):
+        while not any("/api/iap/entitlements 401" in line for line in relay.log_lines):
+            await asyncio.sleep(0.05)
+    assert not [line for line in relay.log_lines if "Traceback" in line or " 500 " in line]
