@@ -225,3 +225,62 @@ async def test_deeply_nested_json_is_a_400_everywhere(
         while not any("/api/iap/entitlements 401" in line for line in relay.log_lines):
             await asyncio.sleep(0.05)
     assert not [line for line in relay.log_lines if "Traceback" in line or " 500 " in line]
+
+
+# ---- 5: ownership ----------------------------------------------------------------------
+
+
+async def verify_as(session: aiohttp.ClientSession, relay: RelayProcess, user: str,
+                    transaction_id: str) -> tuple[int, Any]:
+    async with session.post(relay.base + "/v1/verify/apple", headers=auth(),
+                            json={"user_id": user, "transaction_id": transaction_id}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_store_binding_to_another_user_is_proof_of_ownership(
+        tmp_path: Path, sim: AttestoSimulator, attesto_url: str, receiver: DownstreamReceiver,
+        receiver_url: str, processes: list[RelayProcess]) -> None:
+    """Under the default owner_conflict = "transfer": StoreKit's appAccountToken (Apple
+    "appAccountToken", a UUID the app sets at purchase; Attesto: `appUserId`) names the
+    buyer. Knowing a transaction id is not enough to move a purchase bound to another
+    user: 409, the purchase, its entitlements and the events stay as they were. A purchase
+    with no binding still transfers (the documented policy)."""
+    relay = await serve(processes, RelayProcess(
+        tmp_path, receiver_url, extra_config=f'[attesto]\nbase_url = "{attesto_url}"\n',
+        env=SERVICE_CREDENTIALS))
+    now_ms = int(time.time() * 1000)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.base + "/v1/users/victim/app-user-id",
+                                headers=auth()) as resp:
+            victim_uuid = (await resp.json())["uuid"]
+        for n, token in ((1, victim_uuid), (2, victim_uuid), (3, None)):
+            sim.add_apple(transaction_id=f"t{n}", original_transaction_id=f"o{n}",
+                          product_id="com.example.premium", expires_ms=now_ms + 86_400_000,
+                          purchase_ms=now_ms - 60_000, app_account_token=token)
+        assert (await verify_as(session, relay, "victim", "t1"))[0] == 200
+        assert (await verify_as(session, relay, "victim", "t3"))[0] == 200
+        await receiver.wait_for(2)
+
+        # the bound purchase the victim verified, and one nobody verified yet
+        for transaction_id in ("t1", "t2"):
+            status, body = await verify_as(session, relay, "mallory", transaction_id)
+            assert (status, body["error"]["code"]) == (409, "purchase_owned_by_other_user")
+        user_jwt = {"Authorization": f"Bearer {jwt_for('mallory')}"}
+        async with session.post(relay.base + "/api/iap/verify/apple", headers=user_jwt, json={
+                "productId": "com.example.premium", "transactionId": "t1",
+                "type": "subscription"}) as resp:
+            assert (await resp.json())["error"] == "PURCHASE_OWNED_BY_OTHER_USER"
+        async with session.get(relay.base + "/v1/purchases/apple/o1", headers=auth()) as resp:
+            assert (await resp.json())["user_id"] == "victim"
+        async with session.get(relay.base + "/v1/purchases/apple/o2", headers=auth()) as resp:
+            assert resp.status == 404
+        async with session.get(relay.base + "/v1/users/mallory/entitlements",
+                               headers=auth()) as resp:
+            assert (await resp.json())["entitlements"] == []
+
+        # no binding: the policy applies, the purchase moves with an event naming both
+        status, body = await verify_as(session, relay, "mallory", "t3")
+        assert (status, body["purchase"]["user_id"]) == (200, "mallory")
+        [transferred] = [r.json for r in await receiver.wait_for(3)
+                         if r.json["type"] == "subscription.transferred"]
+        assert (transferred["subject_key"], transferred["previous_user_id"]) == ("o3", "victim")
