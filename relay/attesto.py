@@ -41,6 +41,8 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
 # A longer Retry-After (a buggy or hostile answer) would stop every verify for as long.
 MAX_RETRY_AFTER_S = 3600
+# Verify answers are a few kB; a larger one is not a verify answer (and is not read whole).
+MAX_ANSWER_BYTES = 1 << 20
 
 # Attesto error code -> (relay error class, relay code). Every code in contract §1.5/§2.
 ERROR_MAP: dict[str, tuple[type[RelayError], str]] = {
@@ -115,6 +117,23 @@ def map_error(answer: _Answer) -> RelayError:
                                         retry_after_s=answer.retry_after_s or 1)
     return UpstreamError(f"Attesto answered HTTP {answer.status} without a known error code",
                          code="attesto_bad_response", details={"status": answer.status})
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The answer's body, or None (logged) once it passes MAX_ANSWER_BYTES."""
+    if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
+        log.warning("attesto answered %d bytes (more than %d): not read", resp.content_length,
+                    MAX_ANSWER_BYTES)
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65_536):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            log.warning("attesto answered more than %d bytes: not read", MAX_ANSWER_BYTES)
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class AttestoClient:
@@ -255,11 +274,12 @@ class AttestoClient:
     async def _post(self, path: str, payload: bytes, headers: dict[str, str]) -> _Answer:
         async with self._session.post(self._base + path, data=payload, headers=headers,
                                       timeout=self._timeout, allow_redirects=False) as resp:
-            raw = await resp.read()
+            raw = await _read_capped(resp)
+            parsed = None
             try:
-                parsed = json.loads(raw)
+                parsed = json.loads(raw) if raw is not None else None
             except (ValueError, RecursionError):  # not JSON, or nested too deep
-                parsed = None
+                pass
             body = parsed if isinstance(parsed, dict) else None
             return _Answer(resp.status, body, _retry_after(resp.headers, body))
 

@@ -283,6 +283,15 @@ def _check_url(problems: list[str], where: str, name: str, url: str) -> None:
         problems.append(f"{where} {name} must be an http(s) URL (got {url!r})")
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
 def _validate(cfg: Config, src: str) -> list[str]:
     p: list[str] = []
     s = cfg.server
@@ -300,6 +309,11 @@ def _validate(cfg: Config, src: str) -> list[str]:
     if not cfg.store.url and not cfg.store.path:
         p.append(f"{src}: [store] path must not be empty when url is not set")
     _check_url(p, f"{src}: [attesto]", "base_url", cfg.attesto.base_url)
+    attesto = urlsplit(cfg.attesto.base_url)
+    if attesto.scheme == "http" and not _is_loopback(attesto.hostname):
+        p.append(f"{src}: [attesto] base_url {cfg.attesto.base_url!r} is plain http to a host "
+                 "that is not loopback: the API key would cross the network in clear; use "
+                 "https:// (http only to 127.0.0.0/8, ::1 or localhost)")
     for name in ("timeout_s", "connect_timeout_s", "max_attempts", "max_concurrency",
                  "breaker_threshold", "breaker_cooldown_s"):
         _positive(p, f"{src}: [attesto]", name, getattr(cfg.attesto, name))

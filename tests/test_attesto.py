@@ -386,3 +386,14 @@ async def test_a_deeply_nested_answer_is_a_bad_response(session: aiohttp.ClientS
     with pytest.raises(RelayError) as err:
         await client(session, url, FakeTime()).verify_apple("t1")
     assert (err.value.status, err.value.code) == (502, "attesto_bad_response")
+
+
+async def test_an_answer_larger_than_the_cap_is_a_bad_response(
+        session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """Valid JSON, padded to 2 MiB (the cap is 1 MiB): not read whole, not trusted."""
+    body = b'{"valid":false,"error":"TRANSACTION_NOT_FOUND","message":"m"}' + b" " * 2**21
+    url = await scripted(aiohttp_server, [web.Response(body=body,
+                                                       content_type="application/json")])
+    with pytest.raises(RelayError) as err:
+        await client(session, url, FakeTime()).verify_apple("t1")
+    assert (err.value.status, err.value.code) == (502, "attesto_bad_response")

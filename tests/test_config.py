@@ -196,3 +196,20 @@ def test_ingest_writer_is_for_sqlite(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "[server]\nworkers = 1\n"),
                       environ={"RELAY_SERVER__INGEST_WRITER": "true"})
     assert cfg.server.ingest_writer and cfg.server.supervised
+
+
+@pytest.mark.parametrize("url", ["http://attesto.example.com", "http://10.0.0.5:8000",
+                                 "http://localhost.example.com", "http://127.0.0.1.nip.io",
+                                 "http://[::ffff:10.0.0.1]"])
+def test_plain_http_attesto_is_refused_off_loopback(url: str) -> None:
+    """The API key travels in the Authorization header: never in clear off this host."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_ATTESTO__BASE_URL": url})
+    assert f"[attesto] base_url {url!r} is plain http" in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://127.8.9.10", "http://[::1]:80",
+                                 "http://localhost:8000", "https://attesto.example.com",
+                                 "https://10.0.0.5"])
+def test_https_or_loopback_attesto_is_accepted(url: str) -> None:
+    assert load_config(None, environ={"RELAY_ATTESTO__BASE_URL": url}).attesto.base_url == url
