@@ -18,6 +18,7 @@ from relay import __version__, cli_admin, systemd, workers
 from relay.app import create_app
 from relay.appkeys import ATTESTO_KEY, RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
+from relay.errors import StoreUnavailableError
 from relay.log import AccessLogger, configure_logging
 from relay.migrations import SchemaError
 from relay.outbox import OUTBOX_KEY
@@ -169,7 +170,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except SchemaError as exc:
         log.error("%s", exc)
         return EX_FAILURE
-    except OSError as exc:
+    except (OSError, StoreUnavailableError) as exc:
         log.error("cannot start: %s", exc)
         return EX_FAILURE
     return EX_OK

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Credentials and Secret are re-exported: callers know them as part of the Config.
 from relay.credentials import Credentials as Credentials
@@ -62,7 +62,8 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     path: str = "relay.sqlite3"
-    url: str = ""
+    # PostgreSQL URL, maybe with a password (the `database-url` credential): not in a repr.
+    url: str = field(default="", repr=False)
     auto_migrate: bool = True
     busy_timeout_s: float = 5.0
 
@@ -280,7 +281,33 @@ def _positive(problems: list[str], where: str, name: str, value: float) -> None:
 def _check_url(problems: list[str], where: str, name: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        problems.append(f"{where} {name} must be an http(s) URL (got {url!r})")
+        problems.append(f"{where} {name} must be an http(s) URL (got {redact_url(url)!r})")
+
+
+# Query parameters whose value is a secret (libpq's password/sslpassword, webhook tokens).
+_SECRET_PARAMS = ("pass", "secret", "token", "key", "sig", "auth")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password, and the value of any query parameter that looks secret,
+    shown as `***`: what check-config and error messages print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if any(w in k.lower() for w in _SECRET_PARAMS) else v)
+                           for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -305,7 +332,12 @@ def _validate(cfg: Config, src: str) -> list[str]:
         p.append(f"{src}: [server] ingest_writer works with SQLite only; on PostgreSQL run "
                  "more instances")
     if cfg.store.url and not cfg.store.url.startswith(("postgresql://", "postgres://")):
-        p.append(f"{src}: [store] url must start with postgresql:// (got {cfg.store.url!r})")
+        if cfg.credentials.database_url is not None:
+            p.append("credential database-url must start with postgresql:// (got "
+                     f"{redact_url(cfg.store.url)!r})")
+        else:
+            p.append(f"{src}: [store] url must start with postgresql:// "
+                     f"(got {redact_url(cfg.store.url)!r})")
     if not cfg.store.url and not cfg.store.path:
         p.append(f"{src}: [store] path must not be empty when url is not set")
     _check_url(p, f"{src}: [attesto]", "base_url", cfg.attesto.base_url)
@@ -538,6 +570,9 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
     credentials = load_credentials([d.name for d in downstream], credentials_dir, environ,
                                    creds_problems)
     problems.extend(creds_problems)
+    if credentials.database_url is not None:  # file, then environment, then credentials
+        kwargs["store"] = dataclasses.replace(kwargs["store"],
+                                              url=credentials.database_url.reveal())
     cfg = Config(**kwargs, entitlements=types.MappingProxyType(entitlements),
                  downstream=tuple(downstream), products=tuple(products),
                  credentials=credentials, source=src)
@@ -548,12 +583,17 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
-    """The effective configuration as plain data, credentials reduced to set/missing."""
+    """The effective configuration as plain data, credentials reduced to set/missing and
+    every URL redacted (`redact_url`)."""
+    def shown(section: Any) -> dict[str, Any]:
+        return {k: redact_url(v) if isinstance(v, str) and "://" in v else v
+                for k, v in dataclasses.asdict(section).items()}
+
     out: dict[str, Any] = {}
     for name, (attr, _cls) in SECTIONS.items():
-        out[name] = dataclasses.asdict(getattr(cfg, attr))
+        out[name] = shown(getattr(cfg, attr))
     out["entitlements"] = {k: list(v) for k, v in cfg.entitlements.items()}
-    out["downstream"] = [dataclasses.asdict(d) for d in cfg.downstream]
+    out["downstream"] = [shown(d) for d in cfg.downstream]
     out["products"] = [dataclasses.asdict(p) for p in cfg.products]
     c = cfg.credentials
 
@@ -568,6 +608,7 @@ def redacted(cfg: Config) -> dict[str, Any]:
         "api-keys": ", ".join(n for n, _ in c.api_keys) if c.api_keys else "missing",
         "admin-token": state(c.admin_token),
         "jwt-key": state(c.jwt_key),
+        "database-url": state(c.database_url),
         **{f"downstream-{n}-secret": state(v) for n, v in c.downstream_secrets.items()},
     }
     return out

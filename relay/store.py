@@ -191,7 +191,10 @@ class Store:
 
     @property
     def description(self) -> str:
-        return self.config.url.split("@")[-1] if self.config.url else str(self.db.database)
+        if not self.config.url:
+            return str(self.db.database)
+        parts = urlsplit(self.config.url)  # host, port and database: no user, password, query
+        return "postgresql " + parts.netloc.rpartition("@")[2] + parts.path
 
     # ---- lifecycle -------------------------------------------------------------
 

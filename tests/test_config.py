@@ -213,3 +213,56 @@ def test_plain_http_attesto_is_refused_off_loopback(url: str) -> None:
                                  "https://10.0.0.5"])
 def test_https_or_loopback_attesto_is_accepted(url: str) -> None:
     assert load_config(None, environ={"RELAY_ATTESTO__BASE_URL": url}).attesto.base_url == url
+
+
+# ---- credentials in URLs (issue 16 item 9) -----------------------------------------------
+
+DB_PASSWORD = "pa@ss:w/rd"
+DB_URL = "postgresql://relay:pa%40ss%3Aw%2Frd@db.internal:5432/relay?sslmode=verify-full"
+
+
+def test_database_url_credential_wins_over_the_file_and_is_never_shown(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "database-url").write_text(DB_URL + "\n")
+    path = write(tmp_path, "[store]\nurl = 'postgresql://other@elsewhere/x'\n")
+    cfg = load_config(path, environ={}, credentials_dir=creds)
+    assert cfg.store.url == DB_URL
+    shown = redacted(cfg)
+    assert shown["store"]["url"] == ("postgresql://relay:***@db.internal:5432/relay"
+                                     "?sslmode=verify-full")
+    assert shown["credentials"]["database-url"] == "set"
+    for text in (repr(cfg), str(shown)):
+        assert "pa%40ss" not in text and DB_PASSWORD not in text
+
+
+def test_a_bad_database_url_credential_is_reported_without_its_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_CREDENTIAL_DATABASE_URL": "mysql://u:hunter2@h/d"})
+    assert "credential database-url must start with postgresql://" in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://u:secret@h:5/d", "postgresql://u:***@h:5/d"),
+    ("postgresql://u@h/d", "postgresql://u@h/d"),
+    ("postgresql://h/d?sslmode=require&password=x&sslpassword=y",
+     "postgresql://h/d?sslmode=require&password=***&sslpassword=***"),
+    ("https://user:tok@hooks.example/x?token=abc&id=7", "https://user:***@hooks.example/x?token=***&id=7"),
+    ("https://hooks.example/path", "https://hooks.example/path"),
+    ("not a url", "not a url"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    from relay.config import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_every_url_check_config_prints_is_redacted(tmp_path: Path) -> None:
+    path = write(tmp_path, "[attesto]\nbase_url = 'https://u:attesto-pw@attesto.example'\n"
+                           "[[downstream]]\nname = 'billing'\n"
+                           "url = 'https://hook:hook-pw@hooks.example/in?token=hook-token'\n")
+    shown = str(redacted(load_config(path, environ={
+        "RELAY_STORE__URL": "postgresql://u:store-pw@h/d"})))
+    for secret in ("attesto-pw", "hook-pw", "hook-token", "store-pw"):
+        assert secret not in shown

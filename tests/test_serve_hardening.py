@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -21,7 +25,15 @@ from relay.attesto_signature import sign_attesto
 from relay.receiver import DownstreamReceiver
 from relay.simulator import AttestoSimulator
 from tests.conftest import ADMIN_TOKEN, API_KEY, JWT_SECRET, auth
-from tests.crash_support import WEBHOOK_PATH, WEBHOOK_SECRET, RelayProcess
+from tests.crash_support import (
+    ROOT,
+    WEBHOOK_PATH,
+    WEBHOOK_SECRET,
+    RelayProcess,
+    free_port,
+    write_config,
+)
+from tests.store_support import ON_POSTGRES, POSTGRES_URL, create_database
 
 pytestmark = pytest.mark.slow
 
@@ -284,3 +296,76 @@ async def test_a_store_binding_to_another_user_is_proof_of_ownership(
         [transferred] = [r.json for r in await receiver.wait_for(3)
                          if r.json["type"] == "subscription.transferred"]
         assert (transferred["subject_key"], transferred["previous_user_id"]) == ("o3", "victim")
+
+
+# ---- 9: database credentials -------------------------------------------------------------
+
+DB_PASSWORD = "s3cret@pw:1"  # percent-encoded in the URL: s3cret%40pw%3A1
+
+
+def check_config(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("RELAY_") and k != "CREDENTIALS_DIRECTORY"}
+    return subprocess.run([sys.executable, "-m", "relay", "check-config", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60,
+                          env={**base, "PYTHONPATH": str(ROOT), **env})
+
+
+def database_url(port: int = 1, name: str = "relay") -> str:
+    host = "127.0.0.1"
+    if ON_POSTGRES:
+        u = urlsplit(POSTGRES_URL)
+        host, port = u.hostname or host, u.port or 5432
+    return f"postgresql://postgres:s3cret%40pw%3A1@{host}:{port}/{name}?sslmode=disable"
+
+
+async def test_check_config_prints_no_database_password(tmp_path: Path,
+                                                        receiver_url: str) -> None:
+    config = write_config(tmp_path, free_port(), receiver_url)
+    in_file = check_config(config, {"RELAY_STORE__URL": database_url()})
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "database-url").write_text(database_url() + "\n")
+    from_credential = check_config(config, {"CREDENTIALS_DIRECTORY": str(creds)})
+    for result in (in_file, from_credential):
+        assert result.returncode == 0, result.stderr
+        assert "s3cret" not in result.stdout + result.stderr
+        assert 'url = "postgresql://postgres:***@127.0.0.1:' in result.stdout
+    assert '"database-url" = "set"' in from_credential.stdout
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the PostgreSQL variant below runs instead")
+async def test_serve_uses_the_database_url_credential(tmp_path: Path, receiver_url: str,
+                                                      processes: list[RelayProcess]) -> None:
+    """Without a PostgreSQL to reach: serve must try the credential's database (nothing
+    listens on port 1), say why it cannot start, exit 1, and never log the password."""
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "database-url").write_text(database_url())
+    relay = RelayProcess(tmp_path, receiver_url, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    processes.append(relay)
+    with pytest.raises(RuntimeError, match="exited before listening"):
+        await relay.start()
+    assert relay.proc is not None and await relay.proc.wait() == 1
+    line = await relay.logged("cannot start")
+    assert "127.0.0.1" in line and "port 1" in line
+    assert not [entry for entry in relay.log_lines if "s3cret" in entry or "Traceback" in entry]
+    assert not (tmp_path / "relay.sqlite3").exists()
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="needs RELAY_TEST_POSTGRES_URL")
+async def test_serve_runs_on_the_database_url_credential(tmp_path: Path, receiver_url: str,
+                                                         processes: list[RelayProcess]) -> None:
+    name = f"relay_t_cred_{os.getpid()}"
+    create_database(name)
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "database-url").write_text(database_url(name=name))
+    relay = await serve(processes, RelayProcess(
+        tmp_path, receiver_url, env={"CREDENTIALS_DIRECTORY": str(creds)}))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(relay.base + "/readyz") as resp:
+            assert resp.status == 200
+    assert f"/{name}" in await relay.logged("store open: ")
+    assert not [line for line in relay.log_lines if "s3cret" in line]
+    assert not (tmp_path / "relay.sqlite3").exists()
