@@ -369,3 +369,48 @@ async def test_serve_runs_on_the_database_url_credential(tmp_path: Path, receive
     assert f"/{name}" in await relay.logged("store open: ")
     assert not [line for line in relay.log_lines if "s3cret" in line]
     assert not (tmp_path / "relay.sqlite3").exists()
+
+
+# ---- 11: backups are private ---------------------------------------------------------------
+
+
+def backup(config: Path, target: Path) -> subprocess.CompletedProcess[str]:
+    """`relay backup` as root's shell would run it: umask 022 (files 0644 by default)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return subprocess.run(["sh", "-c", 'umask 022 && exec "$0" -m relay backup --config "$1" "$2"',
+                           sys.executable, str(config), str(target)], capture_output=True,
+                          text=True, timeout=60, env={**base, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="relay backup copies the SQLite store")
+async def test_backup_of_a_running_relay_is_private_and_refuses_planted_files(
+        tmp_path: Path, sim: AttestoSimulator, receiver: DownstreamReceiver,
+        receiver_url: str, processes: list[RelayProcess]) -> None:
+    """1. relay serve stores a purchase  2. `relay backup` under umask 022 writes a copy
+    only its owner can read (user ids, purchase tokens, raw webhooks)  3. a file or a
+    symlink already at the temporary name (`PATH.partial`) is refused, and the symlink's
+    target is left as it was (no write through a link someone planted)."""
+    relay = await serve(processes, RelayProcess(tmp_path, receiver_url))
+    async with aiohttp.ClientSession() as session:
+        await webhook(session, sim, relay, first_purchase(sim, 1))
+    config = tmp_path / "relay.toml"
+    copy = tmp_path / "backups" / "relay-copy.sqlite3"
+    copy.parent.mkdir()
+    done = backup(config, copy)
+    assert done.returncode == 0, done.stderr
+    assert copy.stat().st_mode & 0o777 == 0o600
+
+    victim = tmp_path / "cron.d-victim"  # a link to where a file does not exist yet
+    planted = copy.parent / "second.sqlite3.partial"
+    planted.symlink_to(victim)
+    refused = backup(config, copy.parent / "second.sqlite3")
+    assert refused.returncode == 1 and "second.sqlite3.partial" in refused.stderr
+    assert not victim.exists() and planted.is_symlink()
+    assert not (copy.parent / "second.sqlite3").exists()
+
+    left = copy.parent / "third.sqlite3.partial"  # an empty file someone else made
+    left.touch(mode=0o666)
+    refused = backup(config, copy.parent / "third.sqlite3")
+    assert refused.returncode == 1 and "third.sqlite3.partial" in refused.stderr
+    assert left.read_bytes() == b"" and not (copy.parent / "third.sqlite3").exists()
+    assert relay.proc is not None and relay.proc.returncode is None  # relay kept running
