@@ -187,8 +187,12 @@ class Config:
             out.append("webhook receiver: credential 'attesto-webhook-secret' is missing")
         if not creds.api_keys:
             out.append("/v1 service API: credential 'api-keys' is missing")
-        if creds.admin_token is None:
-            out.append("admin API and /metrics: credential 'admin-token' is missing")
+        if creds.admin_token is None and creds.metrics_token is None:
+            out.append("admin API and /metrics: credential 'admin-token' is missing "
+                       "(or 'metrics-token' for /metrics alone)")
+        elif creds.admin_token is None:
+            out.append("admin API: credential 'admin-token' is missing (/metrics answers "
+                       "the metrics token)")
         if creds.jwt_key is None:
             out.append("/api/iap (end-user JWTs): credential 'jwt-key' is missing")
         for ds in self.downstream:
@@ -608,6 +612,7 @@ def redacted(cfg: Config) -> dict[str, Any]:
         "api-keys": ", ".join(n for n, _ in c.api_keys) if c.api_keys else "missing",
         "admin-token": state(c.admin_token),
         "jwt-key": state(c.jwt_key),
+        "metrics-token": state(c.metrics_token),
         "database-url": state(c.database_url),
         **{f"downstream-{n}-secret": state(v) for n, v in c.downstream_secrets.items()},
     }

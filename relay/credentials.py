@@ -51,6 +51,7 @@ class Credentials:
         default_factory=lambda: types.MappingProxyType({})
     )
     database_url: Secret | None = None  # wins over [store] url: the password stays out
+    metrics_token: Secret | None = None  # reads /metrics only (a Prometheus scraper)
 
 
 def read_credential(name: str, credentials_dir: str | Path | None,
@@ -110,4 +111,5 @@ def load_credentials(downstream_names: Sequence[str], credentials_dir: str | Pat
                                                                environ)) else None,
         downstream_secrets=types.MappingProxyType(downstream),
         database_url=one("database-url"),
+        metrics_token=one("metrics-token"),
     )

@@ -93,7 +93,7 @@ def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
         "/readyz": {"get": op("Readiness: the store answers (503 when it does not)",
                               "health", ref("Ready"), security=None)},
         "/metrics": {"get": op("Prometheus metrics (text exposition format)", "operations",
-                               {"type": "string"}, security="adminToken", errors=_ADMIN,
+                               {"type": "string"}, security="metricsToken", errors=_ADMIN,
                                ok_media="text/plain")},
         "/v1/openapi.json": {"get": op("This document", "operations", {"type": "object"},
                                        security=None)},
@@ -215,6 +215,9 @@ def document(webhook_path: str = "/v1/webhooks/attesto") -> dict[str, Any]:
                                "description": "a service API key (`api-keys` credential)"},
                 "adminToken": {"type": "http", "scheme": "bearer",
                                "description": "the `admin-token` credential"},
+                "metricsToken": {"type": "http", "scheme": "bearer",
+                                 "description": "the `metrics-token` credential (reads "
+                                                "/metrics only), or the admin token"},
                 "userJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                             "description": "an end-user JWT; the user is its `sub`"},
                 "attestoSignature": {"type": "apiKey", "in": "header",

@@ -266,3 +266,10 @@ def test_every_url_check_config_prints_is_redacted(tmp_path: Path) -> None:
         "RELAY_STORE__URL": "postgresql://u:store-pw@h/d"})))
     for secret in ("attesto-pw", "hook-pw", "hook-token", "store-pw"):
         assert secret not in shown
+
+
+def test_metrics_token_credential(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={"RELAY_CREDENTIAL_METRICS_TOKEN": "scrape-me"})
+    assert cfg.credentials.metrics_token == Secret("scrape-me")
+    assert redacted(cfg)["credentials"]["metrics-token"] == "set"
+    assert "scrape-me" not in str(redacted(cfg))
