@@ -99,8 +99,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
+    # keepalive_timeout also runs from the moment a connection opens until its request
+    # line and headers are complete (aiohttp closes a connection still waiting for one):
+    # it is the header timeout, and the idle keep-alive bound. Reading the unread rest of
+    # a body after an answer (lingering) is bounded the same way.
+    header_s = config.server.header_timeout_s
     runner = web.AppRunner(app, shutdown_timeout=config.server.shutdown_timeout_s,
-                           access_log_class=AccessLogger, handle_signals=False)
+                           access_log_class=AccessLogger, handle_signals=False,
+                           keepalive_timeout=header_s, lingering_time=min(10.0, header_s))
     await runner.setup()
     try:
         inherited = workers.inherited_socket()

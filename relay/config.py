@@ -50,6 +50,9 @@ class ServerConfig:
     port: int = 8787
     max_body_bytes: int = 262_144
     shutdown_timeout_s: float = 30.0
+    # A connection must send its request line and headers within this (and, once they
+    # are in, the body within as long again); idle keep-alive connections close after it.
+    header_timeout_s: float = 15.0
     workers: int = 1  # processes serving the port (relay/workers.py); 1: no supervisor
     ingest_writer: bool = False  # webhook writes in a process of their own (ingest_writer.py)
 
@@ -330,6 +333,7 @@ def _validate(cfg: Config, src: str) -> list[str]:
         p.append(f"{src}: [server] port must be 0-65535 (got {s.port})")
     _positive(p, f"{src}: [server]", "max_body_bytes", s.max_body_bytes)
     _positive(p, f"{src}: [server]", "shutdown_timeout_s", s.shutdown_timeout_s)
+    _positive(p, f"{src}: [server]", "header_timeout_s", s.header_timeout_s)
     if not 1 <= s.workers <= MAX_WORKERS:
         p.append(f"{src}: [server] workers must be 1-{MAX_WORKERS} (got {s.workers})")
     if s.ingest_writer and cfg.store.url:

@@ -72,6 +72,13 @@ class ConflictError(ClientError):
     code = "conflict"
 
 
+class RequestTimeoutError(ClientError):
+    """The body did not arrive within `[server] header_timeout_s`."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(ClientError):
     """The body is over `[server] max_body_bytes`."""
 

@@ -17,8 +17,8 @@ from relay.openapi_schemas import SCHEMAS, Schema, ref
 Op = dict[str, Any]
 
 # status -> error codes every caller of that kind of route may see
-_BODY = {400: ["invalid_json", "invalid_request"], 413: ["payload_too_large"],
-         415: ["unsupported_media_type"]}
+_BODY = {400: ["invalid_json", "invalid_request"], 408: ["request_timeout"],
+         413: ["payload_too_large"], 415: ["unsupported_media_type"]}
 _STORE = {503: ["store_unavailable"]}
 _SERVICE = {401: ["unauthorized"], **_STORE}
 _ADMIN = {401: ["unauthorized"], 503: ["not_configured", "store_unavailable"]}
@@ -32,7 +32,8 @@ _ATTESTO = {
     503: ["attesto_unavailable", "attesto_rate_limited", "not_configured"],
     504: ["attesto_timeout"],
 }
-_REASONS = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict",
+_REASONS = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408: "Request timeout",
+            409: "Conflict",
             413: "Payload too large", 415: "Unsupported media type", 502: "Bad gateway",
             503: "Unavailable", 504: "Gateway timeout"}
 

@@ -273,3 +273,12 @@ def test_metrics_token_credential(tmp_path: Path) -> None:
     assert cfg.credentials.metrics_token == Secret("scrape-me")
     assert redacted(cfg)["credentials"]["metrics-token"] == "set"
     assert "scrape-me" not in str(redacted(cfg))
+
+
+def test_header_timeout(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).server.header_timeout_s == 15.0
+    cfg = load_config(write(tmp_path, "[server]\nheader_timeout_s = 5\n"), environ={})
+    assert cfg.server.header_timeout_s == 5.0
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_SERVER__HEADER_TIMEOUT_S": "0"})
+    assert "[server] header_timeout_s must be > 0" in str(err.value)

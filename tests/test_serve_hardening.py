@@ -414,3 +414,40 @@ async def test_backup_of_a_running_relay_is_private_and_refuses_planted_files(
     assert refused.returncode == 1 and "third.sqlite3.partial" in refused.stderr
     assert left.read_bytes() == b"" and not (copy.parent / "third.sqlite3").exists()
     assert relay.proc is not None and relay.proc.returncode is None  # relay kept running
+
+
+# ---- 8: slow clients ---------------------------------------------------------------------
+
+
+async def answered_then_closed(port: int, sent: bytes, timeout_s: float = 15.0) -> bytes:
+    """Send `sent` and nothing more; return what relay answers before it closes (b"" when
+    it closes without a word). Fails if relay keeps the connection past `timeout_s`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(sent)
+        await writer.drain()
+        async with asyncio.timeout(timeout_s):
+            return await reader.read()  # until EOF: relay closed its end
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_never_finishes_its_request_is_cut_off(
+        tmp_path: Path, receiver_url: str, processes: list[RelayProcess]) -> None:
+    """[server] header_timeout_s bounds the request line and headers, and then the body:
+    a connection that sends nothing, half a head, or half a body is closed (the body
+    with a 408), so slow clients cannot hold sockets for aiohttp's hour of keep-alive."""
+    relay = await serve(processes, RelayProcess(
+        tmp_path, receiver_url,
+        env={"RELAY_SERVER__HEADER_TIMEOUT_S": "1", **SERVICE_CREDENTIALS}))
+    assert await answered_then_closed(relay.port, b"") == b""
+    assert await answered_then_closed(relay.port, b"GET /healthz HTTP/1.1\r\nHost: r\r\n") == b""
+    answer = await answered_then_closed(relay.port, (
+        f"POST /v1/verify/apple HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+        + b'{"user_id": ')
+    assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer
+    # and a client that does finish is served as ever
+    async with aiohttp.ClientSession() as session:
+        async with session.get(relay.base + "/healthz") as resp:
+            assert resp.status == 200

@@ -42,7 +42,7 @@ def _transaction(outcome: Outcome, now_ms: int) -> dict[str, Any]:
 async def _user_and_body(request: web.Request) -> tuple[str, dict[str, Any]]:
     config = request.app[RUNTIME_KEY].config
     user = check_user_jwt(config, request)
-    return user.user_id, await read_json_object(request, config.server.max_body_bytes)
+    return user.user_id, await read_json_object(request, config.server)
 
 
 async def _verify(request: web.Request, user_id: str, item: Item) -> web.Response:

@@ -27,7 +27,7 @@ async def _service_body(request: web.Request) -> dict[str, Any]:
     """Authenticate first (a 401 reveals nothing), then read the JSON body."""
     config = request.app[RUNTIME_KEY].config
     check_service_key(config, request)
-    return await read_json_object(request, config.server.max_body_bytes)
+    return await read_json_object(request, config.server)
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
