@@ -19,6 +19,7 @@ from relay.app import create_app
 from relay.appkeys import ATTESTO_KEY, RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.errors import StoreUnavailableError
+from relay.inbound_limits import LIMITS_KEY
 from relay.log import AccessLogger, configure_logging
 from relay.migrations import SchemaError
 from relay.outbox import OUTBOX_KEY
@@ -66,6 +67,7 @@ async def reload(app: web.Application, path: str | None) -> bool:
         if old.credentials.attesto_api_key is None and new.credentials.attesto_api_key:
             log.warning("reload: the Attesto API key is new; verifies use it now, "
                         "re-polls start after a restart")
+    app[LIMITS_KEY].reconfigure(new.limits)
     runtime.replace(new)
     log.info("configuration reloaded from %s", new.source)
     if outbox is not None and usable:

@@ -103,6 +103,17 @@ class PurchasesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Per-caller budgets (relay/inbound_limits.py): defaults a real app never reaches."""
+
+    user_rate_per_s: float = 20.0  # per end user (JWT `sub`) on every /api/iap route
+    user_burst: float = 40.0
+    service_key_rate_per_s: float = 500.0  # per service key on /v1 verify and restore
+    service_key_burst: float = 1000.0
+    restore_timeout_s: float = 30.0  # a whole restore; items not answered by then: 504
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     enabled: bool = True
     tick_s: float = 5.0
@@ -170,6 +181,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     jwt: JwtConfig = field(default_factory=JwtConfig)
     purchases: PurchasesConfig = field(default_factory=PurchasesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -215,6 +227,7 @@ SECTIONS: dict[str, tuple[str, type[Any]]] = {
     "webhooks": ("webhooks", WebhooksConfig),
     "auth.jwt": ("jwt", JwtConfig),
     "purchases": ("purchases", PurchasesConfig),
+    "limits": ("limits", LimitsConfig),
     "scheduler": ("scheduler", SchedulerConfig),
     "outbox": ("outbox", OutboxConfig),
     "log": ("log", LogConfig),
@@ -369,6 +382,12 @@ def _validate(cfg: Config, src: str) -> list[str]:
     if cfg.purchases.owner_conflict not in ("transfer", "keep"):
         p.append(f"{src}: [purchases] owner_conflict must be 'transfer' or 'keep' "
                  f"(got {cfg.purchases.owner_conflict!r})")
+    for name in ("user_rate_per_s", "user_burst", "service_key_rate_per_s",
+                 "service_key_burst", "restore_timeout_s"):
+        _positive(p, f"{src}: [limits]", name, getattr(cfg.limits, name))
+    for burst in ("user_burst", "service_key_burst"):
+        if getattr(cfg.limits, burst) < 1:
+            p.append(f"{src}: [limits] {burst} must be >= 1 (one request)")
     for name in ("tick_s", "poll_after_expiry_s", "apple_renewal_grace_s", "sweep_interval_s",
                  "billing_retry_poll_s", "max_polls_per_s", "max_concurrent_polls",
                  "batch_size", "retention_s"):

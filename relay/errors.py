@@ -79,6 +79,13 @@ class RequestTimeoutError(ClientError):
     code = "request_timeout"
 
 
+class RateLimitedError(ClientError):
+    """This caller (service key or end user) spent its `[limits]` budget; retry later."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class PayloadTooLargeError(ClientError):
     """The body is over `[server] max_body_bytes`."""
 

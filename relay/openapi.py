@@ -22,7 +22,10 @@ _BODY = {400: ["invalid_json", "invalid_request"], 408: ["request_timeout"],
 _STORE = {503: ["store_unavailable"]}
 _SERVICE = {401: ["unauthorized"], **_STORE}
 _ADMIN = {401: ["unauthorized"], 503: ["not_configured", "store_unavailable"]}
-_JWT = {401: ["unauthorized"], 503: ["not_configured", "store_unavailable"]}
+_JWT = {401: ["unauthorized"], 429: ["rate_limited"],
+        503: ["not_configured", "store_unavailable"]}
+_LIMITED = {429: ["rate_limited"]}  # [limits]: the caller's budget is spent
+_RESTORE = {504: ["restore_timeout"]}
 _ATTESTO = {
     400: ["attesto_invalid_request"],
     409: ["purchase_owned_by_other_user"],
@@ -33,7 +36,7 @@ _ATTESTO = {
     504: ["attesto_timeout"],
 }
 _REASONS = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408: "Request timeout",
-            409: "Conflict",
+            409: "Conflict", 429: "Too many requests",
             413: "Payload too large", 415: "Unsupported media type", 502: "Bad gateway",
             503: "Unavailable", 504: "Gateway timeout"}
 
@@ -81,7 +84,7 @@ def query(name: str, schema: Schema, description: str = "") -> dict[str, Any]:
 
 
 def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
-    verify_errors = _merge(_SERVICE, _BODY, _ATTESTO)
+    verify_errors = _merge(_SERVICE, _LIMITED, _BODY, _ATTESTO)
     iap_errors = _merge(_JWT, _BODY, _ATTESTO)
     iap_uuid = op("Mint (once) the user's appAccountToken / obfuscatedAccountId", "iap",
                   ref("AppUserId"), security="userJwt", errors=_JWT)
@@ -114,7 +117,8 @@ def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
             errors=verify_errors)},
         "/v1/restore": {"post": op(
             "Verify up to 100 purchases for one user", "verify", ref("RestoreResult"),
-            security="serviceKey", body=ref("RestoreRequest"), errors=verify_errors)},
+            security="serviceKey", body=ref("RestoreRequest"),
+            errors=_merge(verify_errors, _RESTORE))},
         "/v1/users/{user_id}/entitlements": {"get": op(
             "The user's current entitlements", "verify", ref("Entitlements"),
             security="serviceKey", errors=_merge(_SERVICE, {400: ["invalid_request"]}),
@@ -143,7 +147,8 @@ def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
             security="userJwt", body=ref("IapVerifyGoogleRequest"), errors=iap_errors)},
         "/api/iap/restore": {"post": op(
             "@nossdev/iap: restore purchases", "iap", ref("IapRestoreResult"),
-            security="userJwt", body=ref("IapRestoreRequest"), errors=iap_errors)},
+            security="userJwt", body=ref("IapRestoreRequest"),
+            errors=_merge(iap_errors, _RESTORE))},
         "/api/iap/entitlements": {"get": op(
             "@nossdev/iap: the user's entitlements", "iap", ref("IapEntitlements"),
             security="userJwt", errors=_JWT)},

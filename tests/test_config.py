@@ -282,3 +282,16 @@ def test_header_timeout(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, environ={"RELAY_SERVER__HEADER_TIMEOUT_S": "0"})
     assert "[server] header_timeout_s must be > 0" in str(err.value)
+
+
+def test_limits_section(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[limits]\nuser_rate_per_s = 5\nuser_burst = 10\n"
+                                      "restore_timeout_s = 12.5\n"), environ={})
+    assert (cfg.limits.user_rate_per_s, cfg.limits.user_burst,
+            cfg.limits.restore_timeout_s) == (5.0, 10.0, 12.5)
+    assert cfg.limits.service_key_rate_per_s == 500.0
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_LIMITS__USER_BURST": "0.5",
+                                   "RELAY_LIMITS__SERVICE_KEY_RATE_PER_S": "0"})
+    assert "[limits] user_burst must be >= 1" in str(err.value)
+    assert "[limits] service_key_rate_per_s must be > 0" in str(err.value)
