@@ -24,6 +24,7 @@ from relay.appkeys import (
 )
 from relay.attesto import AttestoClient
 from relay.config import Config
+from relay.inbound_limits import LIMITS_KEY, InboundLimits
 from relay.ingest_link import IngestLink
 from relay.metrics import Metrics
 from relay.middlewares import error_middleware, request_id_middleware
@@ -51,6 +52,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app[STORE_KEY] = Store(config.store, environ, store_pragmas,
                            shared=config.server.supervised)
     app[METRICS_KEY] = Metrics()
+    app[LIMITS_KEY] = InboundLimits(config.limits)
     app.cleanup_ctx.append(_store_ctx)
     ingest_socket = (os.environ if environ is None else environ).get(ingest_wire.SOCKET_ENV)
     if ingest_socket:  # a worker of `[server] ingest_writer`: that process stores webhooks

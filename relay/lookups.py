@@ -11,8 +11,7 @@ from collections.abc import Collection
 from typing import Any
 
 from relay import ids
-from relay.domain import Entitlement, PurchaseView, Snapshot, entitlements_of
-from relay.errors import ConflictError
+from relay.domain import Entitlement, PurchaseView, entitlements_of
 from relay.models import AppUser, Purchase, database
 from relay.pipeline import Rules
 
@@ -87,16 +86,6 @@ def resolve_google_key(token: str, linked: str | None) -> tuple[str, bool]:
         row = google_row(linked)
         return (row.subject_key if row is not None else linked), True
     return token, True
-
-
-def check_app_user_owner(snap: Snapshot, rules: Rules) -> None:
-    """Under `keep`, a verify by another user than the appUserId's owner is refused (409)."""
-    if rules.owner_conflict != "keep" or not snap.app_user_id or not snap.user_id:
-        return
-    bound = AppUser.get_or_none(AppUser.app_user_id == snap.app_user_id)
-    if bound is not None and bound.user_id != snap.user_id:
-        raise ConflictError("this purchase belongs to another user",
-                            code="purchase_owned_by_other_user")
 
 
 def app_user_id_for(user_id: str, now_ms: int) -> str:

@@ -160,7 +160,10 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     keys = {(s.platform, s.subject_key) for s in snaps}
     current = statements.load_purchases(keys - known.keys()) if keys - known.keys() else {}
     current.update({k: v for k, v in known.items() if v is not None and k in keys})
-    wanted = {s.app_user_id for s in snaps if s.user_id is None and s.app_user_id is not None}
+    # appUserId -> user: whom a webhook belongs to, and whom a verified purchase is bound to.
+    wanted = {s.app_user_id for s in snaps if s.app_user_id is not None}
+    wanted.update(v.app_user_id for s in snaps if s.user_id is not None
+                  and (v := current.get((s.platform, s.subject_key))) and v.app_user_id)
     bound = statements.users_of_app_users(wanted) if wanted else {}
     dirty: dict[tuple[str, str], PurchaseView] = {}
     event_rows: list[statements.EventRow] = []
@@ -170,7 +173,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         before = current.get(key)
         user_id = snap.user_id if snap.user_id is not None or snap.app_user_id is None \
             else bound.get(snap.app_user_id)
-        after, events, stale = _decide(snap, before, user_id, rules, now_ms)
+        after, events, stale = _decide(snap, before, user_id, rules, now_ms, bound)
         if before is not None and after == before and not events:
             if snap.poll_now:
                 after = replace(before, next_poll_ms=now_ms)
@@ -220,15 +223,34 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     return results
 
 
+def _moves_to_caller(snap: Snapshot, before: PurchaseView | None, rules: Rules,
+                     bound: Mapping[str, str]) -> bool:
+    """Whether a verify by `snap.user_id` moves the purchase from its owner (a transfer);
+    ConflictError (409) when it may not. Pure.
+
+    The store's binding (appAccountToken / obfuscatedExternalAccountId: the appUserId) is
+    proof of ownership: naming another user, it refuses whatever the policy. The
+    `owner_conflict` policy decides only for a purchase with no binding (or one that names
+    the caller); a binding relay did not mint names nobody it knows, so it moves nothing.
+    """
+    binding = snap.app_user_id or (before.app_user_id if before is not None else None)
+    owner = bound.get(binding) if binding else None
+    taken = before is not None and before.user_id and before.user_id != snap.user_id
+    if (owner is not None and owner != snap.user_id) or (taken and (
+            rules.owner_conflict == "keep" or (binding and owner is None))):
+        raise ConflictError("this purchase belongs to another user",
+                            code="purchase_owned_by_other_user")
+    return bool(taken)
+
+
 def _decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rules: Rules,
-            now_ms: int) -> tuple[PurchaseView, list[tuple[str, str | None, dict[str, Any]]],
-                                  bool]:
-    """The row after `snap`, the events it makes (type, reason, extra) and staleness. Pure."""
+            now_ms: int, bound: Mapping[str, str] | None = None
+            ) -> tuple[PurchaseView, list[tuple[str, str | None, dict[str, Any]]], bool]:
+    """The row after `snap`, the events it makes (type, reason, extra) and staleness. Pure.
+    `bound`: appUserId -> user, for the ownership rule (`_moves_to_caller`)."""
     events: list[tuple[str, str | None, dict[str, Any]]] = []
-    if before is not None and snap.user_id and before.user_id and snap.user_id != before.user_id:
-        if rules.owner_conflict == "keep":
-            raise ConflictError("this purchase belongs to another user",
-                                code="purchase_owned_by_other_user")
+    if snap.user_id and _moves_to_caller(snap, before, rules, bound or {}):
+        assert before is not None
         events.append(("subscription.transferred", None,
                        {"previous_user_id": before.user_id}))
 
