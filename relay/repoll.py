@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from relay import pipeline
 from relay.attesto import AttestoClient
-from relay.domain import PurchaseView, Snapshot, State
+from relay.domain import InputNote, PurchaseView, Snapshot, State
 from relay.errors import RelayError, UpstreamError
 from relay.models import Purchase
 from relay.pipeline import Applied, view_of
@@ -112,10 +112,12 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
     if snap is not None:
         stored = view_of(row)
         if snap.platform == "apple":
-            snap = reconcile_apple(snap, stored)
+            snap = reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000)
         else:
-            snap = reconcile_google(snap, stored, current=snap.latest_ref in (
-                stored.latest_ref, stored.subject_key))
+            # Only the purchase's current token may set it: a poll of the root token that
+            # raced an upgrade (the row moved on to the new token meanwhile) does not.
+            snap = reconcile_google(snap, stored, current=snap.latest_ref == (
+                stored.latest_ref or stored.subject_key))
         applied = pipeline.apply(replace(snap, source="poll", subject_key=stored.subject_key),
                                  rules, now_ms)
         if applied.events:
@@ -124,13 +126,9 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
         outcome = Outcome.NO_STATE
     current = view_of(Purchase.get((Purchase.platform == view.platform)
                                    & (Purchase.subject_key == view.subject_key)))
-    if _apple_grace_over(current, now_ms, runtime):
-        applied = pipeline.apply(Snapshot(
-            platform=current.platform, subject_key=current.subject_key, source="poll",
-            observed_ms=max(now_ms, current.store_time_ms), received_ms=now_ms,
-            state=State.EXPIRED, state_reason="renewal_not_seen",
-            event_type="subscription.expired", event_reason="renewal_not_seen"),
-            rules, now_ms)
+    lapsed = _apple_grace_over(current, now_ms, runtime)
+    if lapsed is not None:
+        applied = pipeline.apply(lapsed, rules, now_ms)
         outcome = Outcome.EXPIRED_NO_RENEWAL
     elif outcome is not Outcome.CHANGED:
         # No events: still move the row to its next due time by policy.
@@ -145,15 +143,38 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
     return outcome, applied
 
 
-def _apple_grace_over(p: PurchaseView, now_ms: int, runtime: Runtime) -> bool:
-    """An Apple subscription past expiry + grace with no renewal seen."""
+def _apple_grace_over(p: PurchaseView, now_ms: int, runtime: Runtime) -> Snapshot | None:
+    """The clock's input for an Apple subscription whose access ran out with no news:
+    past expiry + `apple_renewal_grace_s` with no renewal seen (`expired`,
+    renewal_not_seen), or past its billing grace end (`billing_retry`: Apple keeps
+    retrying the charge without access, GRACE_PERIOD_EXPIRED). None: nothing to do."""
     if p.platform != "apple" or p.kind != "subscription" or p.expires_ms is None:
-        return False
+        return None
+    leeway_ms = runtime.config.purchases.clock_leeway_s * 1000
+    renewal_grace_ms = runtime.config.scheduler.apple_renewal_grace_s * 1000
+    if p.state == State.GRACE and p.grace_expires_ms is not None:
+        if now_ms < max(p.expires_ms, p.grace_expires_ms) + leeway_ms:
+            return None
+        return _clock_input(p, now_ms, State.BILLING_RETRY, "grace_period_over",
+                            "subscription.grace_period_expired")
     if p.state == State.ACTIVE_NOT_RENEWING:
-        return now_ms >= p.expires_ms + runtime.config.purchases.clock_leeway_s * 1000
-    if p.state not in (State.ACTIVE, State.GRACE):
-        return False
-    return now_ms >= p.expires_ms + runtime.config.scheduler.apple_renewal_grace_s * 1000
+        over = now_ms >= p.expires_ms + leeway_ms
+    elif p.state in (State.ACTIVE, State.GRACE):
+        over = now_ms >= p.expires_ms + renewal_grace_ms
+    else:
+        over = False
+    if not over:
+        return None
+    return _clock_input(p, now_ms, State.EXPIRED, "renewal_not_seen", "subscription.expired")
+
+
+def _clock_input(p: PurchaseView, now_ms: int, state: State, reason: str,
+                 event: str) -> Snapshot:
+    return Snapshot(
+        platform=p.platform, subject_key=p.subject_key, source="poll",
+        observed_ms=max(now_ms, p.store_time_ms), received_ms=now_ms, state=state,
+        state_reason=reason, event_type=event, event_reason=reason,
+        note=InputNote(reason))
 
 
 @dataclass

@@ -196,3 +196,12 @@ def test_ingest_writer_is_for_sqlite(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "[server]\nworkers = 1\n"),
                       environ={"RELAY_SERVER__INGEST_WRITER": "true"})
     assert cfg.server.ingest_writer and cfg.server.supervised
+
+
+def test_input_log_retention_defaults_to_keep_and_is_checked() -> None:
+    assert Config().input_log.retention_s == 0  # kept for ever unless configured
+    cfg = load_config(None, environ={"RELAY_INPUT_LOG__RETENTION_S": "7776000"})
+    assert cfg.input_log.retention_s == 7_776_000
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_INPUT_LOG__RETENTION_S": "-1"})
+    assert any("[input_log] retention_s" in line for line in err.value.problems)
