@@ -116,8 +116,14 @@ def _m8_input_log_backfill(db: Database) -> None:
             source = doc.get("source")
             key = subject.get("key") if isinstance(subject, dict) else None
             voided = data.get("voidedPurchaseNotification")
-            if not key and isinstance(voided, dict):
-                key = voided.get("purchaseToken")  # matched to its row by re-projection
+            if not key and isinstance(voided, dict) and isinstance(
+                    voided.get("purchaseToken"), str):
+                token = voided["purchaseToken"]  # a void names a token: find its purchase
+                found = db.execute_sql(  # type: ignore[no-untyped-call]
+                    "SELECT subject_key FROM purchase WHERE platform = 'google' AND "
+                    f"(subject_key = {param} OR latest_ref = {param})", (token, token)
+                ).fetchone()
+                key = found[0] if found else None
             if source not in ("apple", "google") or not isinstance(key, str) or not key:
                 continue
             store_type = data.get("notificationType") if source == "apple" else (

@@ -182,7 +182,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         before = current.get(key)
         user_id = snap.user_id if snap.user_id is not None or snap.app_user_id is None \
             else bound.get(snap.app_user_id)
-        after, events, stale = _decide(snap, before, user_id, rules, now_ms)
+        after, events, stale = decide(snap, before, user_id, rules, now_ms)
         if before is not None and after == before and not events:
             if snap.poll_now:
                 after = replace(before, next_poll_ms=now_ms)
@@ -282,8 +282,8 @@ _NO_NOTE = InputNote()
 _Decided = tuple[PurchaseView, list[tuple[str, str | None, dict[str, Any]]], bool]
 
 
-def _decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rules: Rules,
-            now_ms: int) -> _Decided:
+def decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rules: Rules,
+           now_ms: int) -> _Decided:
     """The row after `snap`, the events it makes (type, reason, extra) and staleness. Pure."""
     events: list[tuple[str, str | None, dict[str, Any]]] = []
     if before is not None and snap.user_id and before.user_id and snap.user_id != before.user_id:
@@ -368,6 +368,43 @@ def _decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, ru
         elif derived is not None:
             events.append((derived, after.state_reason, {}))
     return after, events, stale
+
+
+def apply_reprojected(before: PurchaseView, target: PurchaseView, rules: Rules,
+                      now_ms: int) -> Applied:
+    """Store the row `relay reproject` derived (in the caller's transaction), relay
+    `subscription.state_changed` with reason `reprojected`, and log the change."""
+    seq = before.sequence + 1
+    after = replace(target, sequence=seq, updated_ms=now_ms)
+    # Re-read the store soon where the log left something to confirm: a void to decide,
+    # a new current token (its expiry), an expiry no input gave.
+    recheck = (after.voided_ms is not None or after.latest_ref != before.latest_ref
+               or (after.expires_ms is None and after.kind == "subscription"))
+    after = replace(after, next_poll_ms=next_poll_ms(after, now_ms, rules.poll, recheck,
+                                                     updated_ms=now_ms))
+    granted = (list(entitlement_keys(rules.entitlements, after.product_id, after.base_plan_id))
+               if is_entitled(after, now_ms, rules.entitlement_policy) else [])
+    eid = ids.event_id(now_ms)
+    event_type, subject = "subscription.state_changed", f"{after.platform}:{after.subject_key}"
+    body = event_body(eid, event_type, "reprojected", "reprojection", now_ms, now_ms,
+                      after.platform, after.subject_key, after, before, seq, False, None,
+                      granted, {})
+    cursor = statements.insert_event(eid, event_type, "reprojection", after.platform,
+                                     after.subject_key, seq, after.user_id, now_ms, now_ms,
+                                     None, False, body)
+    routed = _route(rules, event_type, after.platform, after.environment)
+    if routed:
+        statements.insert_deliveries([(cursor, name, subject, seq, status, now_ms, now_ms)
+                                      for name, status in routed])
+    statements.upsert_purchases([after])
+    snap = Snapshot(platform=after.platform, subject_key=after.subject_key,
+                    source="reprojection", observed_ms=now_ms, received_ms=now_ms,
+                    expires_ms=after.expires_ms, note=InputNote("reprojected"))
+    statements.insert_inputs([input_row(snap, before, after, [eid])])
+    view = EventView(cursor=cursor, id=eid, type=event_type, body=body,
+                     platform=after.platform, subject_key=after.subject_key, sequence=seq,
+                     deliveries=len(routed))
+    return Applied(after, (view,))
 
 
 def _refetch(snap: Snapshot) -> bool:

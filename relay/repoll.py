@@ -16,11 +16,11 @@ from enum import StrEnum
 
 from relay import pipeline
 from relay.attesto import AttestoClient
-from relay.domain import InputNote, PurchaseView, Snapshot, State
+from relay.domain import PurchaseView, Snapshot
 from relay.errors import RelayError, UpstreamError
 from relay.models import Purchase
 from relay.pipeline import Applied, view_of
-from relay.poll_policy import next_poll_ms
+from relay.poll_policy import clock_input, next_poll_ms
 from relay.ratelimit import TokenBucket
 from relay.runtime import Runtime
 from relay.store import Store
@@ -126,7 +126,7 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
         outcome = Outcome.NO_STATE
     current = view_of(Purchase.get((Purchase.platform == view.platform)
                                    & (Purchase.subject_key == view.subject_key)))
-    lapsed = _apple_grace_over(current, now_ms, runtime)
+    lapsed = clock_input(current, now_ms, rules.entitlement_policy)
     if lapsed is not None:
         applied = pipeline.apply(lapsed, rules, now_ms)
         outcome = Outcome.EXPIRED_NO_RENEWAL
@@ -141,40 +141,6 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
             (Purchase.platform == view.platform)
             & (Purchase.subject_key == view.subject_key)).execute()
     return outcome, applied
-
-
-def _apple_grace_over(p: PurchaseView, now_ms: int, runtime: Runtime) -> Snapshot | None:
-    """The clock's input for an Apple subscription whose access ran out with no news:
-    past expiry + `apple_renewal_grace_s` with no renewal seen (`expired`,
-    renewal_not_seen), or past its billing grace end (`billing_retry`: Apple keeps
-    retrying the charge without access, GRACE_PERIOD_EXPIRED). None: nothing to do."""
-    if p.platform != "apple" or p.kind != "subscription" or p.expires_ms is None:
-        return None
-    leeway_ms = runtime.config.purchases.clock_leeway_s * 1000
-    renewal_grace_ms = runtime.config.scheduler.apple_renewal_grace_s * 1000
-    if p.state == State.GRACE and p.grace_expires_ms is not None:
-        if now_ms < max(p.expires_ms, p.grace_expires_ms) + leeway_ms:
-            return None
-        return _clock_input(p, now_ms, State.BILLING_RETRY, "grace_period_over",
-                            "subscription.grace_period_expired")
-    if p.state == State.ACTIVE_NOT_RENEWING:
-        over = now_ms >= p.expires_ms + leeway_ms
-    elif p.state in (State.ACTIVE, State.GRACE):
-        over = now_ms >= p.expires_ms + renewal_grace_ms
-    else:
-        over = False
-    if not over:
-        return None
-    return _clock_input(p, now_ms, State.EXPIRED, "renewal_not_seen", "subscription.expired")
-
-
-def _clock_input(p: PurchaseView, now_ms: int, state: State, reason: str,
-                 event: str) -> Snapshot:
-    return Snapshot(
-        platform=p.platform, subject_key=p.subject_key, source="poll",
-        observed_ms=max(now_ms, p.store_time_ms), received_ms=now_ms, state=state,
-        state_reason=reason, event_type=event, event_reason=reason,
-        note=InputNote(reason))
 
 
 @dataclass
