@@ -71,7 +71,7 @@ async def _apple_subscribe(life: Relay, otid: str, user: str, *, days: int = 30)
 async def sequences(life: Relay) -> None:
     t0 = life.now_ms
     # a-normal
-    t1 = await _apple_subscribe(life, "a-normal", "u-normal", days=1)
+    await _apple_subscribe(life, "a-normal", "u-normal", days=1)
     life.advance(86_400)
     t2 = apple_transaction("a-normal-2", "a-normal", P, t0 + DAY_MS, t0 + 31 * DAY_MS,
                            renewal=True)
