@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from relay import pipeline
+from relay.input_log import fold_repeat
 from relay.attesto import AttestoClient
 from relay.domain import PurchaseView, Snapshot
 from relay.errors import RelayError, UpstreamError
@@ -122,6 +123,8 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
                                  rules, now_ms)
         if applied.events:
             outcome = Outcome.CHANGED
+        else:
+            fold_repeat(view.platform, view.subject_key)  # the same answer again: counted
     else:
         outcome = Outcome.NO_STATE
     current = view_of(Purchase.get((Purchase.platform == view.platform)
