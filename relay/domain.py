@@ -228,20 +228,27 @@ class EntitlementPolicy:
 def access_until_ms(p: PurchaseView, policy: EntitlementPolicy) -> int | None:
     """When access ends (leeway included) for a purchase in an entitled state; None: no end.
 
-    `grace`: the store's grace end (Apple gracePeriodExpiresDate; Google's line-item expiry
-    is already the grace end) plus the clock leeway. An Apple `active` subscription set to
-    renew, or an Apple `grace` whose end relay has not read, keeps access
-    `apple_renewal_grace_s` past its expiry: its renewal (or grace end) is only seen by a
-    webhook that may be late. Everything else: the expiry plus the clock leeway.
+    `grace` with a known end (Apple gracePeriodExpiresDate; Google's line-item expiry read
+    during IN_GRACE_PERIOD): that end plus the clock leeway. Past its expiry and waiting
+    for news only a webhook or an immediate re-verify brings, a purchase keeps access
+    `apple_renewal_grace_s` past its expiry: an Apple `active` subscription set to renew
+    (its renewal may be late), a `grace` whose end relay has not read yet, and a Google
+    renewal or recovery announced by a notification whose new expiry the re-verify has not
+    read yet (`period_pending`: counted from the notification's time, as a period that
+    began then). Everything else: the expiry plus the clock leeway.
     """
     if p.expires_ms is None:
         return None
     until, leeway_s = p.expires_ms, policy.clock_leeway_s
-    apple_sub = p.platform == "apple" and p.kind == "subscription"
-    if p.state == State.GRACE and p.grace_expires_ms is not None:
-        until = max(until, p.grace_expires_ms)
-    elif apple_sub and (p.state == State.GRACE
-                        or (p.state == State.ACTIVE and p.auto_renew is not False)):
+    grace_known = p.grace_expires_ms is not None and p.grace_expires_ms >= p.expires_ms
+    waiting = (p.period_pending or (p.state == State.GRACE and not grace_known)
+               or (p.platform == "apple" and p.kind == "subscription"
+                   and p.state == State.ACTIVE and p.auto_renew is not False))
+    if p.state == State.GRACE and grace_known:
+        until = p.grace_expires_ms  # type: ignore[assignment]
+    elif waiting:
+        if p.period_pending:  # the announced period began when the store said so
+            until = max(until, p.store_time_ms)
         leeway_s = max(leeway_s, policy.apple_renewal_grace_s)
     return until + leeway_s * 1000
 

@@ -310,9 +310,10 @@ def decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rul
             grace_expires_ms=snap.grace_expires_ms, period_start_ms=snap.period_start_ms)
     elif stale or record_only:
         # Identity fields fill in whatever the order; state fields only move forward, and
-        # only with an input about the purchase's current transaction or token.
+        # only with an input about the purchase's current transaction or token. A newer
+        # transaction or token a late input names is still news (`_newer_reference`).
         after = replace(
-            before,
+            _newer_reference(snap, before) if stale and not record_only else before,
             user_id=_coalesce(snap.user_id, before.user_id or user_id),
             app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
             product_id=before.product_id or snap.product_id,
@@ -328,6 +329,9 @@ def decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rul
             # Play's live answer after a void decides it: no access left means refunded.
             if voided_ms is not None and state == State.EXPIRED:
                 state, reason, void_decided = State.REFUNDED, "voided", True
+            elif state == State.EXPIRED and before.state in (State.REFUNDED, State.REVOKED):
+                # Play shows a revoked or refunded subscription as EXPIRED: say which.
+                state, reason = State(before.state), before.state_reason
             voided_ms = None
         after = replace(
             before,
@@ -405,6 +409,25 @@ def apply_reprojected(before: PurchaseView, target: PurchaseView, rules: Rules,
                      platform=after.platform, subject_key=after.subject_key, sequence=seq,
                      deliveries=len(routed))
     return Applied(after, (view,))
+
+
+def _newer_reference(snap: Snapshot, before: PurchaseView) -> PurchaseView:
+    """What a stale input still says: an Apple transaction that began after the row's
+    latest (its period: expiry, product) or a Google purchase of a new token. The state
+    stays that of the newer input already applied."""
+    if (snap.platform == "apple" and snap.period_start_ms is not None
+            and snap.expires_ms is not None and snap.latest_ref
+            and before.period_start_ms is not None
+            and snap.period_start_ms > before.period_start_ms):
+        return replace(before, expires_ms=snap.expires_ms, latest_ref=snap.latest_ref,
+                       period_start_ms=snap.period_start_ms,
+                       product_id=snap.product_id or before.product_id)
+    if (snap.platform == "google" and snap.source == "webhook" and snap.latest_ref
+            and snap.event_type == "subscription.purchased"
+            and snap.latest_ref not in (before.latest_ref, before.subject_key)):
+        return replace(before, latest_ref=snap.latest_ref,
+                       product_id=snap.product_id or before.product_id)
+    return before
 
 
 def _refetch(snap: Snapshot) -> bool:

@@ -143,6 +143,8 @@ def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | No
     superseded = "replacementCancellation" in _sub(raw, "canceledStateContext")
     snap = Snapshot(
         **common, kind="subscription", superseded=superseded,
+        # In IN_GRACE_PERIOD the line item's expiry is the grace end.
+        grace_expires_ms=expires if state == State.GRACE else None,
         product_id=_opt_text(line, "productId") or _text(purchase, "productId", "purchase"),
         base_plan_id=_opt_text(offer, "basePlanId"), state=state, state_reason=reason,
         expires_ms=expires, auto_renew=auto_renew,
