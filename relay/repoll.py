@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from relay import pipeline
-from relay.input_log import fold_repeat
 from relay.attesto import AttestoClient
 from relay.domain import PurchaseView, Snapshot
 from relay.errors import RelayError, UpstreamError
+from relay.input_log import fold_repeat
 from relay.models import Purchase
 from relay.pipeline import Applied, view_of
 from relay.poll_policy import clock_input, next_poll_ms
