@@ -287,8 +287,8 @@ def _apple() -> list[Scenario]:
                                    expect=Expect("active", PREMIUM)),
                             a.note("refund", "REFUND", None,
                                    dict(t2, revocationDate=T0 + 31 * DAY_MS, revocationReason=1),
-                                   31, 5, expect=Expect(
-                                       "refunded", NONE, (("subscription.refunded", "refunded"),))))))
+                                   31, 5, expect=Expect("refunded", NONE, (
+                                       ("subscription.refunded", "refunded"),))))))
 
     a = Apple("a-refund-old")
     t1, t2 = a.txn(1, 0, 30), a.txn(2, 30, 60)
@@ -311,8 +311,9 @@ def _apple() -> list[Scenario]:
                         "[ASN] REFUND_DECLINED: the App Store declined the refund request; "
                         "status 1", (
                             *a.buy(t1),
-                            a.note("declined", "REFUND_DECLINED", None, t1, 3, 1, expect=Expect(
-                                "active", PREMIUM, (("subscription.refund_declined", "active"),))))))
+                            a.note("declined", "REFUND_DECLINED", None, t1, 3, 1,
+                                   expect=Expect("active", PREMIUM, (
+                                       ("subscription.refund_declined", "active"),))))))
 
     a = Apple("a-refund-reversed")
     t1 = a.txn(1, 0, 30)
@@ -323,8 +324,9 @@ def _apple() -> list[Scenario]:
                             a.note("refund", "REFUND", None,
                                    dict(t1, revocationDate=T0 + 2 * DAY_MS, revocationReason=1),
                                    2, 5, expect=Expect("refunded", NONE)),
-                            a.note("reversed", "REFUND_REVERSED", None, t1, 4, 1, expect=Expect(
-                                "active", PREMIUM, (("subscription.refund_reversed", "active"),))))))
+                            a.note("reversed", "REFUND_REVERSED", None, t1, 4, 1,
+                                   expect=Expect("active", PREMIUM, (
+                                       ("subscription.refund_reversed", "active"),))))))
 
     a = Apple("a-revoke")
     t1 = a.txn(1, 0, 30, family_shared=True)
