@@ -64,7 +64,8 @@ def apple_transaction(tid: str, otid: str, product: str, purchase_ms: int,
                       expires_ms: int | None, *, signed_ms: int | None = None,
                       revocation_ms: int | None = None, app_account_token: str | None = None,
                       production: bool = True, renewal: bool = False,
-                      family_shared: bool = False, upgraded: bool = False) -> dict[str, Any]:
+                      family_shared: bool = False, upgraded: bool = False,
+                      kind: Type = Type.AUTO_RENEWABLE_SUBSCRIPTION) -> dict[str, Any]:
     """JWSTransactionDecodedPayload ("App Store Server API" › JWSTransactionDecodedPayload):
     one period of an auto-renewable subscription, `expiresDate` its end, `revocationDate`
     set when the App Store refunded or revoked it."""
@@ -72,7 +73,7 @@ def apple_transaction(tid: str, otid: str, product: str, purchase_ms: int,
         originalTransactionId=otid, transactionId=tid, webOrderLineItemId=f"{tid}0",
         bundleId=BUNDLE_ID, productId=product, subscriptionGroupIdentifier="20000001",
         purchaseDate=purchase_ms, originalPurchaseDate=purchase_ms, expiresDate=expires_ms,
-        quantity=1, type=Type.AUTO_RENEWABLE_SUBSCRIPTION,
+        quantity=1, type=kind,
         inAppOwnershipType=(InAppOwnershipType.FAMILY_SHARED if family_shared
                             else InAppOwnershipType.PURCHASED),
         signedDate=signed_ms or purchase_ms,
