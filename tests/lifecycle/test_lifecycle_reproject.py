@@ -167,3 +167,66 @@ def test_reproject_since_limits_to_recent_inputs(tmp_path: Path,
     assert sorted(line.split("  ")[0] for line in out[:-1]) == ["apple:a-expired",
                                                                 "google:g-root"]
     assert cli.main(["reproject", "--config", str(config), "--since", "yesterday"]) == 2
+
+
+async def test_reproject_apply_is_safe_while_relay_serves(life: Any, tmp_path: Path) -> None:
+    """`relay reproject --apply` (another process) writes while relay keeps storing
+    webhooks on the same store: every delivery is answered 200 and kept, and every row the
+    log contradicts is fixed (each batch re-reads its rows inside its write-locked
+    transaction)."""
+    import asyncio
+    import os
+    import sys
+
+    from relay.appkeys import RUNTIME_KEY
+    from relay.models import Purchase
+    from tests.lifecycle.stores import apple_notification, apple_renewal, apple_transaction
+
+    day = 86_400_000
+    now = life.now_ms
+    for n in range(40):
+        t = apple_transaction(f"s{n}-t1", f"s{n}", "com.example.premium", now, now + 30 * day)
+        await life.apple_webhook(apple_notification(
+            "SUBSCRIBED", "INITIAL_BUY", uuid=f"s{n}-n", signed_ms=now, txn=t,
+            renewal=apple_renewal(f"s{n}", "com.example.premium", auto_renew=True,
+                                  signed_ms=now), status=1))
+    # Rows the log contradicts (as an old rule would have left them).
+    await life.client.app[_store_key()].write(
+        lambda: Purchase.update(state="refunded").where(
+            Purchase.subject_key.in_([f"s{n}" for n in range(0, 40, 2)])).execute())
+    store = life.client.app[RUNTIME_KEY].config.store
+    config = tmp_path / "reproject.toml"
+    where = f'url = "{store.url}"' if store.url else f'path = "{store.path}"'
+    config.write_text(f'[store]\n{where}\n[log]\nlevel = "warning"\n[entitlements]\n'
+                      '"com.example.premium" = ["premium"]\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "reproject", "--config", str(config), "--apply",
+        "--batch", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    answered = 0
+    while proc.returncode is None:  # keep relay writing until reproject is done
+        t = apple_transaction(f"w{answered}-t1", f"w{answered}", "com.example.premium", now,
+                              now + 30 * day)
+        result = await life.apple_webhook(apple_notification(
+            "SUBSCRIBED", "INITIAL_BUY", uuid=f"w{answered}-n", signed_ms=now, txn=t,
+            renewal=apple_renewal(f"w{answered}", "com.example.premium", auto_renew=True,
+                                  signed_ms=now), status=1))
+        assert result["status"] == "accepted"
+        answered += 1
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=0.001)
+        except TimeoutError:
+            pass
+    out, err = await proc.communicate()
+    assert answered >= 1  # relay stored deliveries while reproject ran
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines()[-1].startswith("20 purchase(s) changed")
+    states = await life.client.app[_store_key()].read(
+        lambda: {p.subject_key: p.state for p in Purchase.select()})
+    assert all(state == "active" for state in states.values()), states
+    assert len(states) == 40 + answered
+
+
+def _store_key() -> Any:
+    from relay.appkeys import STORE_KEY
+    return STORE_KEY
