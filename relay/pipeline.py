@@ -211,7 +211,8 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         current[key] = dirty[key] = after
         decided.append((after, made, stale))
         input_rows.append(input_row(snap, before, after, [m[0] for m in made]))
-        if before is not None and before.environment is None and after.environment:
+        if (before is not None and before.environment is None and after.environment
+                and any(r.environments for r in rules.routes)):
             located.append((f"{after.platform}:{after.subject_key}", after.environment))
 
     cursors = statements.insert_events(event_rows) if event_rows else {}
