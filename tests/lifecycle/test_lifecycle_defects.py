@@ -262,9 +262,12 @@ async def test_defect7_inbox_pruning_keeps_the_dedupe_key(life: Relay) -> None:
     runtime = life.client.app[RUNTIME_KEY]
     import dataclasses
     cfg = runtime.config
+    # Every retention as short as it goes: [scheduler] retention_s (what relay before
+    # issue 15 pruned the inbox by) and [input_log] retention_s (what prunes bodies now).
+    short = {"input_log": dataclasses.replace(cfg.input_log, retention_s=60)} \
+        if hasattr(cfg, "input_log") else {}
     runtime.replace(dataclasses.replace(
-        cfg, scheduler=dataclasses.replace(cfg.scheduler, retention_s=60),
-        input_log=dataclasses.replace(cfg.input_log, retention_s=60)))
+        cfg, scheduler=dataclasses.replace(cfg.scheduler, retention_s=60), **short))
     now = life.now_ms
     note = rtdn_subscription(4, "tokD", G, now)
     body = google_envelope(note, event_id="evt_01DEDUPE0000000000000000", received_ms=now,
