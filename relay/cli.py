@@ -1,4 +1,5 @@
-"""The `relay` command line: serve, check-config, migrate. Exit codes: 0, 1, 2 usage, 78 config."""
+"""The `relay` command line: serve, check-config, migrate, reproject, ... Exit codes: 0, 1,
+2 usage, 78 config."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__, cli_admin, systemd, workers
+from relay import __version__, cli_admin, cli_reproject, systemd, workers
 from relay.app import create_app
 from relay.appkeys import ATTESTO_KEY, RUNTIME_KEY
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "loopback (built-in Attesto simulator; nothing to configure)").set_defaults(
         func=_cmd_demo)
     cli_admin.register(add)
+    cli_reproject.register(add)
     return parser
 
 

@@ -128,6 +128,13 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InputLogConfig:
+    # Seconds the input log's rows and the inbox's raw bodies are kept; 0 = for ever. The
+    # inbox's eventIds (the dedupe keys) are kept for ever whatever this says.
+    retention_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxConfig:
     concurrency: int = 32
     per_endpoint_concurrency: int = 8
@@ -184,6 +191,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    input_log: InputLogConfig = field(default_factory=InputLogConfig)
     log: LogConfig = field(default_factory=LogConfig)
     entitlements: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: types.MappingProxyType({})
@@ -230,6 +238,7 @@ SECTIONS: dict[str, tuple[str, type[Any]]] = {
     "limits": ("limits", LimitsConfig),
     "scheduler": ("scheduler", SchedulerConfig),
     "outbox": ("outbox", OutboxConfig),
+    "input_log": ("input_log", InputLogConfig),
     "log": ("log", LogConfig),
 }
 _TABLE_SECTIONS = ("entitlements", "downstream", "products")
@@ -396,6 +405,9 @@ def _validate(cfg: Config, src: str) -> list[str]:
     for name in ("concurrency", "per_endpoint_concurrency", "claim_timeout_s", "sweep_s",
                  "delivered_retention_s"):
         _positive(p, f"{src}: [outbox]", name, getattr(o, name))
+    if cfg.input_log.retention_s < 0:
+        p.append(f"{src}: [input_log] retention_s must be >= 0 (0 keeps the log for ever; "
+                 f"got {cfg.input_log.retention_s})")
     if not o.retry_schedule_s or any(d < 0 for d in o.retry_schedule_s):
         p.append(f"{src}: [outbox] retry_schedule_s must be a non-empty list of seconds >= 0")
     for net in o.allow_networks:

@@ -18,7 +18,8 @@ from relay.pipeline import Rules
 _COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
             "base_plan_id", "state", "state_reason", "environment", "expires_ms", "auto_renew",
             "latest_ref", "package_name", "store_time_ms", "sequence", "created_ms",
-            "updated_ms", "next_poll_ms", "period_pending")
+            "updated_ms", "next_poll_ms", "period_pending", "grace_expires_ms", "period_start_ms",
+            "voided_ms")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM purchase WHERE "
 
 

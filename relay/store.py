@@ -391,7 +391,9 @@ class Store:
 
     @property
     def _begin(self) -> tuple[str, ...]:
-        return ("IMMEDIATE",) if self.shared else ()
+        # SQLite: take the write lock at BEGIN, so a group never reads, then finds another
+        # process (a worker, `relay reproject`) committed first and fails to write.
+        return ("IMMEDIATE",) if self.is_sqlite else ()
 
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:

@@ -278,11 +278,11 @@ def apply_verifies(writes: list[VerifyWrite]
     for i, w in enumerate(writes):
         if chunk and (w.rules is not writes[chunk[0][0]].rules or _chained(w.snap)):
             flush()
-        s, stored = _reconcile(w.snap, w.linked)
+        s, stored = _reconcile(w.snap, w.linked, w.rules)
         if any(s.platform == c.platform and s.subject_key == c.subject_key
                for _, c, _ in chunk):
             flush()  # the same purchase again: read it as the earlier write left it
-            s, stored = _reconcile(w.snap, w.linked)
+            s, stored = _reconcile(w.snap, w.linked, w.rules)
         chunk.append((i, s, stored))
     flush()
     users = lookups.purchases_by_user({w.snap.user_id or "" for w in writes
@@ -298,12 +298,13 @@ def _chained(snap: Snapshot) -> bool:
     return snap.platform == "google" and snap.kind == "subscription"
 
 
-def _reconcile(snap: Snapshot, linked: str | None) -> tuple[Snapshot, PurchaseView | None]:
+def _reconcile(snap: Snapshot, linked: str | None,
+               rules: pipeline.Rules) -> tuple[Snapshot, PurchaseView | None]:
     """Runs in the write: pick the row, then decide what this verify may change on it.
     Returns the snapshot to apply and the row as read (the apply does not read it again)."""
     if snap.platform == "apple":
         stored = lookups.purchase_view("apple", snap.subject_key)
-        return reconcile_apple(snap, stored), stored
+        return reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000), stored
     if snap.kind != "subscription":
         stored = lookups.purchase_view("google", snap.subject_key)
         return reconcile_google(snap, stored, True), stored

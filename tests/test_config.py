@@ -295,3 +295,12 @@ def test_limits_section(tmp_path: Path) -> None:
                                    "RELAY_LIMITS__SERVICE_KEY_RATE_PER_S": "0"})
     assert "[limits] user_burst must be >= 1" in str(err.value)
     assert "[limits] service_key_rate_per_s must be > 0" in str(err.value)
+
+
+def test_input_log_retention_defaults_to_keep_and_is_checked() -> None:
+    assert Config().input_log.retention_s == 0  # kept for ever unless configured
+    cfg = load_config(None, environ={"RELAY_INPUT_LOG__RETENTION_S": "7776000"})
+    assert cfg.input_log.retention_s == 7_776_000
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_INPUT_LOG__RETENTION_S": "-1"})
+    assert any("[input_log] retention_s" in line for line in err.value.problems)
