@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Credentials and Secret are re-exported: callers know them as part of the Config.
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -54,6 +54,9 @@ class ServerConfig:
     port: int = 8787
     max_body_bytes: int = 262_144
     shutdown_timeout_s: float = 30.0
+    # A connection must send its request line and headers within this (and, once they
+    # are in, the body within as long again); idle keep-alive connections close after it.
+    header_timeout_s: float = 15.0
     workers: int = 1  # processes serving the port (relay/workers.py); 1: no supervisor
     ingest_writer: bool = False  # webhook writes in a process of their own (ingest_writer.py)
 
@@ -66,7 +69,8 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     path: str = "relay.sqlite3"
-    url: str = ""
+    # PostgreSQL URL, maybe with a password (the `database-url` credential): not in a repr.
+    url: str = field(default="", repr=False)
     auto_migrate: bool = True
     busy_timeout_s: float = 5.0
 
@@ -103,6 +107,17 @@ class PurchasesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Per-caller budgets (relay/inbound_limits.py): defaults a real app never reaches."""
+
+    user_rate_per_s: float = 20.0  # per end user (JWT `sub`) on every /api/iap route
+    user_burst: float = 40.0
+    service_key_rate_per_s: float = 500.0  # per service key on /v1 verify and restore
+    service_key_burst: float = 1000.0
+    restore_timeout_s: float = 30.0  # a whole restore; items not answered by then: 504
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     enabled: bool = True
     tick_s: float = 5.0
@@ -114,6 +129,13 @@ class SchedulerConfig:
     max_concurrent_polls: int = 8
     batch_size: int = 500
     retention_s: int = 2_592_000
+
+
+@dataclass(frozen=True, slots=True)
+class InputLogConfig:
+    # Seconds the input log's rows and the inbox's raw bodies are kept; 0 = for ever. The
+    # inbox's eventIds (the dedupe keys) are kept for ever whatever this says.
+    retention_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +192,10 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     jwt: JwtConfig = field(default_factory=JwtConfig)
     purchases: PurchasesConfig = field(default_factory=PurchasesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    input_log: InputLogConfig = field(default_factory=InputLogConfig)
     log: LogConfig = field(default_factory=LogConfig)
     entitlements: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: types.MappingProxyType({})
@@ -190,8 +214,12 @@ class Config:
             out.append("webhook receiver: credential 'attesto-webhook-secret' is missing")
         if not creds.api_keys:
             out.append("/v1 service API: credential 'api-keys' is missing")
-        if creds.admin_token is None:
-            out.append("admin API and /metrics: credential 'admin-token' is missing")
+        if creds.admin_token is None and creds.metrics_token is None:
+            out.append("admin API and /metrics: credential 'admin-token' is missing "
+                       "(or 'metrics-token' for /metrics alone)")
+        elif creds.admin_token is None:
+            out.append("admin API: credential 'admin-token' is missing (/metrics answers "
+                       "the metrics token)")
         if creds.jwt_key is None:
             out.append("/api/iap (end-user JWTs): credential 'jwt-key' is missing")
         for ds in self.downstream:
@@ -211,8 +239,10 @@ SECTIONS: dict[str, tuple[str, type[Any]]] = {
     "webhooks": ("webhooks", WebhooksConfig),
     "auth.jwt": ("jwt", JwtConfig),
     "purchases": ("purchases", PurchasesConfig),
+    "limits": ("limits", LimitsConfig),
     "scheduler": ("scheduler", SchedulerConfig),
     "outbox": ("outbox", OutboxConfig),
+    "input_log": ("input_log", InputLogConfig),
     "log": ("log", LogConfig),
 }
 _TABLE_SECTIONS = ("entitlements", "downstream", "products")
@@ -284,7 +314,42 @@ def _positive(problems: list[str], where: str, name: str, value: float) -> None:
 def _check_url(problems: list[str], where: str, name: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        problems.append(f"{where} {name} must be an http(s) URL (got {url!r})")
+        problems.append(f"{where} {name} must be an http(s) URL (got {redact_url(url)!r})")
+
+
+# Query parameters whose value is a secret (libpq's password/sslpassword, webhook tokens).
+_SECRET_PARAMS = ("pass", "secret", "token", "key", "sig", "auth")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password, and the value of any query parameter that looks secret,
+    shown as `***`: what check-config and error messages print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if any(w in k.lower() for w in _SECRET_PARAMS) else v)
+                           for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _validate(cfg: Config, src: str) -> list[str]:
@@ -294,16 +359,27 @@ def _validate(cfg: Config, src: str) -> list[str]:
         p.append(f"{src}: [server] port must be 0-65535 (got {s.port})")
     _positive(p, f"{src}: [server]", "max_body_bytes", s.max_body_bytes)
     _positive(p, f"{src}: [server]", "shutdown_timeout_s", s.shutdown_timeout_s)
+    _positive(p, f"{src}: [server]", "header_timeout_s", s.header_timeout_s)
     if not 1 <= s.workers <= MAX_WORKERS:
         p.append(f"{src}: [server] workers must be 1-{MAX_WORKERS} (got {s.workers})")
     if s.ingest_writer and cfg.store.url:
         p.append(f"{src}: [server] ingest_writer works with SQLite only; on PostgreSQL run "
                  "more instances")
     if cfg.store.url and not cfg.store.url.startswith(("postgresql://", "postgres://")):
-        p.append(f"{src}: [store] url must start with postgresql:// (got {cfg.store.url!r})")
+        if cfg.credentials.database_url is not None:
+            p.append("credential database-url must start with postgresql:// (got "
+                     f"{redact_url(cfg.store.url)!r})")
+        else:
+            p.append(f"{src}: [store] url must start with postgresql:// "
+                     f"(got {redact_url(cfg.store.url)!r})")
     if not cfg.store.url and not cfg.store.path:
         p.append(f"{src}: [store] path must not be empty when url is not set")
     _check_url(p, f"{src}: [attesto]", "base_url", cfg.attesto.base_url)
+    attesto = urlsplit(cfg.attesto.base_url)
+    if attesto.scheme == "http" and not _is_loopback(attesto.hostname):
+        p.append(f"{src}: [attesto] base_url {cfg.attesto.base_url!r} is plain http to a host "
+                 "that is not loopback: the API key would cross the network in clear; use "
+                 "https:// (http only to 127.0.0.0/8, ::1 or localhost)")
     for name in ("timeout_s", "connect_timeout_s", "max_attempts", "max_concurrency",
                  "breaker_threshold", "breaker_cooldown_s"):
         _positive(p, f"{src}: [attesto]", name, getattr(cfg.attesto, name))
@@ -319,6 +395,12 @@ def _validate(cfg: Config, src: str) -> list[str]:
     if cfg.purchases.owner_conflict not in ("transfer", "keep"):
         p.append(f"{src}: [purchases] owner_conflict must be 'transfer' or 'keep' "
                  f"(got {cfg.purchases.owner_conflict!r})")
+    for name in ("user_rate_per_s", "user_burst", "service_key_rate_per_s",
+                 "service_key_burst", "restore_timeout_s"):
+        _positive(p, f"{src}: [limits]", name, getattr(cfg.limits, name))
+    for burst in ("user_burst", "service_key_burst"):
+        if getattr(cfg.limits, burst) < 1:
+            p.append(f"{src}: [limits] {burst} must be >= 1 (one request)")
     for name in ("tick_s", "poll_after_expiry_s", "apple_renewal_grace_s", "sweep_interval_s",
                  "billing_retry_poll_s", "max_polls_per_s", "max_concurrent_polls",
                  "batch_size", "retention_s"):
@@ -327,6 +409,9 @@ def _validate(cfg: Config, src: str) -> list[str]:
     for name in ("concurrency", "per_endpoint_concurrency", "claim_timeout_s", "sweep_s",
                  "delivered_retention_s"):
         _positive(p, f"{src}: [outbox]", name, getattr(o, name))
+    if cfg.input_log.retention_s < 0:
+        p.append(f"{src}: [input_log] retention_s must be >= 0 (0 keeps the log for ever; "
+                 f"got {cfg.input_log.retention_s})")
     if not o.retry_schedule_s or any(d < 0 for d in o.retry_schedule_s):
         p.append(f"{src}: [outbox] retry_schedule_s must be a non-empty list of seconds >= 0")
     for net in o.allow_networks:
@@ -578,6 +663,9 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
     credentials = load_credentials([d.name for d in downstream], credentials_dir, environ,
                                    creds_problems)
     problems.extend(creds_problems)
+    if credentials.database_url is not None:  # file, then environment, then credentials
+        kwargs["store"] = dataclasses.replace(kwargs["store"],
+                                              url=credentials.database_url.reveal())
     cfg = Config(**kwargs, entitlements=types.MappingProxyType(entitlements),
                  downstream=tuple(downstream), products=tuple(products),
                  credentials=credentials, source=src)
@@ -588,12 +676,17 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
-    """The effective configuration as plain data, credentials reduced to set/missing."""
+    """The effective configuration as plain data, credentials reduced to set/missing and
+    every URL redacted (`redact_url`)."""
+    def shown(section: Any) -> dict[str, Any]:
+        return {k: redact_url(v) if isinstance(v, str) and "://" in v else v
+                for k, v in dataclasses.asdict(section).items()}
+
     out: dict[str, Any] = {}
     for name, (attr, _cls) in SECTIONS.items():
-        out[name] = dataclasses.asdict(getattr(cfg, attr))
+        out[name] = shown(getattr(cfg, attr))
     out["entitlements"] = {k: list(v) for k, v in cfg.entitlements.items()}
-    out["downstream"] = [dataclasses.asdict(d) for d in cfg.downstream]
+    out["downstream"] = [shown(d) for d in cfg.downstream]
     out["products"] = [dataclasses.asdict(p) for p in cfg.products]
     c = cfg.credentials
 
@@ -608,6 +701,8 @@ def redacted(cfg: Config) -> dict[str, Any]:
         "api-keys": ", ".join(n for n, _ in c.api_keys) if c.api_keys else "missing",
         "admin-token": state(c.admin_token),
         "jwt-key": state(c.jwt_key),
+        "metrics-token": state(c.metrics_token),
+        "database-url": state(c.database_url),
         **{f"downstream-{n}-secret": state(v) for n, v in c.downstream_secrets.items()},
     }
     return out

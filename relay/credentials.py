@@ -50,6 +50,8 @@ class Credentials:
     downstream_secrets: Mapping[str, tuple[Secret, ...]] = field(
         default_factory=lambda: types.MappingProxyType({})
     )
+    database_url: Secret | None = None  # wins over [store] url: the password stays out
+    metrics_token: Secret | None = None  # reads /metrics only (a Prometheus scraper)
 
 
 def read_credential(name: str, credentials_dir: str | Path | None,
@@ -108,4 +110,6 @@ def load_credentials(downstream_names: Sequence[str], credentials_dir: str | Pat
         jwt_key=Secret(raw.strip()) if (raw := read_credential("jwt-key", credentials_dir,
                                                                environ)) else None,
         downstream_secrets=types.MappingProxyType(downstream),
+        database_url=one("database-url"),
+        metrics_token=one("metrics-token"),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import settings
 
 from relay.attesto.simulator import AttestoSimulator
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
@@ -22,6 +24,14 @@ from tests.support.store import (  # noqa: F401
     _drop_test_databases,
     store_config,
 )
+
+# Hypothesis: in CI (CI set, or HYPOTHESIS_PROFILE=ci) every run draws the same examples
+# (derandomize; no example database carried between runs), so a red build replays as it
+# failed; elsewhere examples stay random (and failures are saved locally) to find new cases.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("ci" if os.environ.get("CI") else "dev"))
 
 API_KEY = "relay-test-service-key"
 ADMIN_TOKEN = "relay-test-admin-token"

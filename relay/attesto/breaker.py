@@ -2,7 +2,9 @@
 
 Pure: the caller passes the monotonic time in seconds. Closed → (threshold consecutive
 failures) → open for `cooldown_s` → half-open: one probe goes through; its success
-closes the breaker, its failure opens it again.
+closes the breaker, its failure opens it again. A probe that ends with neither (cancelled,
+or refused before it called the peer) must say so (`probe_ended`, in a `finally`), or
+every later call would be refused.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ class Breaker:
         self.failures = 0
         self.opened_at = 0.0
         self.times_opened = 0
+        self.probes = 0  # probes let through so far; the latest one is the one out
+
+    def probe(self) -> int | None:
+        """The number of the probe out now (right after `refuse_for` let a call through:
+        that call), or None when closed."""
+        return self.probes if self.state == BreakerState.HALF_OPEN else None
 
     def refuse_for(self, now: float) -> float | None:
         """None if a call may go now (half-open: this call is the probe); else seconds to wait."""
@@ -36,9 +44,17 @@ class Breaker:
         remaining = self.opened_at + self.cooldown_s - now
         if self.state == BreakerState.OPEN and remaining <= 0:
             self.state = BreakerState.HALF_OPEN
+            self.probes += 1
             return None
         # Half-open with the probe still out: tell others to come back shortly.
         return max(remaining, 0.0) if self.state == BreakerState.OPEN else self.cooldown_s
+
+    def probe_ended(self, probe: int, now: float) -> None:
+        """Probe `probe` is over. If it recorded neither success nor failure, the next call
+        probes instead (the breaker stays open, its cooldown already spent)."""
+        if self.state == BreakerState.HALF_OPEN and self.probes == probe:
+            self.state = BreakerState.OPEN
+            self.opened_at = now - self.cooldown_s
 
     def success(self) -> None:
         self.state = BreakerState.CLOSED

@@ -31,6 +31,7 @@ from relay.core.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from relay.core.retry_policy import delay_seconds
 from relay.metrics import Metrics
 
 log = logging.getLogger("relay.attesto")
@@ -38,6 +39,10 @@ log = logging.getLogger("relay.attesto")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
+# A longer Retry-After (a buggy or hostile answer) would stop every verify for as long.
+MAX_RETRY_AFTER_S = 3600
+# Verify answers are a few kB; a larger one is not a verify answer (and is not read whole).
+MAX_ANSWER_BYTES = 1 << 20
 
 # Attesto error code -> (relay error class, relay code). Every code in contract §1.5/§2.
 ERROR_MAP: dict[str, tuple[type[RelayError], str]] = {
@@ -82,12 +87,15 @@ class _Answer:
 
 
 def _retry_after(headers: Mapping[str, str], body: dict[str, Any] | None) -> int | None:
-    raw = headers.get("Retry-After", "").strip()
-    if raw.isdigit():
-        return int(raw)
+    """Integer seconds from `Retry-After` (contract §1.3) or `details.retryAfterSeconds`,
+    at most MAX_RETRY_AFTER_S; None when neither is readable."""
+    seconds = delay_seconds(headers.get("Retry-After", "").strip(), MAX_RETRY_AFTER_S)
+    if seconds is not None:
+        return math.ceil(seconds)
     details = body.get("details") if body else None
-    if isinstance(details, dict) and isinstance(details.get("retryAfterSeconds"), int):
-        return max(0, int(details["retryAfterSeconds"]))
+    value = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(0, min(value, MAX_RETRY_AFTER_S))
     return None
 
 
@@ -109,6 +117,23 @@ def map_error(answer: _Answer) -> RelayError:
                                         retry_after_s=answer.retry_after_s or 1)
     return UpstreamError(f"Attesto answered HTTP {answer.status} without a known error code",
                          code="attesto_bad_response", details={"status": answer.status})
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The answer's body, or None (logged) once it passes MAX_ANSWER_BYTES."""
+    if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
+        log.warning("attesto answered %d bytes (more than %d): not read", resp.content_length,
+                    MAX_ANSWER_BYTES)
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65_536):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            log.warning("attesto answered more than %d bytes: not read", MAX_ANSWER_BYTES)
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class AttestoClient:
@@ -191,39 +216,46 @@ class AttestoClient:
         seen_500 = False
         last: RelayError | None = None
         for attempt in range(1, self.config.max_attempts + 1):
-            await self._wait_turn(deadline, last)
-            started = time.perf_counter()
+            probe = self._admit()
             try:
-                answer = await self._post(path, payload, headers)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                self._failed()
-                self._count_error("attesto_unavailable")
-                # The detail (addresses) goes to the log only, never to the caller.
-                last = UpstreamUnavailableError("Attesto could not be reached",
-                                                code="attesto_unavailable")
-                log.info("attesto %s attempt %d: %s: %.200s request_id=%s", path, attempt,
-                         type(exc).__name__, exc, request_id or "-")
+                await self._wait_retry_after(deadline, last)
+                started = time.perf_counter()
+                try:
+                    answer = await self._post(path, payload, headers)
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                    self._failed()
+                    self._count_error("attesto_unavailable")
+                    # The detail (addresses) goes to the log only, never to the caller.
+                    last = UpstreamUnavailableError("Attesto could not be reached",
+                                                    code="attesto_unavailable")
+                    log.info("attesto %s attempt %d: %s: %.200s request_id=%s", path,
+                             attempt, type(exc).__name__, exc, request_id or "-")
+                    answer = None
+                except BaseException:
+                    self._failed()  # cancelled mid-call (deadline): Attesto did not answer
+                    raise
+                if answer is not None and answer.status >= 500:
+                    self._failed()
+                elif answer is not None:
+                    self.breaker.success()  # Attesto is up; 4xx is about this request
+            finally:
+                if probe is not None:  # it settled above, unless cancelled or refused first
+                    self.breaker.probe_ended(probe, self._now())
+            if answer is None:
+                assert last is not None
                 if attempt == self.config.max_attempts:
                     raise last from None
                 await self._backoff(attempt, None, deadline, last)
                 continue
-            except BaseException:
-                self._failed()  # cancelled (deadline): a half-open probe must not stay out
-                raise
             if self._metrics is not None:
                 self._metrics.attesto_latency.labels(path.split("/")[2]).observe(
                     time.perf_counter() - started)
             if answer.status == 200:
-                self.breaker.success()
                 try:
                     return self._verdict(answer)
                 except RelayError as exc:
                     self._count_error(exc.code)
                     raise
-            if answer.status >= 500:
-                self._failed()
-            else:
-                self.breaker.success()  # Attesto is up; 4xx is about this request
             error = map_error(answer)
             self._count_error(error.code)
             log.info("attesto %s attempt %d: HTTP %d %s request_id=%s", path, attempt,
@@ -242,11 +274,12 @@ class AttestoClient:
     async def _post(self, path: str, payload: bytes, headers: dict[str, str]) -> _Answer:
         async with self._session.post(self._base + path, data=payload, headers=headers,
                                       timeout=self._timeout, allow_redirects=False) as resp:
-            raw = await resp.read()
+            raw = await _read_capped(resp)
+            parsed = None
             try:
-                parsed = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                parsed = None
+                parsed = json.loads(raw) if raw is not None else None
+            except (ValueError, RecursionError):  # not JSON, or nested too deep
+                pass
             body = parsed if isinstance(parsed, dict) else None
             return _Answer(resp.status, body, _retry_after(resp.headers, body))
 
@@ -269,15 +302,20 @@ class AttestoClient:
             log.warning("attesto circuit opened after %d failed attempts; refusing calls "
                         "for %.0fs", self.breaker.failures, self.breaker.cooldown_s)
 
-    async def _wait_turn(self, deadline: float, last: RelayError | None) -> None:
-        """Fail fast while the breaker is open; wait out a pending Retry-After if it fits."""
-        now = self._now()
-        wait = self.breaker.refuse_for(now)
+    def _admit(self) -> int | None:
+        """Fail fast while the breaker is open; return the probe number when this attempt
+        is the half-open probe (the caller must end it: `Breaker.probe_ended`)."""
+        wait = self.breaker.refuse_for(self._now())
         if wait is not None:
             self._count_error("circuit_open")
             raise UpstreamUnavailableError(
                 "Attesto is failing; relay stopped calling it for a moment",
                 code="attesto_unavailable", retry_after_s=max(1, math.ceil(wait)))
+        return self.breaker.probe()
+
+    async def _wait_retry_after(self, deadline: float, last: RelayError | None) -> None:
+        """Wait out a pending Retry-After if it fits before `deadline`, else fail fast."""
+        now = self._now()
         if self._not_before > now:
             if self._not_before >= deadline:
                 raise last or UpstreamUnavailableError(

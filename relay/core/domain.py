@@ -34,7 +34,7 @@ ENTITLED_STATES = frozenset({State.ACTIVE, State.ACTIVE_NOT_RENEWING, State.GRAC
 TERMINAL_STATES = frozenset({State.REVOKED, State.REFUNDED, State.CONSUMED})
 SUSPENDED_STATES = frozenset({State.BILLING_RETRY, State.ON_HOLD, State.PAUSED})
 
-SOURCES = ("webhook", "verify", "restore", "poll")
+SOURCES = ("webhook", "verify", "restore", "poll", "admin", "reprojection")
 PLATFORMS = ("apple", "google")
 
 
@@ -125,6 +125,32 @@ class Snapshot:
     attesto_event_id: str | None = None
     poll_now: bool = False  # Google webhook: re-verify the newest token at once
     announces_period: bool = False  # Google webhook: a new period began; no expiry given
+    grace_expires_ms: int | None = None  # Apple gracePeriodExpiresDate (renewal info)
+    period_start_ms: int | None = None  # Apple purchaseDate of the transaction it names
+    # Recorded and relayed, changes no state: an Apple notification about an older
+    # transaction, a Google notification about a token that is not the current one, a void.
+    record_only: bool = False
+    voided: bool = False  # Google voided purchase (full refund): the next re-fetch decides
+    superseded: bool = False  # Google: the answer is about a token replaced by another
+    extra: Mapping[str, Any] | None = None  # more fields for the relayed event body
+    note: InputNote | None = None  # what the input log keeps about this input
+
+
+@dataclass(frozen=True, slots=True)
+class InputNote:
+    """One input as the input log keeps it: a one-line summary and where its raw body is.
+
+    `store_type`/`store_subtype`: Apple notificationType/subtype, Google notification code
+    (`subscription.4`, `voided`), or the answer's state (`SUBSCRIPTION_STATE_ACTIVE`);
+    `ref`: the transaction id, order id or token it names; `raw`: the answer's JSON text
+    (verify, poll); webhooks point at their inbox row instead (`Snapshot.attesto_event_id`).
+    """
+
+    store_type: str | None = None
+    store_subtype: str | None = None
+    ref: str | None = None
+    raw: str | None = None
+    linked: str | None = None  # Google: the linkedPurchaseToken of a verified token
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +191,9 @@ class PurchaseView:
     updated_ms: int
     next_poll_ms: int | None = None
     period_pending: bool = False  # a Google webhook announced a period; expiry not yet read
+    grace_expires_ms: int | None = None  # Apple: the billing grace period's end
+    period_start_ms: int | None = None  # Apple: purchaseDate of the latest transaction
+    voided_ms: int | None = None  # Google: a void awaits the re-fetch that decides it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,6 +203,7 @@ class PurchaseView:
             "state": self.state, "state_reason": self.state_reason,
             "environment": self.environment, "expires_at": iso(self.expires_ms),
             "auto_renew": self.auto_renew, "updated_at": iso(self.updated_ms),
+            "grace_expires_at": iso(self.grace_expires_ms),
         }
 
 
@@ -195,17 +225,39 @@ class EntitlementPolicy:
     apple_renewal_grace_s: int = 86_400
 
 
+def access_until_ms(p: PurchaseView, policy: EntitlementPolicy) -> int | None:
+    """When access ends (leeway included) for a purchase in an entitled state; None: no end.
+
+    `grace` with a known end (Apple gracePeriodExpiresDate; Google's line-item expiry read
+    during IN_GRACE_PERIOD): that end plus the clock leeway. Past its expiry and waiting
+    for news only a webhook or an immediate re-verify brings, a purchase keeps access
+    `apple_renewal_grace_s` past its expiry: an Apple `active` subscription set to renew
+    (its renewal may be late), a `grace` whose end relay has not read yet, and a Google
+    renewal or recovery announced by a notification whose new expiry the re-verify has not
+    read yet (`period_pending`: counted from the notification's time, as a period that
+    began then). Everything else: the expiry plus the clock leeway.
+    """
+    if p.expires_ms is None:
+        return None
+    until, leeway_s = p.expires_ms, policy.clock_leeway_s
+    grace_known = p.grace_expires_ms is not None and p.grace_expires_ms >= p.expires_ms
+    waiting = (p.period_pending or (p.state == State.GRACE and not grace_known)
+               or (p.platform == "apple" and p.kind == "subscription"
+                   and p.state == State.ACTIVE and p.auto_renew is not False))
+    if p.state == State.GRACE and grace_known:
+        until = p.grace_expires_ms  # type: ignore[assignment]
+    elif waiting:
+        if p.period_pending:  # the announced period began when the store said so
+            until = max(until, p.store_time_ms)
+        leeway_s = max(leeway_s, policy.apple_renewal_grace_s)
+    return until + leeway_s * 1000
+
+
 def is_entitled(p: PurchaseView, now_ms: int, policy: EntitlementPolicy) -> bool:
     if p.state not in ENTITLED_STATES:
         return False
-    if p.expires_ms is None:
-        return True
-    leeway_s = policy.clock_leeway_s
-    if (p.platform == "apple" and p.kind == "subscription" and p.state == State.ACTIVE
-            and p.auto_renew is not False):
-        # Apple renewals are only seen by webhook; keep access while one may be late.
-        leeway_s = max(leeway_s, policy.apple_renewal_grace_s)
-    return now_ms < p.expires_ms + leeway_s * 1000
+    until = access_until_ms(p, policy)
+    return until is None or now_ms < until
 
 
 def entitlements_of(purchases: list[PurchaseView], mapping: Mapping[str, tuple[str, ...]],

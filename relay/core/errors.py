@@ -72,6 +72,20 @@ class ConflictError(ClientError):
     code = "conflict"
 
 
+class RequestTimeoutError(ClientError):
+    """The body did not arrive within `[server] header_timeout_s`."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class RateLimitedError(ClientError):
+    """This caller (service key or end user) spent its `[limits]` budget; retry later."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class PayloadTooLargeError(ClientError):
     """The body is over `[server] max_body_bytes`."""
 

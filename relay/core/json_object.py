@@ -18,6 +18,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise BadRequestError(f"body is not valid JSON: {exc.msg} at position {exc.pos}",
                               code="invalid_json") from None
+    except (RecursionError, ValueError):  # nested too deep; an integer of >4,300 digits
+        raise BadRequestError("body is not valid JSON: nested too deeply or a number too "
+                              "long", code="invalid_json") from None
     if not isinstance(value, dict):
         raise BadRequestError("body must be a JSON object", code="invalid_json")
     return value

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from relay.core.domain import Snapshot, State, parse_time_ms
+from relay.core.domain import InputNote, Snapshot, parse_time_ms
 from relay.core.errors import BadRequestError
 from relay.core.transitions import resolve_state, transition_for
 
@@ -43,6 +43,7 @@ class Normalized:
     app_user_id: str | None
     snapshot: Snapshot | None
     refund_token: str | None = None
+    voided: dict[str, Any] | None = None  # Google voidedPurchaseNotification
 
 
 def _bad(message: str, field: str) -> BadRequestError:
@@ -69,7 +70,7 @@ def decode_jws_payload(token: Any) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: nested too deep
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -79,7 +80,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 20:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
         return int(value)
     return None
 
@@ -151,25 +152,30 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
         return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
                           app_user_id, None)
     kind = subject.get("type") or "subscription"
+    tid = _text(txn.get("transactionId")) or _str_of(txn.get("transactionId"))
     fields: dict[str, Any] = dict(
+        note=InputNote(_text(data.get("notificationType")), _text(data.get("subtype")), tid),
         platform="apple", subject_key=subject["key"], source="webhook",
         observed_ms=occurred_ms, received_ms=received_ms, kind=kind,
         product_id=_text(subject.get("productId")) or _text(txn.get("productId")),
         environment=environment, app_user_id=app_user_id, event_type=event,
         event_reason=reason, attesto_event_id=event_id,
         # The newest transaction: what a re-poll must ask for (attesto-contract §3).
-        latest_ref=_text(txn.get("transactionId")) or _str_of(txn.get("transactionId")))
+        latest_ref=tid, period_start_ms=_int(txn.get("purchaseDate")))
     row = transition_for(event)
     if row.touches:
         renewal = decode_jws_payload(inner.get("signedRenewalInfo"))
         # The renewal info is the truth about auto-renew; the event name is the fallback.
         renew = _int(renewal.get("autoRenewStatus"))
         auto_renew = row.auto_renew if renew not in (0, 1) else renew == 1
+        # data.status is the whole subscription's status at signedDate: it wins over the
+        # event name (transitions.resolve_state).
         state = resolve_state(event, kind, auto_renew=auto_renew,
                               apple_status=_int(inner.get("status")),
                               revoked=txn.get("revocationDate") is not None)
         fields.update(state=state, state_reason=reason if state is not None else None,
-                      expires_ms=_int(txn.get("expiresDate")), auto_renew=auto_renew)
+                      expires_ms=_int(txn.get("expiresDate")), auto_renew=auto_renew,
+                      grace_expires_ms=_int(renewal.get("gracePeriodExpiresDate")))
     return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
                       app_user_id, Snapshot(**fields))
 
@@ -186,13 +192,17 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
     if subject is None:
         voided = _obj(data.get("voidedPurchaseNotification"))
         return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id,
-                          None, refund_token=_text(voided.get("purchaseToken")))
+                          None, refund_token=_text(voided.get("purchaseToken")),
+                          voided=voided or None)
     kind = subject.get("type") or "subscription"
     note = _obj(data.get("subscriptionNotification") if kind == "subscription"
                 else data.get("oneTimeProductNotification"))
     product_id = (_text(subject.get("productId")) or _text(note.get("subscriptionId"))
                   or _text(note.get("sku")) or _text(note.get("productId")))
+    code = note.get("notificationType")
     fields: dict[str, Any] = dict(
+        note=InputNote(f"{kind}.{code}" if isinstance(code, int) else None, None,
+                       _text(note.get("purchaseToken"))),
         platform="google", subject_key=subject["key"], source="webhook",
         observed_ms=occurred_ms, received_ms=received_ms, kind=kind, product_id=product_id,
         app_user_id=app_user_id, package_name=_text(data.get("packageName")),
@@ -214,9 +224,21 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
 PERIOD_EVENTS = frozenset({"subscription.renewed", "subscription.recovered"})
 
 
-def refund_snapshot(n: Normalized, subject_key: str, kind: str, received_ms: int) -> Snapshot:
-    """The snapshot a Google voided notification makes once its token names a purchase."""
+def void_snapshot(n: Normalized, subject_key: str, kind: str, received_ms: int) -> Snapshot:
+    """What a Google voided notification says once its token names a purchase: the void is
+    recorded and relayed, and Play's live state, re-fetched at once, decides the purchase
+    (RTDN reference: `orderId` may be an earlier renewal order; `refundType` 2 is a
+    quantity-based partial refund). Only a full refund (1) can end it: the re-fetch that
+    finds no access then makes it `refunded` (pipeline)."""
+    voided = n.voided or {}
+    refund_type = _int(voided.get("refundType"))
+    order_id = _text(voided.get("orderId"))
     return Snapshot(platform=n.source, subject_key=subject_key, source="webhook",
                     observed_ms=n.occurred_ms, received_ms=received_ms, kind=kind,
-                    state=State.REFUNDED, state_reason=n.reason, app_user_id=n.app_user_id,
-                    event_type=n.event, event_reason=n.reason, attesto_event_id=n.event_id)
+                    app_user_id=n.app_user_id, event_type=n.event, event_reason=n.reason,
+                    attesto_event_id=n.event_id, record_only=True, poll_now=True,
+                    voided=refund_type != 2,
+                    extra={"order_id": order_id, "refund_type": refund_type,
+                           "product_type": _int(voided.get("productType"))},
+                    note=InputNote("voided", str(refund_type) if refund_type else None,
+                                   order_id))

@@ -21,9 +21,13 @@ class Route:
     active: bool = True  # False: rows are stored as held
 
     def matches(self, event_type: str, platform: str | None, environment: str | None) -> bool:
-        if self.platforms and platform not in self.platforms:
-            return False
         if self.environments and environment not in self.environments:
+            return False
+        return self.matches_event(event_type, platform)
+
+    def matches_event(self, event_type: str, platform: str | None) -> bool:
+        """The filters but the environment's (a purchase's may not be known yet)."""
+        if self.platforms and platform not in self.platforms:
             return False
         return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in self.events)
 

@@ -97,17 +97,38 @@ def resolve_state(event: str, kind: str, *, auto_renew: bool | None = None,
                   apple_status: int | None = None, revoked: bool = False) -> State | None:
     """The state `event` moves a purchase of `kind` to, or None to keep the stored one.
 
-    `auto_renew` (what this input says) turns `active` into `active_not_renewing`;
-    `revoked` (the transaction carries a revocation date) wins over any entitled state.
+    `apple_status` (Apple `data.status`: the whole subscription's status at signedDate)
+    wins over the event's own guess (`apple_status_state`). Without it: `auto_renew` (what
+    this input says) turns `active` into `active_not_renewing`; `revoked` (the transaction
+    carries a revocation date) wins over any entitled state.
     """
     row = transition_for(event)
     if not row.touches:
         return None
     state = row.product if kind == "product" else row.subscription
-    if state is None and apple_status is not None and kind != "product":
-        state = APPLE_STATUS.get(apple_status)
+    if kind != "product" and apple_status in APPLE_STATUS:
+        return apple_status_state(state, apple_status, auto_renew)
     if revoked and state not in (State.REFUNDED, State.REVOKED):
         return State.REVOKED
     if state == State.ACTIVE and auto_renew is False:
         return State.ACTIVE_NOT_RENEWING
     return state
+
+
+def apple_status_state(event_state: State | None, status: int,
+                       auto_renew: bool | None) -> State:
+    """Apple's status decides; the event only says which no-access state it is.
+
+    1 active (`active_not_renewing` when auto-renew is off), 3 billing retry, 4 billing
+    grace period: the status as it is, whatever the event (AUTO_RENEW_ENABLED during
+    billing retry grants nothing; AUTO_RENEW_DISABLED in grace keeps access; a REFUND with
+    status 1 was of something else). 2 expired and 5 revoked: `refunded`/`revoked` when the
+    event is a refund or revoke (status 5 covers both), else `expired`/`revoked`.
+    """
+    base = APPLE_STATUS[status]
+    if base == State.ACTIVE:
+        return State.ACTIVE_NOT_RENEWING if auto_renew is False else State.ACTIVE
+    if base in (State.EXPIRED, State.REVOKED) and event_state in (State.REFUNDED,
+                                                                  State.REVOKED):
+        return event_state
+    return base

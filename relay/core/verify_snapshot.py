@@ -7,10 +7,11 @@ Google verify sees the live subscription: authoritative for the newest known tok
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
-from relay.core.domain import PurchaseView, Snapshot, State, parse_time_ms
+from relay.core.domain import InputNote, PurchaseView, Snapshot, State, parse_time_ms
 
 
 class AttestoResponseError(ValueError):
@@ -78,7 +79,11 @@ def apple_snapshot(body: dict[str, Any], user_id: str | None, now_ms: int,
     else:
         state = State.ACTIVE if kind == "subscription" else State.OWNED
     env = body.get("environment")
+    tid = _text(txn, "transactionId", "transaction")
     return Snapshot(
+        note=InputNote("transaction", "revoked" if revoked is not None else None, tid,
+                       _raw(body)),
+        period_start_ms=purchased,
         platform="apple", subject_key=original, source=source,
         observed_ms=revoked or purchased or now_ms, received_ms=now_ms, kind=kind,
         product_id=_text(txn, "productId", "transaction"), state=state,
@@ -86,7 +91,12 @@ def apple_snapshot(body: dict[str, Any], user_id: str | None, now_ms: int,
         expires_ms=expires, environment=env if env in ("production", "sandbox") else None,
         user_id=user_id,
         app_user_id=_opt_text(body, "appUserId") or _opt_text(txn, "appAccountToken"),
-        latest_ref=_text(txn, "transactionId", "transaction"))
+        latest_ref=tid)
+
+
+def _raw(body: dict[str, Any]) -> str:
+    """The answer as the input log keeps it (compact JSON)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | None,
@@ -95,7 +105,10 @@ def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | No
     `linkedPurchaseToken` (the caller resolves the row key); time = verify time."""
     purchase = _obj(body.get("purchase"), "purchase")
     raw = _obj(purchase.get("rawResponse", {}), "purchase.rawResponse")
+    raw_state = raw.get("subscriptionState") if isinstance(raw, dict) else None
     common: dict[str, Any] = dict(
+        note=InputNote(raw_state if isinstance(raw_state, str) else purchase.get("kind"),
+                       None, purchase_token, _raw(body), _opt_text(raw, "linkedPurchaseToken")),
         platform="google", subject_key=purchase_token, source=source, observed_ms=now_ms,
         received_ms=now_ms, user_id=user_id, latest_ref=purchase_token,
         app_user_id=_opt_text(body, "appUserId"),
@@ -125,8 +138,13 @@ def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | No
             state = State.ACTIVE_NOT_RENEWING
     else:
         state = None  # unknown state: do not guess, keep what is stored
+    # canceledStateContext.replacementCancellation: this token was replaced (an upgrade or
+    # downgrade); only the new token's state may set the purchase.
+    superseded = "replacementCancellation" in _sub(raw, "canceledStateContext")
     snap = Snapshot(
-        **common, kind="subscription",
+        **common, kind="subscription", superseded=superseded,
+        # In IN_GRACE_PERIOD the line item's expiry is the grace end.
+        grace_expires_ms=expires if state == State.GRACE else None,
         product_id=_opt_text(line, "productId") or _text(purchase, "productId", "purchase"),
         base_plan_id=_opt_text(offer, "basePlanId"), state=state, state_reason=reason,
         expires_ms=expires, auto_renew=auto_renew,
@@ -143,14 +161,24 @@ def identity_only(snap: Snapshot, stored: PurchaseView) -> Snapshot:
 
     return replace(snap, observed_ms=stored.store_time_ms, kind=None, state=None,
                    state_reason=None, expires_ms=None, auto_renew=None, latest_ref=None,
+                   period_start_ms=None, grace_expires_ms=None,
                    product_id=missing(snap.product_id, stored.product_id),
                    base_plan_id=missing(snap.base_plan_id, stored.base_plan_id),
                    environment=missing(snap.environment, stored.environment),
                    package_name=missing(snap.package_name, stored.package_name))
 
 
-def reconcile_apple(snap: Snapshot, stored: PurchaseView | None) -> Snapshot:
-    """Authoritative for a first sight, a later period, or a refund; else identity only."""
+def reconcile_apple(snap: Snapshot, stored: PurchaseView | None,
+                    renewal_grace_ms: int = 86_400_000) -> Snapshot:
+    """Authoritative for a first sight, a later period, or a refund; else identity only.
+
+    A subscription transaction that ended more than `renewal_grace_ms` before the answer
+    (no renewal of it can still be on its way) is `expired`, not `active`: Apple's verify
+    describes one transaction, and its `expiresDate` is in the past."""
+    if (snap.kind == "subscription" and snap.state == State.ACTIVE
+            and snap.expires_ms is not None
+            and snap.expires_ms + renewal_grace_ms <= snap.received_ms):
+        snap = replace(snap, state=State.EXPIRED, state_reason="expired")
     if stored is None:
         return snap
     newer = (stored.expires_ms is None or snap.expires_ms is None
@@ -167,7 +195,8 @@ def reconcile_apple(snap: Snapshot, stored: PurchaseView | None) -> Snapshot:
 
 
 def reconcile_google(snap: Snapshot, stored: PurchaseView | None, current: bool) -> Snapshot:
-    """Authoritative unless the verified token is an older one than the row's newest."""
-    if stored is None or current:
+    """Authoritative unless the verified token is an older one than the row's newest, or
+    Play says it was replaced."""
+    if stored is None or (current and not snap.superseded):
         return snap
     return identity_only(snap, stored)

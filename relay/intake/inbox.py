@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from relay.core import ids
 from relay.core.domain import EventView, PurchaseView, Snapshot
-from relay.core.normalizer import Normalized, refund_snapshot
+from relay.core.normalizer import Normalized, void_snapshot
 from relay.core.rules import Rules
 from relay.store import lookups, pipeline, statements
 
@@ -61,14 +61,24 @@ def ingest_many(items: list[Delivered]) -> list[Outcome]:
          i.inbound.signature_t, i.inbound.headers, i.inbound.body) for i in unique.values()])
     outcomes: dict[int, Outcome] = {}
     runs: list[tuple[Rules, list[tuple[Delivered, Snapshot]]]] = []
+
+    def flush() -> None:
+        for rules, run in runs:
+            now_ms = max(item.now_ms for item, _ in run)
+            applied = pipeline.apply_many([snap for _, snap in run], rules, now_ms)
+            for (item, _), a in zip(run, applied, strict=True):
+                outcomes[id(item)] = Outcome(False, a.events, a.purchase, a.stale)
+        runs.clear()
+
     for item in unique.values():
         if item.inbound.event_id not in new_ids:
             continue
         snap = item.norm.snapshot
         if snap is None and item.norm.refund_token is not None:
+            flush()  # the lookup must see the items before this one (a purchase and its void)
             row = lookups.google_row(item.norm.refund_token)
             if row is not None:
-                snap = refund_snapshot(item.norm, row.subject_key, row.kind, item.now_ms)
+                snap = void_snapshot(item.norm, row.subject_key, row.kind, item.now_ms)
         if snap is None:
             event = record_subjectless(item.norm, item.rules, item.now_ms)
             outcomes[id(item)] = Outcome(False, (event,))
@@ -76,11 +86,7 @@ def ingest_many(items: list[Delivered]) -> list[Outcome]:
         if not runs or runs[-1][0] is not item.rules:
             runs.append((item.rules, []))
         runs[-1][1].append((item, snap))
-    for rules, run in runs:
-        now_ms = max(item.now_ms for item, _ in run)
-        applied = pipeline.apply_many([snap for _, snap in run], rules, now_ms)
-        for (item, _), a in zip(run, applied, strict=True):
-            outcomes[id(item)] = Outcome(False, a.events, a.purchase, a.stale)
+    flush()
     return [outcomes.get(id(item), Outcome(duplicate=True)) for item in items]
 
 

@@ -66,7 +66,8 @@ WHERE d.endpoint = {p} AND d.status = 'pending' AND d.next_attempt_ms <= {p}
   AND (d.claimed_until_ms IS NULL OR d.claimed_until_ms < {p})
   AND NOT EXISTS (SELECT 1 FROM delivery AS x
                   WHERE x.endpoint = d.endpoint AND x.subject = d.subject
-                    AND x.sequence < d.sequence AND x.status IN ('pending', 'held'))
+                    AND x.sequence < d.sequence
+                    AND x.status IN ('pending', 'held', 'unrouted'))
 ORDER BY d.next_attempt_ms, d.id
 LIMIT {p}"""
 

@@ -77,7 +77,7 @@ class Outbox:
         self._depth: dict[str, int] = {}  # rows an endpoint may hold, adapted every cycle
         self._inflight: dict[int, Claimed] = {}
         self._per_ep: collections.Counter[str] = collections.Counter()
-        self._lanes: list[asyncio.Task[None]] = []
+        self._lanes: list[tuple[str, asyncio.Task[None]]] = []  # (endpoint, lane)
         self._done: list[Outcome] = []
         self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
         # Following the pauses made by other processes (endpoint_state):
@@ -171,9 +171,7 @@ class Outbox:
             self._ready[name] = collections.deque()
             self._has_ready[name] = asyncio.Event()
             if self.task is not None:
-                self._lanes += [asyncio.create_task(self._lane(name),
-                                                    name=f"relay-outbox-{name}-{i}")
-                                for i in range(self._per_endpoint)]
+                self._start_lanes(name)
         for name in self.endpoints.keys() - endpoints.keys():
             self._to_release.extend(self._drop_ready(name))
         self.endpoints = endpoints
@@ -224,10 +222,18 @@ class Outbox:
                 if ep.enabled and ep.can_sign and name not in paused]
 
     def healthy(self, stall_s: float) -> bool:
-        """The worker runs and came round within `stall_s` (it does at least every sweep_s)."""
-        if self.task is None or self.task.done():
+        """The worker runs, came round within `stall_s` (it does at least every sweep_s),
+        and every lane is alive (a lane restarts itself after a crash, so a dead one is a
+        lane something cancelled: its endpoint delivers with fewer lanes, or none)."""
+        if self.task is None or self.task.done() or self.dead_lanes():
             return False
         return asyncio.get_running_loop().time() - self.beat <= stall_s
+
+    def dead_lanes(self) -> list[str]:
+        """The endpoints with a lane that ended while the worker runs (one name per lane)."""
+        if self.task is None or self.task.done():
+            return []
+        return [name for name, lane in self._lanes if lane.done()]
 
     def in_flight(self, endpoint: str | None = None) -> int:
         return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
@@ -313,9 +319,15 @@ class Outbox:
 
     # ---- the worker --------------------------------------------------------------
 
+    def _start_lanes(self, name: str) -> None:
+        self._lanes += [(name, asyncio.create_task(self._lane(name),
+                                                   name=f"relay-outbox-{name}-{i}"))
+                        for i in range(self._per_endpoint)]
+
     async def _run(self) -> None:
-        self._lanes = [asyncio.create_task(self._lane(name), name=f"relay-outbox-{name}-{i}")
-                       for name in self.endpoints for i in range(self._per_endpoint)]
+        self._lanes = []
+        for name in self.endpoints:
+            self._start_lanes(name)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -338,9 +350,9 @@ class Outbox:
                 if not ok:
                     await asyncio.sleep(ERROR_BACKOFF_S)  # store down: do not spin
         finally:
-            for lane in self._lanes:
+            for _, lane in self._lanes:
                 lane.cancel()
-            await asyncio.gather(*self._lanes, return_exceptions=True)
+            await asyncio.gather(*(lane for _, lane in self._lanes), return_exceptions=True)
 
     def _worth_a_cycle(self, endpoint: str | None = None) -> bool:
         """Batch the store round trips: a finished attempt alone does not call for one.
@@ -458,11 +470,24 @@ class Outbox:
             self._has_ready[claimed.endpoint].set()
 
     async def _lane(self, name: str) -> None:
-        """One of `name`'s per_endpoint_concurrency lanes: take ready rows, one at a time.
+        """One of `name`'s per_endpoint_concurrency lanes, for as long as the worker runs:
+        a lane that crashes (a bug) is logged and started again, so no answer from a
+        downstream can leave an endpoint without lanes until a restart."""
+        while True:
+            try:
+                await self._take_ready(name)
+            except Exception:
+                log.exception("outbox lane %s crashed; it starts again in %.0fs", name,
+                              ERROR_BACKOFF_S)
+                await asyncio.sleep(ERROR_BACKOFF_S)  # a bug that repeats must not spin
+
+    async def _take_ready(self, name: str) -> None:
+        """Take `name`'s ready rows, one at a time.
 
         A lane awaits the attempt itself (no task per attempt); the global bound is
-        `_slots`. A cancelled attempt leaves its row claimed: stop()
-        releases it, a crash lets the lease run out.
+        `_slots`. A cancelled attempt leaves its row claimed: stop() releases it, a
+        process crash lets the lease run out. An attempt that raises (a bug) gives its
+        row back for the next cycle, then lets the lane crash.
         """
         queue, has_ready = self._ready[name], self._has_ready[name]
         now_ms = self._runtime.now_ms
@@ -488,6 +513,10 @@ class Outbox:
                     self._idle.clear()
                 try:
                     outcome = await deliver.attempt(self._session, ep, c, now_ms, self._rand)
+                except Exception:
+                    self._to_release.append(c)
+                    self.wake()
+                    raise
                 finally:
                     del self._inflight[c.id]
                     self._per_ep[name] -= 1

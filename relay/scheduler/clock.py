@@ -111,7 +111,7 @@ class Scheduler:
             return
         cfg = self.runtime.config
         await prune(self.store, self.runtime.now_ms(), cfg.outbox.delivered_retention_s,
-                    cfg.scheduler.retention_s)
+                    cfg.input_log.retention_s)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         sched, self._scheduler = self._scheduler, None

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from relay.attesto.client import AttestoClient
-from relay.core.domain import PurchaseView, Snapshot, State
+from relay.core.domain import PurchaseView, Snapshot
 from relay.core.errors import RelayError, UpstreamError
-from relay.core.poll_policy import next_poll_ms
+from relay.core.poll_policy import clock_input, next_poll_ms
 from relay.core.verify_snapshot import (
     AttestoResponseError,
     apple_snapshot,
@@ -29,6 +29,7 @@ from relay.runtime import Runtime
 from relay.scheduler.ratelimit import TokenBucket
 from relay.store import pipeline
 from relay.store.database import Store
+from relay.store.input_log import fold_repeat
 from relay.store.models import Purchase
 from relay.store.pipeline import Applied, view_of
 
@@ -112,25 +113,25 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
     if snap is not None:
         stored = view_of(row)
         if snap.platform == "apple":
-            snap = reconcile_apple(snap, stored)
+            snap = reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000)
         else:
-            snap = reconcile_google(snap, stored, current=snap.latest_ref in (
-                stored.latest_ref, stored.subject_key))
+            # Only the purchase's current token may set it: a poll of the root token that
+            # raced an upgrade (the row moved on to the new token meanwhile) does not.
+            snap = reconcile_google(snap, stored, current=snap.latest_ref == (
+                stored.latest_ref or stored.subject_key))
         applied = pipeline.apply(replace(snap, source="poll", subject_key=stored.subject_key),
                                  rules, now_ms)
         if applied.events:
             outcome = Outcome.CHANGED
+        else:
+            fold_repeat(view.platform, view.subject_key)  # the same answer again: counted
     else:
         outcome = Outcome.NO_STATE
     current = view_of(Purchase.get((Purchase.platform == view.platform)
                                    & (Purchase.subject_key == view.subject_key)))
-    if _apple_grace_over(current, now_ms, runtime):
-        applied = pipeline.apply(Snapshot(
-            platform=current.platform, subject_key=current.subject_key, source="poll",
-            observed_ms=max(now_ms, current.store_time_ms), received_ms=now_ms,
-            state=State.EXPIRED, state_reason="renewal_not_seen",
-            event_type="subscription.expired", event_reason="renewal_not_seen"),
-            rules, now_ms)
+    lapsed = clock_input(current, now_ms, rules.entitlement_policy)
+    if lapsed is not None:
+        applied = pipeline.apply(lapsed, rules, now_ms)
         outcome = Outcome.EXPIRED_NO_RENEWAL
     elif outcome is not Outcome.CHANGED:
         # No events: still move the row to its next due time by policy.
@@ -143,17 +144,6 @@ def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
             (Purchase.platform == view.platform)
             & (Purchase.subject_key == view.subject_key)).execute()
     return outcome, applied
-
-
-def _apple_grace_over(p: PurchaseView, now_ms: int, runtime: Runtime) -> bool:
-    """An Apple subscription past expiry + grace with no renewal seen."""
-    if p.platform != "apple" or p.kind != "subscription" or p.expires_ms is None:
-        return False
-    if p.state == State.ACTIVE_NOT_RENEWING:
-        return now_ms >= p.expires_ms + runtime.config.purchases.clock_leeway_s * 1000
-    if p.state not in (State.ACTIVE, State.GRACE):
-        return False
-    return now_ms >= p.expires_ms + runtime.config.scheduler.apple_renewal_grace_s * 1000
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The `relay` command line: serve, check-config, migrate. Exit codes: 0, 1, 2 usage, 78 config."""
+"""The `relay` command line: serve, check-config, migrate, reproject, ... Exit codes: 0, 1,
+2 usage, 78 config."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from aiohttp import web
 
 from relay import __version__, systemd
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
+from relay.core.errors import StoreUnavailableError
 from relay.log import AccessLogger, configure_logging
-from relay.service import cli_admin, workers
+from relay.service import cli_admin, cli_reproject, workers
 from relay.store.migrations import SchemaError
 from relay.web.app import create_app
-from relay.web.appkeys import ATTESTO_KEY, OUTBOX_KEY, RUNTIME_KEY
+from relay.web.appkeys import ATTESTO_KEY, LIMITS_KEY, OUTBOX_KEY, RUNTIME_KEY
 
 log = logging.getLogger("relay.cli")
 
@@ -65,6 +67,7 @@ async def reload(app: web.Application, path: str | None) -> bool:
         if old.credentials.attesto_api_key is None and new.credentials.attesto_api_key:
             log.warning("reload: the Attesto API key is new; verifies use it now, "
                         "re-polls start after a restart")
+    app[LIMITS_KEY].reconfigure(new.limits)
     runtime.replace(new)
     log.info("configuration reloaded from %s", new.source)
     if outbox is not None and usable:
@@ -98,8 +101,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
+    # keepalive_timeout also runs from the moment a connection opens until its request
+    # line and headers are complete (aiohttp closes a connection still waiting for one):
+    # it is the header timeout, and the idle keep-alive bound. Reading the unread rest of
+    # a body after an answer (lingering) is bounded the same way.
+    header_s = config.server.header_timeout_s
     runner = web.AppRunner(app, shutdown_timeout=config.server.shutdown_timeout_s,
-                           access_log_class=AccessLogger, handle_signals=False)
+                           access_log_class=AccessLogger, handle_signals=False,
+                           keepalive_timeout=header_s, lingering_time=min(10.0, header_s))
     await runner.setup()
     try:
         inherited = workers.inherited_socket()
@@ -169,7 +178,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except SchemaError as exc:
         log.error("%s", exc)
         return EX_FAILURE
-    except OSError as exc:
+    except (OSError, StoreUnavailableError) as exc:
         log.error("cannot start: %s", exc)
         return EX_FAILURE
     return EX_OK
@@ -256,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "loopback (built-in Attesto simulator; nothing to configure)").set_defaults(
         func=_cmd_demo)
     cli_admin.register(add)
+    cli_reproject.register(add)
     return parser
 
 

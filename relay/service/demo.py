@@ -232,8 +232,9 @@ class Demo:
                         "purchase(s) after the expiry", "google", sub.token)
         clock.now += 3600
         await self.webhook(sim.google_webhook(1, sub, event_time_ms=clock.ms(), kind="voided"))
-        await self.step("Google refund", "Attesto webhook voidedPurchaseNotification",
-                        "google", sub.token)
+        polled = await self.poll_due()
+        await self.step("Google refund", f"Attesto webhook voidedPurchaseNotification, then "
+                        f"{polled} re-verify (Play's answer decides)", "google", sub.token)
 
 
 async def run(out: Out = print) -> int:

@@ -39,7 +39,7 @@ from peewee import (
     SqliteDatabase,
 )
 
-from relay.config import StoreConfig
+from relay.config import ConfigError, StoreConfig
 from relay.core.errors import BadRequestError, StoreUnavailableError
 from relay.store import migrations
 from relay.store.models import database
@@ -66,16 +66,36 @@ def resolve_sqlite_path(path: str, environ: Mapping[str, str] | None = None) -> 
     return (Path(state_dir) if state_dir else Path.cwd()) / p
 
 
+def postgres_params(url: str) -> tuple[str, dict[str, str]]:
+    """The database name and every other connection parameter of a PostgreSQL URL, read by
+    libpq itself (percent-decoding, sslmode, sslrootcert, several hosts...). ConfigError
+    when libpq refuses it; the message never carries the password."""
+    try:
+        from psycopg2 import ProgrammingError
+        from psycopg2.extensions import parse_dsn
+    except ImportError:
+        raise ConfigError(["[store] url needs the PostgreSQL driver: "
+                           "pip install 'relay[postgres]'"]) from None
+    try:
+        params: dict[str, str] = parse_dsn(url)
+    except ProgrammingError as exc:
+        reason = str(exc).strip()
+        password = urlsplit(url).password if "@" in url else None
+        if password:
+            reason = reason.replace(password, "***")
+        raise ConfigError([f"[store] url is not a PostgreSQL URL libpq accepts: {reason}"]
+                          ) from None
+    return params.pop("dbname", "") or "postgres", params
+
+
 def make_database(cfg: StoreConfig, environ: Mapping[str, str] | None = None,
                   pragmas: Mapping[str, Any] | None = None) -> Database:
     if cfg.url:
         from playhouse.pool import PooledPostgresqlDatabase
 
-        u = urlsplit(cfg.url)
-        pg: Database = PooledPostgresqlDatabase(
-            (u.path or "/").lstrip("/") or "postgres", user=u.username, password=u.password,
-            host=u.hostname, port=u.port or 5432, max_connections=4, stale_timeout=300,
-            autoconnect=False)
+        name, params = postgres_params(cfg.url)
+        pg: Database = PooledPostgresqlDatabase(name, max_connections=4, stale_timeout=300,
+                                                autoconnect=False, **params)
         return pg
     path = resolve_sqlite_path(cfg.path, environ)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +211,10 @@ class Store:
 
     @property
     def description(self) -> str:
-        return self.config.url.split("@")[-1] if self.config.url else str(self.db.database)
+        if not self.config.url:
+            return str(self.db.database)
+        parts = urlsplit(self.config.url)  # host, port and database: no user, password, query
+        return "postgresql " + parts.netloc.rpartition("@")[2] + parts.path
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -368,7 +391,9 @@ class Store:
 
     @property
     def _begin(self) -> tuple[str, ...]:
-        return ("IMMEDIATE",) if self.shared else ()
+        # SQLite: take the write lock at BEGIN, so a group never reads, then finds another
+        # process (a worker, `relay reproject`) committed first and fails to write.
+        return ("IMMEDIATE",) if self.is_sqlite else ()
 
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:

@@ -11,15 +11,15 @@ from collections.abc import Collection
 from typing import Any
 
 from relay.core import ids
-from relay.core.domain import Entitlement, PurchaseView, Snapshot, entitlements_of
-from relay.core.errors import ConflictError
+from relay.core.domain import Entitlement, PurchaseView, entitlements_of
 from relay.core.rules import Rules
 from relay.store.models import AppUser, Purchase, database
 
 _COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
             "base_plan_id", "state", "state_reason", "environment", "expires_ms", "auto_renew",
             "latest_ref", "package_name", "store_time_ms", "sequence", "created_ms",
-            "updated_ms", "next_poll_ms", "period_pending")
+            "updated_ms", "next_poll_ms", "period_pending", "grace_expires_ms", "period_start_ms",
+            "voided_ms")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM purchase WHERE "
 
 
@@ -87,16 +87,6 @@ def resolve_google_key(token: str, linked: str | None) -> tuple[str, bool]:
         row = google_row(linked)
         return (row.subject_key if row is not None else linked), True
     return token, True
-
-
-def check_app_user_owner(snap: Snapshot, rules: Rules) -> None:
-    """Under `keep`, a verify by another user than the appUserId's owner is refused (409)."""
-    if rules.owner_conflict != "keep" or not snap.app_user_id or not snap.user_id:
-        return
-    bound = AppUser.get_or_none(AppUser.app_user_id == snap.app_user_id)
-    if bound is not None and bound.user_id != snap.user_id:
-        raise ConflictError("this purchase belongs to another user",
-                            code="purchase_owned_by_other_user")
 
 
 def app_user_id_for(user_id: str, now_ms: int) -> str:

@@ -20,6 +20,7 @@ from relay.store.models import (
     EndpointState,
     Event,
     Inbox,
+    InputLog,
     Lease,
     Meta,
     Purchase,
@@ -70,9 +71,98 @@ def _m6_purchase_period_pending(db: Database) -> None:
                        "BOOLEAN NOT NULL DEFAULT FALSE")
 
 
+def _m7_input_log(db: Database) -> None:
+    """The input log, and what the lifecycle needs on a purchase: the Apple grace end, the
+    latest transaction's start, a Google void awaiting its re-fetch."""
+    have = {c.name for c in db.get_columns("purchase")}
+    for column in ("grace_expires_ms", "period_start_ms", "voided_ms"):
+        if column not in have:
+            db.execute_sql(f"ALTER TABLE purchase ADD COLUMN {column} BIGINT")  # type: ignore[no-untyped-call]
+    db.create_tables([InputLog])
+
+
+_BASELINE_BATCH = 500
+
+
+def _m8_input_log_backfill(db: Database) -> None:
+    """Seed the input log with what the store already holds: every inbox row as a webhook
+    input, then one `baseline` input per purchase (the row as it stood), so `relay
+    reproject` can re-derive rows written before the log existed."""
+    import json
+
+    param = db.param
+    insert = ("INSERT INTO input_log (platform, subject_key, source, received_ms, observed_ms, "
+              "store_type, store_subtype, event_type, ref, expires_ms, state_before, "
+              "state_after, event_ids, inbox_event_id, user_id, body, repeats, last_ms) "
+              f"VALUES ({', '.join([param] * 18)})")
+    last = ""
+    while True:
+        rows = db.execute_sql(  # type: ignore[no-untyped-call]
+            f"SELECT event_id, received_ms, body FROM inbox WHERE event_id > {param} "
+            "ORDER BY event_id LIMIT 500", (last,)).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        batch = []
+        for event_id, received_ms, body in rows:
+            try:
+                doc = json.loads(bytes(body))
+            except ValueError:
+                continue
+            subject = doc.get("subject") if isinstance(doc, dict) else None
+            data = doc.get("data") if isinstance(doc, dict) else None
+            if not isinstance(data, dict):
+                continue
+            source = doc.get("source")
+            key = subject.get("key") if isinstance(subject, dict) else None
+            voided = data.get("voidedPurchaseNotification")
+            if not key and isinstance(voided, dict) and isinstance(
+                    voided.get("purchaseToken"), str):
+                token = voided["purchaseToken"]  # a void names a token: find its purchase
+                found = db.execute_sql(  # type: ignore[no-untyped-call]
+                    "SELECT subject_key FROM purchase WHERE platform = 'google' AND "
+                    f"(subject_key = {param} OR latest_ref = {param})", (token, token)
+                ).fetchone()
+                key = found[0] if found else None
+            if source not in ("apple", "google") or not isinstance(key, str) or not key:
+                continue
+            store_type = data.get("notificationType") if source == "apple" else (
+                doc.get("platformEvent"))
+            batch.append((source, key, "webhook", received_ms, received_ms,
+                          str(store_type)[:64] if store_type else None,
+                          str(data.get("subtype"))[:64] if data.get("subtype") else None,
+                          str(doc.get("event"))[:96], None, None, None, None, None, event_id,
+                          None, None, 1, None))
+        for row in batch:
+            db.execute_sql(insert, row)  # type: ignore[no-untyped-call]
+    columns = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
+               "base_plan_id", "state", "state_reason", "environment", "expires_ms",
+               "auto_renew", "latest_ref", "package_name", "store_time_ms", "created_ms",
+               "updated_ms")
+    after: tuple[str, str] = ("", "")
+    while True:
+        rows = db.execute_sql(  # type: ignore[no-untyped-call]
+            f"SELECT {', '.join(columns)} FROM purchase WHERE (platform > {param}) OR "
+            f"(platform = {param} AND subject_key > {param}) ORDER BY platform, subject_key "
+            f"LIMIT {_BASELINE_BATCH}", (after[0], after[0], after[1])).fetchall()
+        if not rows:
+            break
+        after = (rows[-1][0], rows[-1][1])
+        for row in rows:
+            view = dict(zip(columns, row, strict=True))
+            if view["auto_renew"] is not None:
+                view["auto_renew"] = bool(view["auto_renew"])
+            db.execute_sql(insert, (  # type: ignore[no-untyped-call]
+                view["platform"], view["subject_key"], "baseline", view["updated_ms"],
+                view["store_time_ms"], None, None, None, view["latest_ref"],
+                view["expires_ms"], view["state"], view["state"], None, None,
+                view["user_id"], json.dumps(view, separators=(",", ":")), 1, None))
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
-    _m5_delivery_claim_index, _m6_purchase_period_pending,
+    _m5_delivery_claim_index, _m6_purchase_period_pending, _m7_input_log,
+    _m8_input_log_backfill,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -24,7 +24,7 @@ from peewee import (
 database = DatabaseProxy()
 
 # Bumped with every migration in relay/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 
 
 class BaseModel(Model):
@@ -66,6 +66,9 @@ class Purchase(BaseModel):
     # A Google webhook announced a new period (renewed, recovered) whose expiry
     # relay has not read yet: the re-verify that reads it does not announce it again.
     period_pending = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
+    grace_expires_ms = BigIntegerField(null=True)  # Apple gracePeriodExpiresDate
+    period_start_ms = BigIntegerField(null=True)  # Apple purchaseDate of latest_ref
+    voided_ms = BigIntegerField(null=True)  # Google: a void awaits its re-fetch
 
     class Meta:
         primary_key = CompositeKey("platform", "subject_key")
@@ -80,6 +83,44 @@ class Inbox(BaseModel):
     signature_t = BigIntegerField()
     headers = TextField()  # JSON of the headers of interest (never the signature)
     body = BlobField()
+
+
+class InputLog(BaseModel):
+    """Every input that touched a purchase, oldest first per purchase (`id` is the cursor).
+
+    Written in the transaction of its effect. A webhook's raw bytes stay in its inbox row
+    (`inbox_event_id`); a verify or poll answer keeps its JSON in `body`. A poll answer
+    identical to the purchase's previous one is counted (`repeats`, `last_ms`), not copied.
+    """
+
+    id = AutoField()
+    platform = CharField(max_length=16)
+    subject_key = CharField(max_length=4096)
+    # webhook | verify | restore | poll | admin | reprojection | baseline (the row as it
+    # stood when the log began, migration 8)
+    source = CharField(max_length=16)
+    received_ms = BigIntegerField()
+    observed_ms = BigIntegerField()  # the store's own time of the information
+    store_type = CharField(max_length=64, null=True)  # notificationType / code / state
+    store_subtype = CharField(max_length=64, null=True)
+    event_type = CharField(max_length=96, null=True)  # Attesto's event name, if any
+    ref = CharField(max_length=4096, null=True)  # transaction id / order id / token
+    expires_ms = BigIntegerField(null=True)
+    state_before = CharField(max_length=32, null=True)
+    state_after = CharField(max_length=32, null=True)
+    event_ids = TextField(null=True)  # the relayed events, comma-separated
+    inbox_event_id = CharField(max_length=64, null=True)  # webhook: its raw bytes
+    user_id = CharField(max_length=256, null=True)  # verify/restore: the caller's user
+    body = TextField(null=True)  # verify/poll answer (JSON); baseline: the row
+    repeats = IntegerField(default=1)
+    last_ms = BigIntegerField(null=True)  # received_ms of the last repeat
+
+    class Meta:
+        table_name = "input_log"
+        indexes = (
+            (("platform", "subject_key", "id"), False),
+            (("received_ms",), False),
+        )
 
 
 class Event(BaseModel):
@@ -109,7 +150,8 @@ class Delivery(BaseModel):
     endpoint = CharField(max_length=64)
     subject = CharField(max_length=4200)  # platform:subject_key, or the event id if none
     sequence = IntegerField(default=0)
-    status = CharField(max_length=16)  # pending | held | delivered | dead
+    # pending | held | delivered | dead | unrouted (waits for the purchase's environment)
+    status = CharField(max_length=16)
     attempts = IntegerField(default=0)
     next_attempt_ms = BigIntegerField()
     claimed_until_ms = BigIntegerField(null=True)
@@ -164,5 +206,5 @@ class EndpointState(BaseModel):
 
 
 MODELS: tuple[type[BaseModel], ...] = (
-    Meta, Purchase, Inbox, Event, Delivery, Attempt, AppUser, Lease, EndpointState,
+    Meta, Purchase, Inbox, Event, Delivery, Attempt, AppUser, Lease, EndpointState, InputLog,
 )

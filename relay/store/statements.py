@@ -232,3 +232,39 @@ def insert_inbox_many(rows: Sequence[InboxRow]) -> set[str]:
     fetched = _many("insert_inbox_many", head, _row(6),
                     ' ON CONFLICT ("event_id") DO NOTHING RETURNING "event_id"', rows, 6)
     return {str(eid) for (eid,) in fetched}
+
+
+# ---- the input log and routing held for an unknown environment ---------------------------
+
+InputRow = tuple[str, str, str, int, int, str | None, str | None, str | None, str | None,
+                 int | None, str | None, str | None, str | None, str | None, str | None,
+                 str | None]
+_INPUT_COLUMNS = ("platform", "subject_key", "source", "received_ms", "observed_ms",
+                  "store_type", "store_subtype", "event_type", "ref", "expires_ms",
+                  "state_before", "state_after", "event_ids", "inbox_event_id", "user_id",
+                  "body")
+
+
+def insert_inputs(rows: Sequence[InputRow]) -> None:
+    """Append input-log rows (the 16 columns of `InputRow`, in order): one statement for
+    a whole write group (per 62 rows: SQLite's parameter limit)."""
+    head = ('INSERT INTO "input_log" (' + ", ".join(f'"{c}"' for c in _INPUT_COLUMNS)
+            + ', "repeats") VALUES ')
+    _many("insert_inputs", head, _row(len(_INPUT_COLUMNS), ", 1"), "", rows,
+          len(_INPUT_COLUMNS))
+
+
+def route_unrouted(subject: str, send: Collection[str], hold: Collection[str],
+                   now_ms: int) -> None:
+    """Deliveries of `subject` that waited for its environment: those for endpoints in
+    `send` become pending, in `hold` held; the others (their endpoint takes another
+    environment) are removed: the environment says they were never theirs."""
+    for status, names in (("pending", send), ("held", hold)):
+        if names:
+            marks = ", ".join(["{p}"] * len(names))
+            execute(f"route_unrouted/{status}/{len(names)}",
+                    'UPDATE "delivery" SET "status" = {p}, "next_attempt_ms" = {p} '
+                    'WHERE "subject" = {p} AND "status" = \'unrouted\' '
+                    f'AND "endpoint" IN ({marks})', (status, now_ms, subject, *names))
+    execute("route_unrouted/drop", 'DELETE FROM "delivery" WHERE "subject" = {p} '
+            'AND "status" = \'unrouted\'', (subject,))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from relay.attesto.client import AttestoClient, Verdict
@@ -20,7 +22,7 @@ from relay.core.domain import (
     entitlements_of,
     is_entitled,
 )
-from relay.core.errors import RelayError, UpstreamError
+from relay.core.errors import RateLimitedError, RelayError, UpstreamError, UpstreamTimeoutError
 from relay.core.rules import Rules
 from relay.core.verify_snapshot import (
     AttestoResponseError,
@@ -160,17 +162,27 @@ class Verifier:
         return ["subscription", "product"]
 
     async def restore(self, user_id: str, items: list[Item], *,
-                      request_id: str | None = None) -> tuple[list[ItemResult],
-                                                              list[Entitlement]]:
+                      request_id: str | None = None,
+                      budget: Callable[[float], Awaitable[bool]] | None = None,
+                      timeout_s: float | None = None) -> tuple[list[ItemResult],
+                                                               list[Entitlement]]:
         """Verify every item (bounded concurrency); per item an outcome or an error.
 
-        Raises the first error when no item got an answer from Attesto at all, so a
-        caller retries an outage instead of reading it as "nothing to restore".
+        `budget(deadline)` pays for each item after the first (a token of the caller's;
+        False: none before the deadline, the item is `rate_limited`, not sent to Attesto).
+        Items not answered within `timeout_s` are `restore_timeout`. Raises the first
+        error when no item got an answer from Attesto at all, so a caller retries an
+        outage instead of reading it as "nothing to restore".
         """
         slots = asyncio.Semaphore(RESTORE_CONCURRENCY)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout_s if timeout_s is not None else math.inf)
 
         async def one(index: int, item: Item) -> ItemResult:
             async with slots:
+                if index and budget is not None and not await budget(deadline):
+                    return ItemResult(index, item, error=RateLimitedError(
+                        "this caller's budget is spent; retry the item later"))
                 try:
                     outcome = await self.verify(user_id, item, source="restore",
                                                 request_id=request_id, with_entitlements=False)
@@ -178,7 +190,19 @@ class Verifier:
                     return ItemResult(index, item, error=exc)
                 return ItemResult(index, item, outcome)
 
-        results = list(await asyncio.gather(*(one(i, it) for i, it in enumerate(items))))
+        tasks = [asyncio.create_task(one(i, it)) for i, it in enumerate(items)]
+        try:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time())
+                               if timeout_s is not None else None)
+        finally:
+            for task in tasks:
+                task.cancel()  # late items (and all of them if the caller is cancelled)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        results = [task.result() if not task.cancelled() else ItemResult(
+                       i, item, error=UpstreamTimeoutError(
+                           f"the restore did not finish within {timeout_s:g} s",
+                           code="restore_timeout"))
+                   for i, (task, item) in enumerate(zip(tasks, items, strict=True))]
         if results and all(r.error is not None and r.error.status >= 500 for r in results):
             raise results[0].error  # type: ignore[misc]
         now = self.runtime.now_ms()
@@ -255,12 +279,11 @@ def apply_verifies(writes: list[VerifyWrite]
     for i, w in enumerate(writes):
         if chunk and (w.rules is not writes[chunk[0][0]].rules or _chained(w.snap)):
             flush()
-        s, stored = _reconcile(w.snap, w.linked)
+        s, stored = _reconcile(w.snap, w.linked, w.rules)
         if any(s.platform == c.platform and s.subject_key == c.subject_key
                for _, c, _ in chunk):
             flush()  # the same purchase again: read it as the earlier write left it
-            s, stored = _reconcile(w.snap, w.linked)
-        lookups.check_app_user_owner(s, w.rules)
+            s, stored = _reconcile(w.snap, w.linked, w.rules)
         chunk.append((i, s, stored))
     flush()
     users = lookups.purchases_by_user({w.snap.user_id or "" for w in writes
@@ -276,12 +299,13 @@ def _chained(snap: Snapshot) -> bool:
     return snap.platform == "google" and snap.kind == "subscription"
 
 
-def _reconcile(snap: Snapshot, linked: str | None) -> tuple[Snapshot, PurchaseView | None]:
+def _reconcile(snap: Snapshot, linked: str | None,
+               rules: Rules) -> tuple[Snapshot, PurchaseView | None]:
     """Runs in the write: pick the row, then decide what this verify may change on it.
     Returns the snapshot to apply and the row as read (the apply does not read it again)."""
     if snap.platform == "apple":
         stored = lookups.purchase_view("apple", snap.subject_key)
-        return reconcile_apple(snap, stored), stored
+        return reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000), stored
     if snap.kind != "subscription":
         stored = lookups.purchase_view("google", snap.subject_key)
         return reconcile_google(snap, stored, True), stored

@@ -18,10 +18,12 @@ from relay.runtime import Runtime
 from relay.store.database import Store
 from relay.web import contexts, openapi, watchdog
 from relay.web.appkeys import (
+    LIMITS_KEY,
     METRICS_KEY,
     RUNTIME_KEY,
     STORE_KEY,
 )
+from relay.web.limits import InboundLimits
 from relay.web.middlewares import error_middleware, request_id_middleware
 from relay.web.routes import admin, events, health, iap, metrics, repoll_admin, verify, webhooks
 
@@ -42,6 +44,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app[STORE_KEY] = Store(config.store, environ, store_pragmas,
                            shared=config.server.supervised)
     app[METRICS_KEY] = Metrics()
+    app[LIMITS_KEY] = InboundLimits(config.limits)
     app.cleanup_ctx.append(contexts.store_ctx)
     ingest_socket = (os.environ if environ is None else environ).get(ingest_wire.SOCKET_ENV)
     if ingest_socket:  # a worker of `[server] ingest_writer`: that process stores webhooks

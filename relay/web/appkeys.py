@@ -13,6 +13,7 @@ from relay.outbox.worker import Outbox
 from relay.runtime import Runtime
 from relay.scheduler.clock import Scheduler
 from relay.store.database import Store
+from relay.web.limits import InboundLimits
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
 STORE_KEY = web.AppKey("store", Store)
@@ -21,6 +22,7 @@ ATTESTO_KEY = web.AppKey("attesto", AttestoClient)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
 INGEST_LINK_KEY = web.AppKey("ingest_link", IngestLink)  # only with [server] ingest_writer
+LIMITS_KEY = web.AppKey("inbound_limits", InboundLimits)
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 # Tests map hostnames to addresses with their own resolver; the guard still wraps it.
 RESOLVER_KEY = web.AppKey("outbox_resolver", AbstractResolver)

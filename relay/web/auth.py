@@ -1,4 +1,5 @@
-"""Who is calling: service API keys (/v1), the admin token (/v1/admin, /metrics), end-user JWTs.
+"""Who is calling: service API keys (/v1), the admin token (/v1/admin, /metrics), the
+metrics token (/metrics only), end-user JWTs.
 
 Failures are a bare 401 `unauthorized` that says nothing about why; a missing
 credential answers 503 `not_configured` (fail closed).
@@ -15,7 +16,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from relay.config import Config
+from relay.config import Config, Secret
 from relay.core.errors import NotConfiguredError, UnauthorizedError
 
 log = logging.getLogger("relay.auth")
@@ -49,13 +50,32 @@ def check_service_key(config: Config, request: web.Request) -> str:
     return matched
 
 
+def _matches(token: str | None, *expected: Secret | None) -> bool:
+    """Whether `token` is one of `expected`, compared in constant time against each."""
+    given = (token or "").encode()
+    matched = False
+    for secret in expected:
+        if secret is not None and hmac.compare_digest(given, secret.reveal().encode()):
+            matched = True
+    return token is not None and matched
+
+
 def check_admin_token(config: Config, request: web.Request) -> None:
     expected = config.credentials.admin_token
     if expected is None:
         raise NotConfiguredError("the admin API is disabled: credential 'admin-token' is missing")
-    token = bearer_token(request)
-    if token is None or not hmac.compare_digest(token.encode(), expected.reveal().encode()):
+    if not _matches(bearer_token(request), expected):
         raise UnauthorizedError("invalid admin token")
+
+
+def check_metrics_token(config: Config, request: web.Request) -> None:
+    """`/metrics`: the read-only `metrics-token`, or the admin token."""
+    creds = config.credentials
+    if creds.admin_token is None and creds.metrics_token is None:
+        raise NotConfiguredError("/metrics is disabled: credentials 'metrics-token' and "
+                                 "'admin-token' are missing")
+    if not _matches(bearer_token(request), creds.metrics_token, creds.admin_token):
+        raise UnauthorizedError("invalid metrics token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +116,7 @@ def check_user_jwt(config: Config, request: web.Request, now_s: float | None = N
         claims: dict[str, Any] = jwt.decode(
             token, material, algorithms=algorithms, options=options,  # type: ignore[arg-type]
             leeway=cfg.leeway_s, **kwargs)
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:  # deep JSON
         log.info("end-user JWT refused: %s", type(exc).__name__)
         raise UnauthorizedError("invalid token") from None
     sub = claims.get("sub")

@@ -17,12 +17,15 @@ from relay.web.openapi_schemas import SCHEMAS, Schema, ref
 Op = dict[str, Any]
 
 # status -> error codes every caller of that kind of route may see
-_BODY = {400: ["invalid_json", "invalid_request"], 413: ["payload_too_large"],
-         415: ["unsupported_media_type"]}
+_BODY = {400: ["invalid_json", "invalid_request"], 408: ["request_timeout"],
+         413: ["payload_too_large"], 415: ["unsupported_media_type"]}
 _STORE = {503: ["store_unavailable"]}
 _SERVICE = {401: ["unauthorized"], **_STORE}
 _ADMIN = {401: ["unauthorized"], 503: ["not_configured", "store_unavailable"]}
-_JWT = {401: ["unauthorized"], 503: ["not_configured", "store_unavailable"]}
+_JWT = {401: ["unauthorized"], 429: ["rate_limited"],
+        503: ["not_configured", "store_unavailable"]}
+_LIMITED = {429: ["rate_limited"]}  # [limits]: the caller's budget is spent
+_RESTORE = {504: ["restore_timeout"]}
 _ATTESTO = {
     400: ["attesto_invalid_request"],
     409: ["purchase_owned_by_other_user"],
@@ -32,7 +35,8 @@ _ATTESTO = {
     503: ["attesto_unavailable", "attesto_rate_limited", "not_configured"],
     504: ["attesto_timeout"],
 }
-_REASONS = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict",
+_REASONS = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408: "Request timeout",
+            409: "Conflict", 429: "Too many requests",
             413: "Payload too large", 415: "Unsupported media type", 502: "Bad gateway",
             503: "Unavailable", 504: "Gateway timeout"}
 
@@ -80,7 +84,7 @@ def query(name: str, schema: Schema, description: str = "") -> dict[str, Any]:
 
 
 def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
-    verify_errors = _merge(_SERVICE, _BODY, _ATTESTO)
+    verify_errors = _merge(_SERVICE, _LIMITED, _BODY, _ATTESTO)
     iap_errors = _merge(_JWT, _BODY, _ATTESTO)
     iap_uuid = op("Mint (once) the user's appAccountToken / obfuscatedAccountId", "iap",
                   ref("AppUserId"), security="userJwt", errors=_JWT)
@@ -93,7 +97,7 @@ def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
         "/readyz": {"get": op("Readiness: the store answers (503 when it does not)",
                               "health", ref("Ready"), security=None)},
         "/metrics": {"get": op("Prometheus metrics (text exposition format)", "operations",
-                               {"type": "string"}, security="adminToken", errors=_ADMIN,
+                               {"type": "string"}, security="metricsToken", errors=_ADMIN,
                                ok_media="text/plain")},
         "/v1/openapi.json": {"get": op("This document", "operations", {"type": "object"},
                                        security=None)},
@@ -113,7 +117,8 @@ def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
             errors=verify_errors)},
         "/v1/restore": {"post": op(
             "Verify up to 100 purchases for one user", "verify", ref("RestoreResult"),
-            security="serviceKey", body=ref("RestoreRequest"), errors=verify_errors)},
+            security="serviceKey", body=ref("RestoreRequest"),
+            errors=_merge(verify_errors, _RESTORE))},
         "/v1/users/{user_id}/entitlements": {"get": op(
             "The user's current entitlements", "verify", ref("Entitlements"),
             security="serviceKey", errors=_merge(_SERVICE, {400: ["invalid_request"]}),
@@ -142,7 +147,8 @@ def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
             security="userJwt", body=ref("IapVerifyGoogleRequest"), errors=iap_errors)},
         "/api/iap/restore": {"post": op(
             "@nossdev/iap: restore purchases", "iap", ref("IapRestoreResult"),
-            security="userJwt", body=ref("IapRestoreRequest"), errors=iap_errors)},
+            security="userJwt", body=ref("IapRestoreRequest"),
+            errors=_merge(iap_errors, _RESTORE))},
         "/api/iap/entitlements": {"get": op(
             "@nossdev/iap: the user's entitlements", "iap", ref("IapEntitlements"),
             security="userJwt", errors=_JWT)},
@@ -215,6 +221,9 @@ def document(webhook_path: str = "/v1/webhooks/attesto") -> dict[str, Any]:
                                "description": "a service API key (`api-keys` credential)"},
                 "adminToken": {"type": "http", "scheme": "bearer",
                                "description": "the `admin-token` credential"},
+                "metricsToken": {"type": "http", "scheme": "bearer",
+                                 "description": "the `metrics-token` credential (reads "
+                                                "/metrics only), or the admin token"},
                 "userJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                             "description": "an end-user JWT; the user is its `sub`"},
                 "attestoSignature": {"type": "apiKey", "in": "header",

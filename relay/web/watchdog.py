@@ -44,7 +44,10 @@ class Watchdog:
             problems.append("store thread does not answer")
         outbox = self.app.get(OUTBOX_KEY)
         if outbox is not None and not outbox.healthy(self.stall_s):
-            problems.append("outbox worker stalled")
+            dead = outbox.dead_lanes()
+            problems.extend(f"outbox lane {name} is dead" for name in sorted(set(dead)))
+            if not dead:
+                problems.append("outbox worker stalled")
         return problems
 
     async def run(self) -> None:

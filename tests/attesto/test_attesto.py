@@ -267,3 +267,133 @@ async def test_breaker_limits_come_from_config(session: aiohttp.ClientSession,
     assert 30 < (err.value.retry_after_s or 0) <= 60  # the configured cool-down
     c.reconfigure(dataclasses.replace(c.config, breaker_threshold=9), None)
     assert c.breaker.threshold == 9 and c.breaker.state == BreakerState.OPEN
+
+
+# ---- a misbehaving Attesto: unreadable Retry-After, a probe that never settles ------------
+
+
+async def scripted(aiohttp_server: Any, answers: list[web.Response]) -> str:
+    """A loopback Attesto that gives `answers` in order, then valid:false verdicts."""
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        if answers:
+            return answers.pop(0)
+        return web.json_response({"valid": False, "error": "TRANSACTION_NOT_FOUND",
+                                  "message": "not found"})
+
+    app = web.Application()
+    app.router.add_post("/v1/apple/verify", handler)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "\u0663", "soon"])
+async def test_an_unreadable_retry_after_is_ignored(session: aiohttp.ClientSession,
+                                                    aiohttp_server: Any,
+                                                    retry_after: str) -> None:
+    """Contract §1.3: Retry-After is integer seconds. One that str.isdigit() accepts and
+    int() refuses (or a non-ASCII digit) is not a Retry-After: back off as without one."""
+    rate_limited = web.json_response(
+        {"valid": False, "error": "RATE_LIMITED", "message": "Rate limit exceeded"},
+        status=429, headers={"Retry-After": retry_after})
+    url = await scripted(aiohttp_server, [rate_limited])
+    fake = FakeTime()
+    verdict = await client(session, url, fake).verify_apple("t1")
+    assert verdict.error == "TRANSACTION_NOT_FOUND"
+    assert fake.sleeps == [0.1]  # the ordinary backoff (jitter pinned to its maximum)
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("9" * 5000, "1"), (None, "9" * 4000)])
+async def test_a_huge_retry_after_is_capped(session: aiohttp.ClientSession,
+                                            aiohttp_server: Any, header: str | None,
+                                            seconds: str) -> None:
+    """A Retry-After (header, or details.retryAfterSeconds) too long for int() or a float."""
+    body = ('{"valid":false,"error":"RATE_LIMITED","message":"m","details":'
+            '{"retryAfterSeconds":' + seconds + "}}")
+    url = await scripted(aiohttp_server, [web.Response(
+        status=429, text=body, content_type="application/json",
+        headers={"Retry-After": header} if header else None)])
+    fake = FakeTime()
+    c = client(session, url, fake)
+    with pytest.raises(RelayError) as err:
+        await c.verify_apple("t1")
+    assert err.value.code == "attesto_rate_limited"
+    assert err.value.retry_after_s is not None and err.value.retry_after_s <= 3600
+
+
+async def half_open_with_retry_after_pending(session: aiohttp.ClientSession, url: str,
+                                             fake: FakeTime, retry_after: int,
+                                             **cfg: Any) -> tuple[AttestoClient, Breaker]:
+    """Attesto asked for `retry_after` s, then failed enough to open the breaker, and the
+    cooldown is over: the next call is the half-open probe, with the Retry-After pending."""
+    breaker = Breaker(threshold=1, cooldown_s=1.0)
+    c = client(session, url, fake, breaker=breaker, max_attempts=1, **cfg)
+    with pytest.raises(RelayError):
+        await c.verify_apple("t0")  # 429 Retry-After: `retry_after`
+    breaker.failure(fake.t)  # ... and calls already in flight failed: open
+    fake.t += 1.5
+    assert breaker.state == BreakerState.OPEN
+    return c, breaker
+
+
+async def test_a_probe_refused_by_a_pending_retry_after_does_not_wedge_the_breaker(
+        session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """1. the probe meets a Retry-After beyond its deadline and fails fast  2. it settled
+    nothing: the next call (once the Retry-After is over) probes Attesto, not refused."""
+    url = await scripted(aiohttp_server, [web.json_response(
+        {"valid": False, "error": "RATE_LIMITED", "message": "slow down"}, status=429,
+        headers={"Retry-After": "60"})])
+    fake = FakeTime()
+    c, breaker = await half_open_with_retry_after_pending(session, url, fake, 60)
+    with pytest.raises(RelayError) as err:
+        await c.verify_apple("t1")
+    assert err.value.code == "attesto_rate_limited"
+    fake.t += 120
+    assert (await c.verify_apple("t2")).error == "TRANSACTION_NOT_FOUND"
+    assert breaker.state == BreakerState.CLOSED
+
+
+async def test_a_cancelled_probe_does_not_wedge_the_breaker(session: aiohttp.ClientSession,
+                                                            aiohttp_server: Any) -> None:
+    """1. the probe waits out a pending Retry-After  2. it is cancelled there (the caller
+    left, a restore deadline)  3. the next call probes Attesto instead of being refused."""
+    url = await scripted(aiohttp_server, [web.json_response(
+        {"valid": False, "error": "RATE_LIMITED", "message": "slow down"}, status=429,
+        headers={"Retry-After": "3"})])
+    fake = FakeTime()
+    c, breaker = await half_open_with_retry_after_pending(session, url, fake, 3)
+    waiting = asyncio.Event()
+
+    async def forever(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    c._sleep = forever  # the probe's wait for the Retry-After never ends by itself
+    probe = asyncio.create_task(c.verify_apple("t1"))
+    await asyncio.wait_for(waiting.wait(), 5)
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    c._sleep = fake.sleep
+    fake.t += 10
+    assert (await c.verify_apple("t2")).error == "TRANSACTION_NOT_FOUND"
+    assert breaker.state == BreakerState.CLOSED
+
+
+async def test_a_deeply_nested_answer_is_a_bad_response(session: aiohttp.ClientSession,
+                                                        aiohttp_server: Any) -> None:
+    deep = web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+    url = await scripted(aiohttp_server, [deep])
+    with pytest.raises(RelayError) as err:
+        await client(session, url, FakeTime()).verify_apple("t1")
+    assert (err.value.status, err.value.code) == (502, "attesto_bad_response")
+
+
+async def test_an_answer_larger_than_the_cap_is_a_bad_response(
+        session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """Valid JSON, padded to 2 MiB (the cap is 1 MiB): not read whole, not trusted."""
+    body = b'{"valid":false,"error":"TRANSACTION_NOT_FOUND","message":"m"}' + b" " * 2**21
+    url = await scripted(aiohttp_server, [web.Response(body=body,
+                                                       content_type="application/json")])
+    with pytest.raises(RelayError) as err:
+        await client(session, url, FakeTime()).verify_apple("t1")
+    assert (err.value.status, err.value.code) == (502, "attesto_bad_response")

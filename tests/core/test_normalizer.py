@@ -180,3 +180,23 @@ def test_malformed_envelopes_are_400(sim: AttestoSimulator, field: str, value: A
     assert info.value.code == "invalid_envelope"
     assert info.value.details is not None
     assert info.value.details["field"].split(".")[0] == field
+
+
+def _segment(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_a_deeply_nested_jws_payload_reads_as_absent() -> None:
+    """RecursionError is not a ValueError: json.loads of 100,000 '[' must not escape."""
+    deep = "h." + _segment(b"[" * 100_000 + b"]" * 100_000) + ".s"
+    assert decode_jws_payload(deep) == {}
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663\u0663", "9" * 5000])
+def test_a_number_int_cannot_read_is_absent(sim: AttestoSimulator, value: str) -> None:
+    """`data.signedDate` that str.isdigit() accepts and int() refuses: the envelope time."""
+    body = doc(sim.apple_webhook("DID_RENEW", apple_sub(sim), signed_ms=NOW - 5,
+                                 auto_renew=True))
+    body["data"]["signedDate"] = value
+    n = normalize(body, NOW)
+    assert n.snapshot is not None and n.snapshot.observed_ms == parse_time_ms(body["timestamp"])

@@ -81,8 +81,22 @@ def test_an_event_attesto_adds_later_keeps_the_state() -> None:
 def test_apple_status_decides_when_the_event_keeps_the_state(status: int, state: State) -> None:
     assert resolve_state("subscription.price_change_pending", "subscription",
                          apple_status=status) == state
-    # ... but never over an explicit row.
-    assert resolve_state("subscription.expired", "subscription", apple_status=status) == EX
+    # ... and over the event's own guess: status is the whole subscription's state
+    # ("App Store Server Notifications" › status), issue 15 defect 3.
+    assert resolve_state("subscription.expired", "subscription", apple_status=status) == state
+    assert resolve_state("subscription.cancellation_revoked", "subscription",
+                         apple_status=status) == state
+
+
+def test_apple_status_refund_and_revoke_say_which_loss_of_access() -> None:
+    assert resolve_state("subscription.refunded", "subscription", apple_status=5) == RF
+    assert resolve_state("subscription.refunded", "subscription", apple_status=2) == RF
+    assert resolve_state("subscription.revoked", "subscription", apple_status=5) == RV
+    assert resolve_state("subscription.refunded", "subscription", apple_status=1) == A
+    assert resolve_state("subscription.cancellation_scheduled", "subscription",
+                         apple_status=4, auto_renew=False) == G
+    assert resolve_state("subscription.cancellation_scheduled", "subscription",
+                         apple_status=1, auto_renew=False) == ANR
 
 
 def test_auto_renew_off_makes_active_not_renewing() -> None:

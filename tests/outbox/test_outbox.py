@@ -22,6 +22,7 @@ from relay.core.signing import (
     parse_secret,
     verify_headers,
 )
+from relay.outbox import deliver
 from relay.outbox.deliver import delivery_session
 from relay.outbox.receiver import DownstreamReceiver
 from relay.outbox.ssrf import GuardedResolver
@@ -417,3 +418,45 @@ async def test_poke_refuses_when_the_worker_is_not_running(relay_factory: RelayF
     await asyncio.gather(outbox.task, return_exceptions=True)
     with pytest.raises(RuntimeError, match="not running"):
         await outbox.poke()
+
+
+# ---- lanes heal themselves ---------------------------------------------------------------
+
+
+async def test_a_lane_that_crashes_is_logged_restarted_and_its_row_sent(
+        relay_factory: RelayFactory, receiver: DownstreamReceiver, receiver_url: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """1. the endpoint's only lane dies on a bug in one attempt  2. it is logged and a new
+    lane takes over  3. the row it held is given back and delivered, not left to its lease."""
+    client = await start(relay_factory, endpoint(receiver_url),
+                         outbox={"per_endpoint_concurrency": 1,
+                                 "allow_networks": ("127.0.0.0/8",)})
+    real, calls = deliver.attempt, []
+
+    async def flaky(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in one attempt")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(deliver, "attempt", flaky)
+    await emit(client)
+    await receiver.wait_for(1)
+    await outbox_of(client).settle()
+    [row] = await deliveries(client)
+    assert (row["status"], row["attempts"]) == ("delivered", 1)
+    assert any("outbox lane billing" in r.getMessage() and "crashed" in r.getMessage()
+               for r in caplog.records)
+    assert outbox_of(client).healthy(30.0)
+
+
+async def test_healthy_is_false_while_a_lane_is_dead(relay_factory: RelayFactory,
+                                                     receiver_url: str) -> None:
+    client = await start(relay_factory, endpoint(receiver_url))
+    outbox = outbox_of(client)
+    await outbox.poke()
+    assert outbox.healthy(30.0)
+    lane = next(t for t in asyncio.all_tasks() if t.get_name().startswith("relay-outbox-billing"))
+    lane.cancel()  # dies from outside: nothing restarts a cancelled lane
+    await asyncio.gather(lane, return_exceptions=True)
+    assert not outbox.healthy(30.0)

@@ -177,14 +177,18 @@ async def test_prune_deletes_delivered_in_batches_never_pending(
              "next_attempt_ms": 0, "created_ms": 0, "delivered_ms": 0 if i < 5 else None}
             for i in range(7)]).execute()
         Inbox.insert_many([{"event_id": f"evt_{i}", "event_type": "t", "received_ms": i,
-                            "signature_t": 0, "headers": "{}", "body": b""}
+                            "signature_t": 0, "headers": "{}", "body": b"{}"}
                            for i in range(3)]).execute()
 
     await store.write(seed)
     pruned = await prune(store, now, 1, 1, batch=2)
-    assert pruned.deliveries == 5 and pruned.inbox == 3
+    assert pruned.deliveries == 5 and pruned.inbox_bodies == 3
     left = await store.read(lambda: sorted(d.status for d in Delivery.select()))
     assert left == ["dead", "pending"]
+    # The inbox rows stay: their eventIds are the dedupe keys; only the bodies went.
+    inbox = await store.read(lambda: [(r.event_id, bytes(r.body)) for r in Inbox.select()
+                                      .order_by(Inbox.event_id)])
+    assert inbox == [("evt_0", b""), ("evt_1", b""), ("evt_2", b"")]
 
 
 async def test_scheduler_starts_ticks_and_stops_cleanly(env: tuple[Store, Runtime]) -> None:

@@ -48,3 +48,10 @@ def test_migrate_then_serve_refuses_nothing(tmp_path: Path) -> None:
                  env={"RELAY_STORE__PATH": str(tmp_path / "m.sqlite3")})
     assert result.returncode == 0, result.stderr
     assert "schema is at version" in result.stdout
+
+
+def test_plain_http_attesto_off_loopback_exits_78() -> None:
+    result = run("serve", "--config", "relay.toml",
+                 env={"RELAY_ATTESTO__BASE_URL": "http://attesto.example.com"})
+    assert result.returncode == 78
+    assert "[attesto] base_url 'http://attesto.example.com' is plain http" in result.stderr

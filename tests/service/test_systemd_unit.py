@@ -22,6 +22,17 @@ def test_unit_has_the_operational_settings() -> None:
     assert "Environment=" not in re.sub(r"#.*", "", text)  # no secrets via Environment=
 
 
+def test_unit_bounds_files_tasks_and_memory() -> None:
+    """systemd.exec(5) LimitNOFILE=, systemd.resource-control(5) TasksMax= and MemoryMax=:
+    each set to a number, each explained by a comment right above it."""
+    lines = UNIT.read_text().splitlines()
+    for key, pattern in (("LimitNOFILE", r"\d+"), ("TasksMax", r"\d+"),
+                         ("MemoryMax", r"\d+[KMGT]?")):
+        [i] = [n for n, line in enumerate(lines) if line.startswith(key + "=")]
+        assert re.fullmatch(pattern, lines[i].split("=", 1)[1]), lines[i]
+        assert lines[i - 1].startswith("#"), f"{key}= needs a comment saying why"
+
+
 @pytest.mark.skipif(analyze is None, reason="systemd-analyze not installed")
 def test_security_exposure_is_at_most_2() -> None:
     out = subprocess.run([str(analyze), "security", "--offline=yes", str(UNIT)],

@@ -103,11 +103,43 @@ async def test_app_user_binding_and_owner_conflict(store: Store) -> None:
     applied = await store.write(lambda: pipeline.apply(snap(app_user_id="u-1"), RULES, NOW))
     assert applied.purchase is not None and applied.purchase.user_id == "alice"
     keep = dataclasses.replace(RULES, owner_conflict="keep")
-    with pytest.raises(ConflictError):
-        await store.write(lambda: pipeline.apply(snap(user_id="bob"), keep, NOW + 1))
-    moved = await store.write(lambda: pipeline.apply(snap(user_id="bob"), RULES, NOW + 2))
-    assert [e.type for e in moved.events] == ["subscription.transferred"]
-    assert moved.purchase is not None and moved.purchase.user_id == "bob"
+    for rules in (keep, RULES):  # bound to alice: refused whatever the policy (issue 16)
+        with pytest.raises(ConflictError):
+            await store.write(lambda r=rules: pipeline.apply(snap(user_id="bob"), r, NOW + 1))
+    assert (await rows(store))["purchases"][0].user_id == "alice"
+
+
+# Who may take a purchase on a verify: (stored owner, binding's user, policy) -> outcome.
+# "?" is a binding relay did not mint; None: no binding / no owner yet.
+@pytest.mark.parametrize(("owner", "binding", "policy", "outcome"), [
+    (None, None, "transfer", "bob"), (None, None, "keep", "bob"),
+    ("alice", None, "transfer", "transferred"), ("alice", None, "keep", 409),
+    (None, "alice", "transfer", 409), (None, "alice", "keep", 409),
+    ("alice", "alice", "transfer", 409), ("alice", "alice", "keep", 409),
+    ("alice", "bob", "transfer", "transferred"), ("alice", "bob", "keep", 409),
+    (None, "bob", "keep", "bob"), ("bob", "bob", "keep", "bob"),
+    (None, "?", "transfer", "bob"), ("alice", "?", "transfer", 409),
+])
+async def test_ownership_rule(store: Store, owner: str | None, binding: str | None,
+                              policy: str, outcome: Any) -> None:
+    for user in ("alice", "bob"):
+        await store.write(lambda u=user: AppUser.insert(user_id=u, app_user_id=f"uuid-{u}",
+                                                        created_ms=1).execute())
+    app_user_id = {None: None, "?": "uuid-unknown"}.get(binding, f"uuid-{binding}")
+    rules = dataclasses.replace(RULES, owner_conflict=policy)
+    if owner is not None:  # verified before the store reported a binding
+        await store.write(lambda: pipeline.apply(snap(user_id=owner), RULES, NOW))
+    # bob's verify, where Attesto reports the binding (appUserId)
+    bobs = snap(user_id="bob", app_user_id=app_user_id, observed_ms=NOW + 1)
+    if outcome == 409:
+        with pytest.raises(ConflictError) as err:
+            await store.write(lambda: pipeline.apply(bobs, rules, NOW + 1))
+        assert err.value.code == "purchase_owned_by_other_user"
+        return
+    applied = await store.write(lambda: pipeline.apply(bobs, rules, NOW + 1))
+    assert applied.purchase is not None and applied.purchase.user_id == "bob"
+    assert ("subscription.transferred" in [e.type for e in applied.events]) == (
+        outcome == "transferred")
 
 
 async def test_apply_many_equals_one_by_one(tmp_path: Path) -> None:

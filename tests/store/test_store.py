@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from peewee import IntegrityError, SqliteDatabase
@@ -13,7 +14,7 @@ from relay.config import StoreConfig
 from relay.core.errors import StoreUnavailableError
 from relay.store import migrations
 from relay.store.models import SCHEMA_VERSION, Delivery, Event, Inbox, Meta, Purchase, database
-from tests.support.store import sqlite_only, store_config
+from tests.support.store import POSTGRES_URL, sqlite_only, store_config
 
 
 def cfg(tmp_path: Path) -> StoreConfig:
@@ -170,3 +171,60 @@ async def test_nul_in_text_is_a_clear_400_on_every_backend(tmp_path: Path) -> No
         assert "NUL" in exc.message
     assert await store.ping()  # the connection survives either way
     await store.close()
+
+
+# ---- the PostgreSQL URL reaches libpq whole (issue 16 item 10) ---------------------------
+
+
+def test_every_url_option_and_the_decoded_password_reach_the_driver() -> None:
+    """libpq's connection URI (PostgreSQL docs, "Connection URIs"): percent-encoded parts,
+    any connection parameter as a query option. make_database passes them all."""
+    from relay.store.database import make_database
+
+    db = make_database(StoreConfig(url=(
+        "postgresql://app%20user:p%40ss%3Aw%2Frd@db.internal:6543/my%2Fdb?sslmode=verify-full"
+        "&sslrootcert=/etc/relay/ca.pem&connect_timeout=7&application_name=relay"
+        "&target_session_attrs=read-write")))
+    assert db.database == "my/db"
+    params = db.connect_params
+    assert (params["user"], params["password"]) == ("app user", "p@ss:w/rd")
+    assert (params["host"], str(params["port"])) == ("db.internal", "6543")
+    assert {k: params[k] for k in ("sslmode", "sslrootcert", "connect_timeout",
+                                   "application_name", "target_session_attrs")} == {
+        "sslmode": "verify-full", "sslrootcert": "/etc/relay/ca.pem", "connect_timeout": "7",
+        "application_name": "relay", "target_session_attrs": "read-write"}
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw@h/d?sslmod=require",
+                                 "postgresql://u:p%zzw@h/d"])
+def test_a_url_libpq_refuses_is_a_config_error_without_the_password(url: str) -> None:
+    from relay.config import ConfigError
+    from relay.store.database import make_database
+
+    with pytest.raises(ConfigError) as err:
+        make_database(StoreConfig(url=url))
+    assert "[store] url" in str(err.value)
+    assert "pw" not in str(err.value).replace("p***", "") and "p%zzw" not in str(err.value)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs RELAY_TEST_POSTGRES_URL")
+def test_sslmode_require_reaches_the_connection() -> None:
+    """The test server has no SSL: libpq itself refuses sslmode=require, which proves the
+    option reached it; with sslmode=disable the server sees our application_name."""
+    from peewee import OperationalError
+
+    from relay.store.database import make_database
+
+    u = urlsplit(POSTGRES_URL)
+    base = f"postgresql://{u.username or 'postgres'}:pa%40ss@{u.hostname}:{u.port or 5432}{u.path}"
+    strict = make_database(StoreConfig(url=base + "?sslmode=require"))
+    with pytest.raises(OperationalError, match="SSL"):
+        strict.connect()
+    plain = make_database(StoreConfig(url=base + "?sslmode=disable&application_name=relay-t"))
+    plain.connect()
+    try:
+        assert plain.execute_sql("SELECT current_setting('application_name')").fetchone()[0] \
+            == "relay-t"
+        assert plain.connection().info.password == "pa@ss"
+    finally:
+        plain.close()

@@ -1,7 +1,8 @@
 """The crash harness: a real `relay serve` subprocess that tests kill -9 and restart.
 
 `RelayProcess` owns one daemon (temp relay.toml, SQLite file, credentials from the
-environment, a downstream pointing at a loopback receiver in the test process);
+environment, a downstream pointing at a loopback receiver in the test process; a test may
+add sections, environment variables and a retry schedule of its own);
 `Ledger` records what relay acknowledged; `check_database` reads the file afterwards.
 """
 
@@ -36,7 +37,10 @@ def free_port() -> int:
         return port
 
 
-def write_config(state: Path, port: int, downstream_url: str) -> Path:
+def write_config(state: Path, port: int, downstream_url: str,
+                 retry_schedule: str = "[0.2, 0.5, 1]", extra: str = "") -> Path:
+    """relay.toml for one test daemon; `extra` adds whole sections (keys of the sections
+    written here are set through RELAY_<SECTION>__<KEY> instead)."""
     config = state / "relay.toml"
     config.write_text(
         f'[server]\nport = {port}\nshutdown_timeout_s = 1\n'
@@ -47,7 +51,7 @@ def write_config(state: Path, port: int, downstream_url: str) -> Path:
         '[log]\nlevel = "info"\n'
         '[entitlements]\n"com.example.premium" = ["premium"]\n'
         f'[[downstream]]\nname = "billing"\nurl = "{downstream_url}"\ntimeout_s = 5\n'
-        'retry_schedule_s = [0.2, 0.5, 1]\n')
+        f'retry_schedule_s = {retry_schedule}\n' + extra)
     return config
 
 
@@ -58,20 +62,31 @@ class RelayProcess:
     state: Path
     downstream_url: str
     port: int = field(default_factory=free_port)
+    retry_schedule: str = "[0.2, 0.5, 1]"
+    extra_config: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     proc: asyncio.subprocess.Process | None = None
     log_lines: list[str] = field(default_factory=list)
     _drain: asyncio.Task[None] | None = None
+    _logged: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}"
 
     async def start(self, timeout_s: float = 30.0) -> None:
-        config = write_config(self.state, self.port, self.downstream_url)
+        config = write_config(self.state, self.port, self.downstream_url, self.retry_schedule,
+                              self.extra_config)
         env = {**os.environ, "PYTHONPATH": str(ROOT),
                "RELAY_CREDENTIAL_ATTESTO_WEBHOOK_SECRET": WEBHOOK_SECRET,
                "RELAY_CREDENTIAL_DOWNSTREAM_BILLING_SECRET": DOWNSTREAM_SECRET}
-        env.pop("CREDENTIALS_DIRECTORY", None)
+        for name in ("CREDENTIALS_DIRECTORY", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
+            env.pop(name, None)
+        env.update(self.env)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay", "serve", "--config", str(config),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -89,10 +104,23 @@ class RelayProcess:
     async def _read_log(self, ready: asyncio.Event) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
+            line = raw.decode(errors="replace").rstrip("\n")
             self.log_lines.append(line)
             if "listening on" in line:
                 ready.set()
+            async with self._logged:
+                self._logged.notify_all()
+
+    async def logged(self, text: str, timeout_s: float = 10.0) -> str:
+        """Wait for the first log line that contains `text` and return it."""
+        def found() -> str | None:
+            return next((line for line in self.log_lines if text in line), None)
+
+        async with asyncio.timeout(timeout_s), self._logged:
+            await self._logged.wait_for(lambda: found() is not None)
+        line = found()
+        assert line is not None
+        return line
 
     async def kill(self) -> None:
         """SIGKILL: no shutdown, no cleanup, whatever was in flight is cut."""

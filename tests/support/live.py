@@ -9,15 +9,20 @@ import asyncio
 import dataclasses
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
 from relay.attesto.simulator import AttestoSimulator
 from relay.config import DownstreamConfig
 from relay.web.app import create_app
+from relay.web.appkeys import STORE_KEY
 from tests.conftest import make_config
 from tests.support.webhooks import ENTITLEMENTS
+
+T = TypeVar("T")
 
 
 class LiveRelay:
@@ -44,7 +49,8 @@ class LiveRelay:
         attesto_url = f"http://127.0.0.1:{attesto.addresses[0][1]}"
         self.config = dataclasses.replace(self.config, attesto=dataclasses.replace(
             self.config.attesto, base_url=attesto_url))
-        runner = web.AppRunner(create_app(self.config))
+        self.app = create_app(self.config)
+        runner = web.AppRunner(self.app)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())
@@ -66,3 +72,8 @@ class LiveRelay:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def read(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on relay's store thread (as relay reads) from the test's thread."""
+        future = asyncio.run_coroutine_threadsafe(self.app[STORE_KEY].read(fn), self.loop)
+        return future.result(30)

@@ -59,7 +59,9 @@ async def test_apple_both_orders_end_with_the_same_complete_row(
         assert vw["user_id"] == "user-1" and vw["state"] == "active" and vw["auto_renew"]
         assert vw["expires_ms"] == expires and vw["app_user_id"] == UUID_A
         assert await event_types(v, "o-vw") == ["subscription.purchased"] * 2
-        assert await event_types(v, "o-wv") == ["subscription.purchased"]  # verify adds none
+        # The verify adds who the user is (defect 9 of issue 15), nothing else.
+        assert await event_types(v, "o-wv") == ["subscription.purchased",
+                                                "subscription.user_bound"]
 
 
 async def test_google_both_orders_end_with_the_same_complete_row(
@@ -120,7 +122,8 @@ async def test_stale_verify_does_not_roll_back_a_webhook(tmp_path: Path, sim: At
         assert outcome.purchase is not None
         assert (outcome.purchase.state, outcome.purchase.auto_renew) == ("active_not_renewing",
                                                                         False)
-        assert outcome.purchase.user_id == "user-1" and outcome.events == ()
+        assert outcome.purchase.user_id == "user-1"
+        assert outcome.events == ("subscription.user_bound",)  # only who the user is
 
 
 async def test_newer_apple_period_and_refund_through_verify(

@@ -50,7 +50,7 @@ async def test_body_cap_and_bad_json_are_clear_4xx(aiohttp_client, tmp_path: Pat
     app = create_app(cfg)
 
     async def echo(request: web.Request) -> web.Response:
-        return web.json_response(await read_json_object(request, 64))
+        return web.json_response(await read_json_object(request, cfg.server))
 
     app.router.add_post("/echo", echo)
     client = await aiohttp_client(app)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import hmac
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from relay.config import Config, Secret
 from relay.core.errors import NotConfiguredError, UnauthorizedError
@@ -69,23 +73,64 @@ def test_hs256_jwt_with_issuer_and_audience(config: Config) -> None:
             check_user_jwt(cfg, req(bad))
 
 
-def test_alg_none_and_unlisted_algorithms_are_refused(config: Config) -> None:
+def with_algorithms(config: Config, *algorithms: str, key: str | None = None) -> Config:
+    creds = config.credentials
+    return dataclasses.replace(
+        config, jwt=dataclasses.replace(config.jwt, algorithms=algorithms),
+        credentials=creds if key is None else dataclasses.replace(creds, jwt_key=Secret(key)))
+
+
+def test_alg_none_is_refused(config: Config) -> None:
     unsigned = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, None, algorithm="none")
     with pytest.raises(UnauthorizedError):
         check_user_jwt(config, req(unsigned))
-    hs512 = token({}, key=JWT_SECRET * 2, alg="HS512")
+
+
+@pytest.mark.parametrize("alg", ["HS384", "HS512"])
+def test_an_unlisted_hmac_algorithm_is_refused_even_with_the_right_secret(
+        config: Config, alg: str) -> None:
+    """Signed with the configured secret itself: only the allow-list (HS256) refuses it,
+    as the control shows (listed, the same token passes)."""
+    secret = JWT_SECRET * 2  # 76 bytes: long enough for HS512 (RFC 7518 §3.2)
+    signed = token({}, key=secret, alg=alg)
     with pytest.raises(UnauthorizedError):
-        check_user_jwt(config, req(hs512))
+        check_user_jwt(with_algorithms(config, "HS256", key=secret), req(signed))
+    listed = with_algorithms(config, "HS256", alg, key=secret)
+    assert check_user_jwt(listed, req(signed)).user_id == "user-1"
 
 
-def test_es256_public_key(config: Config) -> None:
+@pytest.mark.parametrize("alg", ["RS512", "PS256"])
+def test_an_unlisted_rsa_algorithm_is_refused_even_with_the_right_key(config: Config,
+                                                                      alg: str) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    only_rs256 = with_algorithms(config, "RS256", key=pem.decode())
+    assert check_user_jwt(only_rs256, req(token({}, key=private, alg="RS256")))
+    signed = token({}, key=private, alg=alg)
+    with pytest.raises(UnauthorizedError):
+        check_user_jwt(only_rs256, req(signed))
+    listed = with_algorithms(config, "RS256", alg, key=pem.decode())
+    assert check_user_jwt(listed, req(signed)).user_id == "user-1"
+
+
+def hmac_token(key: bytes) -> str:
+    """An HS256 JWT whose HMAC key is `key` (PyJWT refuses to sign with a PEM key)."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"sub": "user-1", "exp": int(time.time()) + 60}).encode())
+    mac = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(mac)}"
+
+
+def test_es256_public_key_and_no_algorithm_confusion(config: Config) -> None:
     private = ec.generate_private_key(ec.SECP256R1())
     pem = private.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-    cfg = dataclasses.replace(
-        config, jwt=dataclasses.replace(config.jwt, algorithms=("ES256",)),
-        credentials=dataclasses.replace(config.credentials, jwt_key=Secret(pem.decode())))
+    cfg = with_algorithms(config, "ES256", key=pem.decode())
     assert check_user_jwt(cfg, req(token({}, key=private, alg="ES256"))).user_id == "user-1"
-    # An HS256 token must not pass when only ES256 is allowed (no alg confusion).
+    # The classic confusion: HS256 "signed" with the public key everyone may know.
     with pytest.raises(UnauthorizedError):
-        check_user_jwt(cfg, req(token({}, key="x" * 40, alg="HS256")))
+        check_user_jwt(cfg, req(hmac_token(pem)))

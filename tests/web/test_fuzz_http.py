@@ -2,7 +2,8 @@
 
 One relay runs on 127.0.0.1 in a background thread for the module; hypothesis drives it
 with a blocking client, so each example is a real request. The verdict is always the
-same: a clear 4xx JSON error (or 200 for a valid delivery), never a 5xx, never a crash.
+same: a clear 4xx JSON error, or a 200 that kept its promise (the delivery is in the
+inbox byte for byte; the appUserId is stored), never a 5xx, never a crash.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +24,7 @@ from relay.attesto.signature import sign_attesto
 from relay.attesto.simulator import AttestoSimulator
 from relay.core.errors import BadRequestError
 from relay.core.normalizer import normalize
+from relay.store.models import Inbox
 from tests.conftest import API_KEY
 from tests.support.live import LiveRelay
 from tests.support.webhooks import PATH
@@ -76,8 +79,9 @@ def test_any_signed_json_is_a_clear_4xx(http: httpx.Client, value: Any) -> None:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(FIELDS), value=json_values, seed=st.integers(0, 10**9))
-def test_any_broken_envelope_is_stored_or_a_clear_4xx(http: httpx.Client, field: str,
-                                                      value: Any, seed: int) -> None:
+def test_any_broken_envelope_is_stored_or_a_clear_4xx(live: LiveRelay, http: httpx.Client,
+                                                      field: str, value: Any,
+                                                      seed: int) -> None:
     sim = AttestoSimulator()
     txn = sim.add_apple(transaction_id=f"1{seed}", original_transaction_id=f"2{seed}",
                         product_id="com.example.premium",
@@ -88,7 +92,17 @@ def test_any_broken_envelope_is_stored_or_a_clear_4xx(http: httpx.Client, field:
     body = json.dumps(doc).encode()
     resp = http.post(PATH, content=body,
                      headers=_signed(body, doc["eventId"]))
-    assert resp.status_code == 200 or _is_clear_4xx(resp), (resp.status_code, resp.text)
+    if resp.status_code != 200:
+        assert _is_clear_4xx(resp), (resp.status_code, resp.text)
+        return
+    # A 200 is a promise: the delivery is in the inbox, byte for byte, under its eventId.
+    status = resp.json()["status"]
+    stored = live.read(lambda: Inbox.get_or_none(Inbox.event_id == doc["eventId"]))
+    assert stored is not None, (status, doc["eventId"])
+    if status == "accepted":
+        assert bytes(stored.body) == body
+    else:
+        assert status == "duplicate"
 
 
 @settings(max_examples=300, deadline=None)
@@ -109,9 +123,14 @@ def test_arbitrary_bytes_never_5xx(http: httpx.Client, raw: bytes, path: str) ->
     if path == PATH:
         headers = _signed(raw)
     resp = http.post(path, content=raw, headers=headers)
-    # /app-user-id takes an empty or ignored body; everything else must be refused clearly.
-    assert resp.status_code == 200 if path.endswith("app-user-id") else _is_clear_4xx(resp), (
-        path, resp.status_code, resp.text)
+    if not path.endswith("app-user-id"):  # everything else must be refused clearly
+        assert _is_clear_4xx(resp), (path, resp.status_code, resp.text)
+        return
+    # /app-user-id ignores the body: its 200 is the user's one stored UUID v4, every time.
+    assert resp.status_code == 200, (resp.status_code, resp.text)
+    minted = uuid.UUID(resp.json()["uuid"])
+    assert minted.version == 4
+    assert http.post(path, content=b"", headers=headers).json()["uuid"] == str(minted)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",

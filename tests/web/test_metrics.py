@@ -116,3 +116,45 @@ async def test_families_move_with_traffic(
     later = await scrape(client)
     assert value(later, "relay_outbox_oldest_pending_age_seconds", endpoint="held") >= 60
     assert value(later, "relay_outbox_oldest_pending_age_seconds", endpoint="app") == 0
+
+
+METRICS_TOKEN = "relay-test-metrics-token"
+
+
+async def test_the_metrics_token_reads_metrics_and_nothing_else(relay_factory: RelayFactory,
+                                                                tmp_path: Path) -> None:
+    """A Prometheus scraper holds `metrics-token`: /metrics only, never pause/replay/resync."""
+    import dataclasses
+
+    from relay.config import Secret
+    from tests.conftest import make_config
+
+    base = make_config(tmp_path)
+    config = dataclasses.replace(base, credentials=dataclasses.replace(
+        base.credentials, metrics_token=Secret(METRICS_TOKEN)))
+    client = await relay_factory(config)
+    for token in (METRICS_TOKEN, ADMIN_TOKEN):  # the admin token keeps working there
+        assert (await client.get("/metrics", headers=auth(token))).status == 200
+    for method, path in (("GET", "/v1/admin/endpoints"), ("GET", "/v1/admin/deliveries"),
+                         ("POST", "/v1/admin/endpoints/billing/pause"),
+                         ("POST", "/v1/admin/replay"), ("POST", "/v1/admin/resync"),
+                         ("GET", "/v1/admin/due")):
+        resp = await client.request(method, path, headers=auth(METRICS_TOKEN))
+        assert resp.status == 401, (method, path)
+
+
+async def test_metrics_token_alone_serves_metrics(relay_factory: RelayFactory,
+                                                  tmp_path: Path) -> None:
+    import dataclasses
+
+    from relay.config import Secret
+    from tests.conftest import make_config
+
+    base = make_config(tmp_path)
+    config = dataclasses.replace(base, credentials=dataclasses.replace(
+        base.credentials, admin_token=None, metrics_token=Secret(METRICS_TOKEN)))
+    client = await relay_factory(config)
+    assert (await client.get("/metrics", headers=auth(METRICS_TOKEN))).status == 200
+    assert (await client.get("/metrics", headers=auth(ADMIN_TOKEN))).status == 401
+    resp = await client.get("/v1/admin/endpoints", headers=auth(METRICS_TOKEN))
+    assert resp.status == 503 and (await resp.json())["error"]["code"] == "not_configured"

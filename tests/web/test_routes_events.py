@@ -43,7 +43,10 @@ async def test_pull_without_after_starts_at_the_first_event(relay_factory: Relay
 
 
 @pytest.mark.parametrize("params", [{"after": "-1"}, {"after": "x"}, {"limit": "0"},
-                                    {"limit": "1001"}])
+                                    {"limit": "1001"},
+                                    # str.isdigit() says yes, int() says no: not a 500
+                                    {"after": "\u00b2"}, {"after": "9" * 5000},
+                                    {"limit": "\u0663"}])
 async def test_pull_rejects_bad_parameters(relay_factory: RelayFactory,
                                            params: dict[str, str]) -> None:
     client = await relay_factory()

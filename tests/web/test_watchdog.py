@@ -79,3 +79,19 @@ async def test_no_watchdog_task_without_watchdog_usec(
     assert "relay-watchdog" not in names
     with pytest.raises(BlockingIOError):
         notify_socket.recv(4096)
+
+
+async def test_a_dead_outbox_lane_stops_the_pings(relay_factory: RelayFactory,
+                                                  notify_socket: socket.socket,
+                                                  receiver_url: str) -> None:
+    from relay.config import DownstreamConfig
+
+    client = await relay_factory(downstream=(DownstreamConfig(name="billing",
+                                                              url=receiver_url),))
+    await wait_for(notify_socket, "WATCHDOG=1")
+    assert client.app[OUTBOX_KEY].healthy(30.0)
+    lane = next(t for t in asyncio.all_tasks() if t.get_name().startswith("relay-outbox-billing"))
+    lane.cancel()
+    await asyncio.gather(lane, return_exceptions=True)
+    async with asyncio.timeout(10):
+        await wait_for(notify_socket, "STATUS=unhealthy: outbox lane billing is dead")

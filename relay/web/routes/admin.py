@@ -66,7 +66,7 @@ def _endpoint_name(request: web.Request, outbox: Outbox) -> str:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    return await read_json_object(request, request.app[RUNTIME_KEY].config.server.max_body_bytes)
+    return await read_json_object(request, request.app[RUNTIME_KEY].config.server)
 
 
 def _state(outbox: Outbox, name: str, paused: dict[str, Any]) -> str:

@@ -23,7 +23,8 @@ def _param(request: web.Request, name: str, default: int, lo: int, hi: int) -> i
     raw = request.query.get(name, "")
     if raw == "":
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    # ASCII digits, and few enough for int() (it refuses 4,300) and for the store's bigint.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not lo <= int(raw) <= hi:
         raise BadRequestError(f"{name} must be an integer from {lo} to {hi} (got {raw!r})",
                               code=f"invalid_{name}")
     return int(raw)

@@ -15,11 +15,11 @@ from relay.core.domain import Entitlement, iso
 from relay.core.errors import ConflictError, NotFoundError
 from relay.verify import requests as rq
 from relay.verify.verifier import AppleItem, Item, ItemResult, Outcome
-from relay.web.appkeys import RUNTIME_KEY
+from relay.web.appkeys import LIMITS_KEY, RUNTIME_KEY
 from relay.web.auth import check_user_jwt
 from relay.web.bodies import read_json_object
 from relay.web.middlewares import REQUEST_ID_KEY
-from relay.web.routes.verify import verifier
+from relay.web.routes.verify import restore_bounds, verifier
 
 OWNED_BY_OTHER = "PURCHASE_OWNED_BY_OTHER_USER"
 
@@ -39,10 +39,16 @@ def _transaction(outcome: Outcome, now_ms: int) -> dict[str, Any]:
             "expiresAt": iso(outcome.purchase.expires_ms), "verifiedAt": iso(now_ms)}
 
 
+def _user(request: web.Request) -> str:
+    """The caller (JWT `sub`), who spends one of their tokens (429 when none is left)."""
+    user = check_user_jwt(request.app[RUNTIME_KEY].config, request).user_id
+    request.app[LIMITS_KEY].users.take(user)
+    return user
+
+
 async def _user_and_body(request: web.Request) -> tuple[str, dict[str, Any]]:
-    config = request.app[RUNTIME_KEY].config
-    user = check_user_jwt(config, request)
-    return user.user_id, await read_json_object(request, config.server.max_body_bytes)
+    user = _user(request)
+    return user, await read_json_object(request, request.app[RUNTIME_KEY].config.server)
 
 
 async def _verify(request: web.Request, user_id: str, item: Item) -> web.Response:
@@ -83,8 +89,9 @@ def _item_json(r: ItemResult) -> dict[str, Any]:
 async def handle_restore(request: web.Request) -> web.Response:
     user_id, body = await _user_and_body(request)
     items = rq.restore_items(body, camel=True)
-    results, ents = await verifier(request).restore(user_id, items,
-                                                    request_id=request[REQUEST_ID_KEY])
+    results, ents = await verifier(request).restore(
+        user_id, items, request_id=request[REQUEST_ID_KEY],
+        **restore_bounds(request, request.app[LIMITS_KEY].users, user_id))
     valid = [r.outcome for r in results if r.outcome is not None and r.outcome.valid]
     if not valid:
         first = results[0]
@@ -106,14 +113,13 @@ async def handle_restore(request: web.Request) -> web.Response:
 
 
 async def handle_entitlements(request: web.Request) -> web.Response:
-    user = check_user_jwt(request.app[RUNTIME_KEY].config, request)
-    ents = await verifier(request).entitlements(user.user_id)
+    ents = await verifier(request).entitlements(_user(request))
     return web.json_response({"entitlements": [entitlement_json(e) for e in ents]})
 
 
 async def handle_products(request: web.Request) -> web.Response:
     config = request.app[RUNTIME_KEY].config
-    check_user_jwt(config, request)
+    _user(request)
     if not config.products:
         raise NotFoundError("no product catalogue is configured ([[products]] in relay.toml)",
                             code="products_not_configured")
@@ -127,8 +133,7 @@ async def handle_products(request: web.Request) -> web.Response:
 
 
 async def handle_uuid(request: web.Request) -> web.Response:
-    user = check_user_jwt(request.app[RUNTIME_KEY].config, request)
-    return web.json_response({"uuid": await verifier(request).app_user_id(user.user_id)})
+    return web.json_response({"uuid": await verifier(request).app_user_id(_user(request))})
 
 
 def routes() -> list[web.RouteDef]:

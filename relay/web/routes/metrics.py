@@ -1,5 +1,5 @@
-"""`GET /metrics` (admin token): reads the queue gauges from the store on every scrape, sets
-them, and answers relay/metrics.py's exposition.
+"""`GET /metrics` (metrics token or admin token): reads the queue gauges from the store on
+every scrape, sets them, and answers relay/metrics.py's exposition.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from relay.metrics import Metrics, exposition
 from relay.scheduler.repoll import due_stats
 from relay.store.models import Delivery
 from relay.web.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
-from relay.web.auth import check_admin_token
+from relay.web.auth import check_metrics_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ def publish(metrics: Metrics, figures: QueueFigures, endpoints: list[str], now_m
 
 async def handle_metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    check_admin_token(runtime.config, request)
+    check_metrics_token(runtime.config, request)
     metrics = request.app[METRICS_KEY]
     now_ms = runtime.now_ms()
     figures = await request.app[STORE_KEY].read(lambda: read_queue_figures(now_ms))

@@ -49,7 +49,7 @@ async def handle_resync(request: web.Request) -> web.Response:
     """Re-poll one purchase, or every purchase of a user, now; answer each outcome."""
     runtime = request.app[RUNTIME_KEY]
     check_admin_token(runtime.config, request)
-    body = await read_json_object(request, runtime.config.server.max_body_bytes)
+    body = await read_json_object(request, runtime.config.server)
     platform, subject_key = body.get("platform"), body.get("subject_key")
     user_id = body.get("user_id")
     if user_id is not None:

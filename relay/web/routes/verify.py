@@ -12,9 +12,10 @@ from relay.core.domain import PLATFORMS
 from relay.core.errors import NotFoundError
 from relay.verify import requests as rq
 from relay.verify.verifier import AppleItem, ItemResult, Outcome, Verifier
-from relay.web.appkeys import ATTESTO_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
+from relay.web.appkeys import ATTESTO_KEY, LIMITS_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.web.auth import check_service_key
 from relay.web.bodies import read_json_object
+from relay.web.limits import CallerBuckets
 from relay.web.middlewares import REQUEST_ID_KEY
 
 
@@ -23,11 +24,24 @@ def verifier(request: web.Request) -> Verifier:
     return Verifier(app[RUNTIME_KEY], app[STORE_KEY], app[ATTESTO_KEY], app[METRICS_KEY])
 
 
-async def _service_body(request: web.Request) -> dict[str, Any]:
-    """Authenticate first (a 401 reveals nothing), then read the JSON body."""
+async def _service_body(request: web.Request) -> tuple[str, dict[str, Any]]:
+    """Authenticate first (a 401 reveals nothing), spend one of the key's tokens (429 when
+    it has none), then read the JSON body. Returns the key's name and the body."""
     config = request.app[RUNTIME_KEY].config
-    check_service_key(config, request)
-    return await read_json_object(request, config.server.max_body_bytes)
+    key = check_service_key(config, request)
+    request.app[LIMITS_KEY].service_keys.take(key)
+    return key, await read_json_object(request, config.server)
+
+
+def restore_bounds(request: web.Request, buckets: CallerBuckets,
+                   principal: str) -> dict[str, Any]:
+    """A restore's deadline, and the caller's bucket paying for each item after the first
+    (the request's own token paid for that one)."""
+    async def budget(deadline: float) -> bool:
+        return await buckets.wait(principal, deadline)
+
+    return {"budget": budget,
+            "timeout_s": request.app[RUNTIME_KEY].config.limits.restore_timeout_s}
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -59,7 +73,7 @@ def item_json(result: ItemResult) -> dict[str, Any]:
 
 
 async def handle_verify_apple(request: web.Request) -> web.Response:
-    body = await _service_body(request)
+    _, body = await _service_body(request)
     uid = rq.user_id(body.get("user_id"))
     outcome = await verifier(request).verify(uid, rq.apple_item(body),
                                              request_id=request[REQUEST_ID_KEY])
@@ -67,7 +81,7 @@ async def handle_verify_apple(request: web.Request) -> web.Response:
 
 
 async def handle_verify_google(request: web.Request) -> web.Response:
-    body = await _service_body(request)
+    _, body = await _service_body(request)
     uid = rq.user_id(body.get("user_id"))
     outcome = await verifier(request).verify(uid, rq.google_item(body),
                                              request_id=request[REQUEST_ID_KEY])
@@ -75,10 +89,11 @@ async def handle_verify_google(request: web.Request) -> web.Response:
 
 
 async def handle_restore(request: web.Request) -> web.Response:
-    body = await _service_body(request)
+    key, body = await _service_body(request)
     uid = rq.user_id(body.get("user_id"))
-    results, ents = await verifier(request).restore(uid, rq.restore_items(body),
-                                                    request_id=request[REQUEST_ID_KEY])
+    results, ents = await verifier(request).restore(
+        uid, rq.restore_items(body), request_id=request[REQUEST_ID_KEY],
+        **restore_bounds(request, request.app[LIMITS_KEY].service_keys, key))
     return web.json_response({"user_id": uid, "results": [item_json(r) for r in results],
                               "entitlements": [e.to_json() for e in ents]})
 

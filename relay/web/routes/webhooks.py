@@ -52,7 +52,7 @@ async def handle_attesto(request: web.Request) -> web.Response:
         raise NotConfiguredError("no Attesto webhook secret is configured; every delivery "
                                  "is refused (credential 'attesto-webhook-secret')")
     try:
-        raw = await read_capped(request, config.server.max_body_bytes)
+        raw = await read_capped(request, config.server)
     except PayloadTooLargeError:
         counter.labels("rejected", "payload_too_large").inc()
         raise
