@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.core import ids
+from relay.core import ids, relayed
 from relay.core.domain import EventView, PurchaseView, Snapshot
 from relay.core.normalizer import Normalized, void_snapshot
 from relay.core.rules import Rules
@@ -93,7 +93,7 @@ def ingest_many(items: list[Delivered]) -> list[Outcome]:
 def record_subjectless(norm: Normalized, rules: Rules, now_ms: int) -> EventView:
     """Store and fan out an event that names no purchase (`test`, Google voided, ...)."""
     eid = ids.event_id(now_ms)
-    body = pipeline.event_body(
+    body = relayed.event_body(
         eid, norm.event, norm.reason, "webhook", norm.occurred_ms, now_ms, norm.source, None,
         None, None, None, False, norm.event_id, [], {})
     return pipeline.record_event(

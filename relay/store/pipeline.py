@@ -3,31 +3,28 @@
 Every input (verify, restore, webhook, poll) ends here. `apply()` runs on the store
 thread inside the caller's transaction, so the row, its events and their deliveries
 commit together or not at all. `apply_many()` is the same path for a batch (one pure
-decision per snapshot, then a few multi-row statements via `statements`).
+decision per snapshot, `relay.core.decide`, then a few multi-row statements via
+`statements`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from relay.core import ids
+from relay.core import ids, relayed
+from relay.core.decide import decide
 from relay.core.domain import (
-    ENTITLED_STATES,
     EventView,
     InputNote,
     PurchaseView,
     Snapshot,
-    State,
     entitlement_keys,
     is_entitled,
-    iso,
 )
-from relay.core.errors import ConflictError
 from relay.core.poll_policy import next_poll_ms
-from relay.core.rules import Route, Rules
+from relay.core.rules import Rules
 from relay.store import statements
 from relay.store.models import Purchase
 
@@ -43,19 +40,6 @@ class Applied:
         return sum(e.deliveries for e in self.events)
 
 
-# Derived event names for inputs that carry no event (verify, restore, poll).
-_INTO_STATE_EVENT: dict[State, str] = {
-    State.EXPIRED: "subscription.expired",
-    State.REVOKED: "subscription.revoked",
-    State.REFUNDED: "subscription.refunded",
-    State.GRACE: "subscription.in_grace_period",
-    State.BILLING_RETRY: "subscription.in_billing_retry",
-    State.ON_HOLD: "subscription.on_hold",
-    State.PAUSED: "subscription.paused",
-    State.ACTIVE_NOT_RENEWING: "subscription.cancellation_scheduled",
-}
-
-
 def view_of(row: Purchase) -> PurchaseView:
     return PurchaseView(
         platform=row.platform, subject_key=row.subject_key, kind=row.kind,
@@ -67,51 +51,6 @@ def view_of(row: Purchase) -> PurchaseView:
         updated_ms=row.updated_ms, next_poll_ms=row.next_poll_ms,
         period_pending=bool(row.period_pending), grace_expires_ms=row.grace_expires_ms,
         period_start_ms=row.period_start_ms, voided_ms=row.voided_ms)
-
-
-def derive_event(before: PurchaseView | None, after: PurchaseView) -> str | None:
-    """Name the change between two views of a purchase, or None when nothing changed."""
-    product = after.kind == "product"
-    if before is None:
-        if product:
-            return "product.purchased" if after.state == State.OWNED else (
-                _INTO_STATE_EVENT.get(State(after.state), "product.state_changed")
-                if after.state in State.__members__.values() else "product.state_changed")
-        if after.state in (State.ACTIVE, State.ACTIVE_NOT_RENEWING, State.PENDING):
-            return "subscription.purchased"
-        # First sight of a purchase that is already over or suspended: say so.
-        return _INTO_STATE_EVENT.get(State(after.state), "subscription.purchased")
-    if after.state != before.state:
-        if product:
-            return {State.REFUNDED: "subscription.refunded",
-                    State.CONSUMED: "product.consumed"}.get(State(after.state),
-                                                          "product.state_changed")
-        if after.state == State.ACTIVE:
-            if before.state in (State.BILLING_RETRY, State.ON_HOLD, State.GRACE):
-                return "subscription.recovered"
-            if before.state == State.ACTIVE_NOT_RENEWING:
-                return ("subscription.renewed" if _later(after, before)
-                        else "subscription.cancellation_revoked")
-            if before.state == State.EXPIRED:
-                return "subscription.renewed" if _later(after, before) else (
-                    "subscription.state_changed")
-            return "subscription.state_changed"
-        return _INTO_STATE_EVENT.get(State(after.state), "subscription.state_changed")
-    if _later(after, before) and after.state in ENTITLED_STATES:
-        return "subscription.renewed"
-    if after.auto_renew != before.auto_renew and before.auto_renew is not None:
-        return ("subscription.cancellation_revoked" if after.auto_renew
-                else "subscription.cancellation_scheduled")
-    return None
-
-
-def _later(after: PurchaseView, before: PurchaseView) -> bool:
-    # No stored expiry (e.g. a Google webhook came first): learning one is not a renewal.
-    return before.expires_ms is not None and (after.expires_ms or 0) > before.expires_ms
-
-
-def _coalesce(new: Any, old: Any) -> Any:
-    return old if new is None else new
 
 
 _Pending = tuple[str, str, str | None, dict[str, Any]]  # (event id, type, reason, extra)
@@ -168,7 +107,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         for event_type, reason, extra in events:
             seq += 1
             eid = ids.event_id(now_ms)
-            body = event_body(eid, event_type, reason, snap.source, snap.observed_ms,
+            body = relayed.event_body(eid, event_type, reason, snap.source, snap.observed_ms,
                               snap.received_ms, snap.platform, snap.subject_key, after, before,
                               seq, stale, snap.attesto_event_id, granted, extra)
             event_rows.append((eid, event_type, snap.source, snap.platform, snap.subject_key,
@@ -192,7 +131,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         views = []
         for eid, event_type, body, seq in made:
             subject = f"{after.platform}:{after.subject_key}"
-            routed = _route(rules, event_type, after.platform, after.environment)
+            routed = relayed.route(rules, event_type, after.platform, after.environment)
             deliveries.extend((cursors[eid], name, subject, seq, status, now_ms, now_ms)
                               for name, status in routed)
             views.append(EventView(cursor=cursors[eid], id=eid, type=event_type, body=body,
@@ -208,43 +147,6 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     if input_rows:
         statements.insert_inputs(input_rows)
     return results
-
-
-def _moves_to_caller(snap: Snapshot, before: PurchaseView | None, rules: Rules,
-                     bound: Mapping[str, str]) -> bool:
-    """Whether a verify by `snap.user_id` moves the purchase from its owner (a transfer);
-    ConflictError (409) when it may not. Pure.
-
-    The store's binding (appAccountToken / obfuscatedExternalAccountId: the appUserId) is
-    proof of ownership: naming another user, it refuses whatever the policy. The
-    `owner_conflict` policy decides only for a purchase with no binding (or one that names
-    the caller); a binding relay did not mint names nobody it knows, so it moves nothing.
-    """
-    binding = snap.app_user_id or (before.app_user_id if before is not None else None)
-    owner = bound.get(binding) if binding else None
-    taken = before is not None and before.user_id and before.user_id != snap.user_id
-    if (owner is not None and owner != snap.user_id) or (taken and (
-            rules.owner_conflict == "keep" or (binding and owner is None))):
-        raise ConflictError("this purchase belongs to another user",
-                            code="purchase_owned_by_other_user")
-    return bool(taken)
-
-
-def _route(rules: Rules, event_type: str, platform: str | None,
-           environment: str | None) -> list[tuple[str, str]]:
-    """(endpoint, status) of the outbox rows an event gets. An endpoint that filters on
-    the environment, for a purchase whose environment is not known yet (a Google
-    notification before any re-verify), gets an `unrouted` row: kept, not sent, until
-    the environment is known (`_route_located`)."""
-    out = []
-    for r in rules.routes:
-        if not r.matches_event(event_type, platform):
-            continue
-        if r.environments and environment is None:
-            out.append((r.name, "unrouted"))
-        elif not r.environments or environment in r.environments:
-            out.append((r.name, "pending" if r.active else "held"))
-    return out
 
 
 def _route_located(rules: Rules, subject: str, environment: str, now_ms: int) -> None:
@@ -270,99 +172,6 @@ def input_row(snap: Snapshot, before: PurchaseView | None, after: PurchaseView,
 
 _NO_NOTE = InputNote()
 
-_Decided = tuple[PurchaseView, list[tuple[str, str | None, dict[str, Any]]], bool]
-
-
-def decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rules: Rules,
-           now_ms: int, bound: Mapping[str, str] | None = None) -> _Decided:
-    """The row after `snap`, the events it makes (type, reason, extra) and staleness. Pure.
-    `bound`: appUserId -> user, for the ownership rule (`_moves_to_caller`)."""
-    events: list[tuple[str, str | None, dict[str, Any]]] = []
-    if snap.user_id and _moves_to_caller(snap, before, rules, bound or {}):
-        assert before is not None
-        events.append(("subscription.transferred", None,
-                       {"previous_user_id": before.user_id}))
-
-    stale = before is not None and snap.observed_ms < before.store_time_ms
-    record_only = before is not None and (snap.record_only or not_current(snap, before))
-    void_decided = False
-    if before is None:
-        after = PurchaseView(
-            platform=snap.platform, subject_key=snap.subject_key,
-            kind=snap.kind or "subscription", user_id=user_id, app_user_id=snap.app_user_id,
-            product_id=snap.product_id, base_plan_id=snap.base_plan_id,
-            state=snap.state or State.PENDING, state_reason=snap.state_reason,
-            environment=snap.environment, expires_ms=snap.expires_ms,
-            auto_renew=snap.auto_renew, latest_ref=snap.latest_ref,
-            package_name=snap.package_name, store_time_ms=snap.observed_ms, sequence=0,
-            created_ms=now_ms, updated_ms=now_ms,
-            period_pending=snap.announces_period and snap.expires_ms is None,
-            grace_expires_ms=snap.grace_expires_ms, period_start_ms=snap.period_start_ms)
-    elif stale or record_only:
-        # Identity fields fill in whatever the order; state fields only move forward, and
-        # only with an input about the purchase's current transaction or token. A newer
-        # transaction or token a late input names is still news (`_newer_reference`).
-        after = replace(
-            _newer_reference(snap, before) if stale and not record_only else before,
-            user_id=_coalesce(snap.user_id, before.user_id or user_id),
-            app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
-            product_id=before.product_id or snap.product_id,
-            base_plan_id=before.base_plan_id or snap.base_plan_id,
-            environment=before.environment or snap.environment,
-            package_name=before.package_name or snap.package_name,
-            kind=before.kind if snap.kind is None else snap.kind,
-            voided_ms=snap.observed_ms if snap.voided and not stale else before.voided_ms,
-        )
-    else:
-        state, reason, voided_ms = snap.state, snap.state_reason, before.voided_ms
-        if _refetch(snap):
-            # Play's live answer after a void decides it: no access left means refunded.
-            if voided_ms is not None and state == State.EXPIRED:
-                state, reason, void_decided = State.REFUNDED, "voided", True
-            elif state == State.EXPIRED and before.state in (State.REFUNDED, State.REVOKED):
-                # Play shows a revoked or refunded subscription as EXPIRED: say which.
-                state, reason = State(before.state), before.state_reason
-            voided_ms = None
-        after = replace(
-            before,
-            user_id=_coalesce(snap.user_id, before.user_id or user_id),
-            app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
-            product_id=_coalesce(snap.product_id, before.product_id),
-            base_plan_id=_coalesce(snap.base_plan_id, before.base_plan_id),
-            environment=_coalesce(snap.environment, before.environment),
-            package_name=before.package_name or snap.package_name,
-            kind=before.kind if snap.kind is None else snap.kind,
-            state=_coalesce(state, before.state),
-            state_reason=reason if state is not None else before.state_reason,
-            expires_ms=_coalesce(snap.expires_ms, before.expires_ms),
-            auto_renew=_coalesce(snap.auto_renew, before.auto_renew),
-            latest_ref=_coalesce(snap.latest_ref, before.latest_ref),
-            store_time_ms=max(snap.observed_ms, before.store_time_ms),
-            # Announced by a webhook, until an input brings the period's expiry.
-            period_pending=snap.expires_ms is None and (snap.announces_period
-                                                        or before.period_pending),
-            grace_expires_ms=_coalesce(snap.grace_expires_ms, before.grace_expires_ms),
-            period_start_ms=_coalesce(snap.period_start_ms, before.period_start_ms),
-            voided_ms=voided_ms,
-        )
-
-    if before is not None and before.user_id is None and after.user_id is not None:
-        # The purchase's user is known only now (a webhook came first): say who it is.
-        events.append((f"{'product' if after.kind == 'product' else 'subscription'}"
-                       ".user_bound", None, {}))
-    if snap.event_type is not None:
-        events.append((snap.event_type, snap.event_reason, dict(snap.extra or {})))
-    elif void_decided:
-        events.append(("subscription.state_changed", "voided", {}))
-    elif not stale and not record_only:
-        derived = derive_event(before, after)
-        if derived == "subscription.renewed" and before is not None and before.period_pending:
-            # The webhook relayed this renewal already; this input only brings its expiry.
-            events.append(("subscription.state_changed", "renewal_confirmed", {}))
-        elif derived is not None:
-            events.append((derived, after.state_reason, {}))
-    return after, events, stale
-
 
 def apply_reprojected(before: PurchaseView, target: PurchaseView, rules: Rules,
                       now_ms: int) -> Applied:
@@ -380,13 +189,13 @@ def apply_reprojected(before: PurchaseView, target: PurchaseView, rules: Rules,
                if is_entitled(after, now_ms, rules.entitlement_policy) else [])
     eid = ids.event_id(now_ms)
     event_type, subject = "subscription.state_changed", f"{after.platform}:{after.subject_key}"
-    body = event_body(eid, event_type, "reprojected", "reprojection", now_ms, now_ms,
+    body = relayed.event_body(eid, event_type, "reprojected", "reprojection", now_ms, now_ms,
                       after.platform, after.subject_key, after, before, seq, False, None,
                       granted, {})
     cursor = statements.insert_event(eid, event_type, "reprojection", after.platform,
                                      after.subject_key, seq, after.user_id, now_ms, now_ms,
                                      None, False, body)
-    routed = _route(rules, event_type, after.platform, after.environment)
+    routed = relayed.route(rules, event_type, after.platform, after.environment)
     if routed:
         statements.insert_deliveries([(cursor, name, subject, seq, status, now_ms, now_ms)
                                       for name, status in routed])
@@ -401,81 +210,6 @@ def apply_reprojected(before: PurchaseView, target: PurchaseView, rules: Rules,
     return Applied(after, (view,))
 
 
-def _newer_reference(snap: Snapshot, before: PurchaseView) -> PurchaseView:
-    """What a stale input still says: an Apple transaction that began after the row's
-    latest (its period: expiry, product) or a Google purchase of a new token. The state
-    stays that of the newer input already applied."""
-    if (snap.platform == "apple" and snap.period_start_ms is not None
-            and snap.expires_ms is not None and snap.latest_ref
-            and before.period_start_ms is not None
-            and snap.period_start_ms > before.period_start_ms):
-        return replace(before, expires_ms=snap.expires_ms, latest_ref=snap.latest_ref,
-                       period_start_ms=snap.period_start_ms,
-                       product_id=snap.product_id or before.product_id)
-    if (snap.platform == "google" and snap.source == "webhook" and snap.latest_ref
-            and snap.event_type == "subscription.purchased"
-            and snap.latest_ref not in (before.latest_ref, before.subject_key)):
-        return replace(before, latest_ref=snap.latest_ref,
-                       product_id=snap.product_id or before.product_id)
-    return before
-
-
-def _refetch(snap: Snapshot) -> bool:
-    """A Google answer read from Play (verify, restore, poll), not a notification."""
-    return snap.platform == "google" and snap.source != "webhook" and snap.state is not None
-
-
-def not_current(snap: Snapshot, before: PurchaseView) -> bool:
-    """Whether a notification is about something older than the purchase's current state:
-    an Apple transaction that began before the row's latest (a refund or consumption
-    request of last month's renewal), or a Google token other than the row's current one
-    (the root after an upgrade, or a token whose purchase relay has not seen yet)."""
-    if snap.source != "webhook" or not snap.latest_ref or not before.latest_ref \
-            or snap.latest_ref == before.latest_ref:
-        return False
-    if snap.platform == "google":
-        return (snap.kind == "subscription"
-                and (snap.latest_ref == before.subject_key
-                     or snap.event_type != "subscription.purchased"))
-    if snap.period_start_ms is not None and before.period_start_ms is not None:
-        return snap.period_start_ms < before.period_start_ms
-    return (snap.expires_ms is not None and before.expires_ms is not None
-            and snap.expires_ms < before.expires_ms)
-
-
-def _routes_for(rules: Rules, event_type: str, platform: str | None,
-                environment: str | None) -> list[Route]:
-    return [r for r in rules.routes if r.matches(event_type, platform, environment)]
-
-
-# One encoder for every event body: json.dumps() with arguments builds a new one per call.
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def event_body(event_id: str, event_type: str, reason: str | None, source: str,
-               occurred_ms: int, received_ms: int, platform: str | None,
-               subject_key: str | None, after: PurchaseView | None,
-               before: PurchaseView | None, sequence: int | None, stale: bool,
-               attesto_event_id: str | None, entitlements: list[str],
-               extra: Mapping[str, Any]) -> str:
-    body: dict[str, Any] = {
-        "id": event_id, "type": event_type, "reason": reason,
-        "occurred_at": iso(occurred_ms), "received_at": iso(received_ms), "source": source,
-        "platform": platform, "subject_key": subject_key,
-        "user_id": after.user_id if after else None,
-        "app_user_id": after.app_user_id if after else None,
-        "product_id": after.product_id if after else None,
-        "environment": after.environment if after else None,
-        "state": str(after.state) if after else None,
-        "previous_state": str(before.state) if before else None,
-        "expires_at": iso(after.expires_ms) if after else None,
-        "entitlements": entitlements, "sequence": sequence, "stale": stale,
-        "attesto_event_id": attesto_event_id,
-    }
-    body.update(extra)
-    return _compact_json(body)
-
-
 def record_event(eid: str, event_type: str, body: str, source: str, platform: str | None,
                  subject_key: str | None, seq: int | None, user_id: str | None,
                  occurred_ms: int, received_ms: int, attesto_event_id: str | None,
@@ -485,7 +219,7 @@ def record_event(eid: str, event_type: str, body: str, source: str, platform: st
                                      user_id, occurred_ms, received_ms, attesto_event_id,
                                      stale, body)
     subject = f"{platform}:{subject_key}" if subject_key else eid
-    routes = _routes_for(rules, event_type, platform, environment)
+    routes = relayed.routes_for(rules, event_type, platform, environment)
     for r in routes:
         statements.insert_delivery(cursor, r.name, subject, seq or 0,
                                    "pending" if r.active else "held", now_ms, now_ms)

@@ -2,7 +2,7 @@
 
 `replay()` is pure: it reads each logged input back into the snapshot today's normalizer
 and verify readers make of it (webhooks from their inbox bytes, verify and poll answers
-from their JSON), reconciles it as the live path does, and chains `pipeline.decide`.
+from their JSON), reconciles it as the live path does, and chains `core.decide.decide`.
 `diff_batch()` compares the result with the stored row (state, expiry, grace end,
 entitlements now); `apply_batch()` writes the changed rows, relays
 `subscription.state_changed` with reason `reprojected` and logs a `reprojection` input,
@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from relay.core.decide import decide
 from relay.core.domain import (
     InputNote,
     PurchaseView,
@@ -137,7 +138,7 @@ def replay(inputs: Sequence[Logged], stored: PurchaseView, rules: Rules) -> Purc
                     and snap.app_user_id == stored.app_user_id:
                 user_id = stored.user_id
             try:
-                after, _events, _stale = pipeline.decide(snap, current, user_id, rules,
+                after, _events, _stale = decide(snap, current, user_id, rules,
                                                          logged.received_ms)
             except ConflictError:
                 continue  # refused then as now (owner_conflict = "keep")
@@ -148,7 +149,7 @@ def replay(inputs: Sequence[Logged], stored: PurchaseView, rules: Rules) -> Purc
             lapsed = clock_input(current, logged.received_ms, rules.entitlement_policy) \
                 if current is not None else None
             if lapsed is not None:
-                current, _events, _stale = pipeline.decide(lapsed, current, None, rules,
+                current, _events, _stale = decide(lapsed, current, None, rules,
                                                            logged.received_ms)
     return current
 

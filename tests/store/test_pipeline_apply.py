@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from relay.core import relayed
 from relay.core.domain import Snapshot, State
 from relay.core.errors import ConflictError
 from relay.core.rules import Route, Rules
@@ -176,7 +177,7 @@ async def test_apply_many_equals_one_by_one(tmp_path: Path) -> None:
 
 
 async def test_record_event_without_subject(store: Store) -> None:
-    body = pipeline.event_body("rly_x", "test", None, "webhook", NOW, NOW, "apple", None, None,
+    body = relayed.event_body("rly_x", "test", None, "webhook", NOW, NOW, "apple", None, None,
                                None, None, False, "evt_1", [], {})
     view = await store.write(lambda: pipeline.record_event(
         "rly_x", "test", body, "webhook", "apple", None, None, None, NOW, NOW, "evt_1", False,
