@@ -76,7 +76,7 @@ def test_loader_never_crashes(doc: str, env: dict[str, str]) -> None:
 
 # ---- valid documents load to exactly what they say; one planted mistake is named ---------
 
-# Keys whose valid range is narrower than "a positive number" (config._validate).
+# Keys whose valid range is narrower than "a positive number" (relay.config.checks).
 _RANGES: dict[tuple[str, str], st.SearchStrategy[Any]] = {
     ("server", "port"): st.integers(0, 65535),
     ("server", "workers"): st.integers(1, 64),
