@@ -37,7 +37,7 @@ from relay.intake.inbox import Delivered, Inbound, Outcome, ingest_many
 from relay.outbox import queue as outbox_db
 from relay.runtime import rules_from
 from relay.store import migrations
-from relay.store.database import UNAVAILABLE, exclusive_write, make_database
+from relay.store.connection import UNAVAILABLE, exclusive_write, make_database
 from relay.store.models import database
 
 log = logging.getLogger("relay.ingest_writer")

@@ -215,7 +215,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from relay.store.backup import BackupError, backup_sqlite
-    from relay.store.database import resolve_sqlite_path
+    from relay.store.connection import resolve_sqlite_path
 
     config = _load(args.config)
     if config.store.url:

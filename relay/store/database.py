@@ -18,30 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import queue
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from peewee import (
-    Database,
-    DatabaseError,
-    InterfaceError,
-    InternalError,
-    OperationalError,
     SqliteDatabase,
 )
 
-from relay.config import ConfigError, StoreConfig
-from relay.core.errors import BadRequestError, StoreUnavailableError
+from relay.config import StoreConfig
+from relay.core.errors import StoreUnavailableError
 from relay.store import migrations
+from relay.store.connection import (
+    UNAVAILABLE,
+    WRITE_LOCK_KEY,
+    exclusive_write,
+    make_database,
+    translate,
+    unavailable,
+)
+from relay.store.jobs import Job, Rollback, group_units, settle_all, unbatched
 from relay.store.models import database
 
 log = logging.getLogger("relay.store")
@@ -49,143 +49,6 @@ log = logging.getLogger("relay.store")
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 MAX_GROUP = 256
-# PostgreSQL: every write group takes this transaction-scoped advisory lock first, so the
-# write groups of all instances commit one at a time, as on SQLite. Event cursors are
-# then handed out in commit order (GET /v1/events never skips a late commit), and the
-# read-then-write code (monotonic apply, sequences, leases) sees no concurrent writer.
-WRITE_LOCK_KEY = 0x72656C6179  # "relay"
-
-
-def resolve_sqlite_path(path: str, environ: Mapping[str, str] | None = None) -> Path:
-    """Relative paths live under `$STATE_DIRECTORY` (systemd), else the working directory."""
-    env = os.environ if environ is None else environ
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
-    return (Path(state_dir) if state_dir else Path.cwd()) / p
-
-
-def postgres_params(url: str) -> tuple[str, dict[str, str]]:
-    """The database name and every other connection parameter of a PostgreSQL URL, read by
-    libpq itself (percent-decoding, sslmode, sslrootcert, several hosts...). ConfigError
-    when libpq refuses it; the message never carries the password."""
-    try:
-        from psycopg2 import ProgrammingError
-        from psycopg2.extensions import parse_dsn
-    except ImportError:
-        raise ConfigError(["[store] url needs the PostgreSQL driver: "
-                           "pip install 'relay[postgres]'"]) from None
-    try:
-        params: dict[str, str] = parse_dsn(url)
-    except ProgrammingError as exc:
-        reason = str(exc).strip()
-        password = urlsplit(url).password if "@" in url else None
-        if password:
-            reason = reason.replace(password, "***")
-        raise ConfigError([f"[store] url is not a PostgreSQL URL libpq accepts: {reason}"]
-                          ) from None
-    return params.pop("dbname", "") or "postgres", params
-
-
-def make_database(cfg: StoreConfig, environ: Mapping[str, str] | None = None,
-                  pragmas: Mapping[str, Any] | None = None) -> Database:
-    if cfg.url:
-        from playhouse.pool import PooledPostgresqlDatabase
-
-        name, params = postgres_params(cfg.url)
-        pg: Database = PooledPostgresqlDatabase(name, max_connections=4, stale_timeout=300,
-                                                autoconnect=False, **params)
-        return pg
-    path = resolve_sqlite_path(cfg.path, environ)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    all_pragmas: dict[str, Any] = {
-        "journal_mode": "wal",
-        # FULL: every commit is fsynced; group commit amortises the cost.
-        "synchronous": "full",
-        "foreign_keys": 1,
-        "cache_size": -16000,
-        "busy_timeout": int(cfg.busy_timeout_s * 1000),
-    }
-    all_pragmas.update(pragmas or {})
-    # Multi-row statements have one text per row count (statements.py); keep them all
-    # prepared rather than re-parse them (sqlite3's default cache holds 128).
-    return SqliteDatabase(str(path), pragmas=all_pragmas, autoconnect=False,
-                          check_same_thread=False, cached_statements=1024)
-
-
-@dataclass(eq=False)
-class _Job:
-    fn: Callable[[], Any]
-    write: bool
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-    notify: bool = True
-    result: Any = None
-    error: BaseException | None = field(default=None)
-    batch: Callable[[list[Any]], list[Any]] | None = None  # write_many: fn is unused
-    item: Any = None
-
-    def call(self) -> Any:
-        if self.batch is None:
-            return self.fn()
-        results = self.batch([self.item])
-        return results[0]
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-def _settle_all(jobs: list[_Job], listeners: Sequence[Callable[[], None]] = ()) -> None:
-    for listener in listeners:  # commit listeners first: they see the rows before callers
-        try:
-            listener()
-        except Exception:  # a listener's bug must not leave the writers waiting
-            log.exception("commit listener %r failed", listener)
-    for job in jobs:
-        _settle(job.future, job.result, job.error)
-
-
-def _units(writes: list[_Job]) -> list[list[_Job]]:
-    """Group the writes of one commit: every `write_many` item of one batch function joins
-    the unit of its first item; plain writes stay alone, in order."""
-    units: list[list[_Job]] = []
-    batches: dict[int, list[_Job]] = {}
-    for job in writes:
-        if job.batch is None:
-            units.append([job])
-            continue
-        unit = batches.get(id(job.batch))
-        if unit is None:
-            unit = batches[id(job.batch)] = []
-            units.append(unit)
-        unit.append(job)
-    return units
-
-
-@contextlib.contextmanager
-def exclusive_write(lock_file: Any) -> Iterator[None]:
-    """Hold the cross-process write lock of a shared SQLite file (`<file>.lock`)."""
-    fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-
-# The database cannot take writes now (disk full, lock timeout, lost connection; on
-# PostgreSQL also InternalError: a read-only standby after failover, an aborted transaction).
-UNAVAILABLE = (OperationalError, InterfaceError, InternalError, sqlite3.OperationalError)
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailableError:
-    return StoreUnavailableError(f"the store could not commit: {exc}")
 
 
 class Store:
@@ -202,7 +65,7 @@ class Store:
         self._lock_file: Any = None  # opened on the thread, with the connection
         self._write_lock_sql = (None if self.is_sqlite
                                 else f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.last_heartbeat = 0.0  # loop time of the last job the thread finished
         self.groups_committed = 0
@@ -285,7 +148,7 @@ class Store:
         them. It must return one result per item, in order. If it raises for several
         items, each is run again alone in its own savepoint: only a failing item fails.
         """
-        return await self._submit(_unbatched, write=True, batch=batch, item=item)
+        return await self._submit(unbatched, write=True, batch=batch, item=item)
 
     async def _submit(self, fn: Callable[[], T], *, write: bool, notify: bool = True,
                       batch: Callable[[list[Any]], list[Any]] | None = None,
@@ -293,7 +156,7 @@ class Store:
         if self._thread is None:
             raise StoreUnavailableError("the store is not open")
         loop = asyncio.get_running_loop()
-        job = _Job(fn, write, loop, loop.create_future(), notify, batch=batch, item=item)
+        job = Job(fn, write, loop, loop.create_future(), notify, batch=batch, item=item)
         self._queue.put(job)
         result: T = await job.future
         return result
@@ -305,7 +168,7 @@ class Store:
     def committed_elsewhere(self) -> None:
         """Another process committed rows for this one (the ingest writer): tell the
         commit listeners, as after a write group of our own. Call on the event loop."""
-        _settle_all([], self._commit_listeners)
+        settle_all([], self._commit_listeners)
 
     async def ping(self) -> bool:
         try:
@@ -336,7 +199,7 @@ class Store:
             if stop:
                 return
 
-    def _execute(self, group: list[_Job]) -> None:
+    def _execute(self, group: list[Job]) -> None:
         if not self.is_sqlite:
             self._reconnect_if_broken()
         writes = [j for j in group if j.write]
@@ -345,22 +208,22 @@ class Store:
                 try:
                     job.result = job.fn()
                 except BaseException as exc:  # handed to the awaiting coroutine
-                    job.error = _translate(exc)
+                    job.error = translate(exc)
         committed = bool(writes) and self._commit_group(writes)
         listeners: tuple[Callable[[], None], ...] = ()
         if committed and any(j.notify for j in writes):
             listeners = tuple(self._commit_listeners)
         # One wake-up per loop, not per job: each is a syscall that gives up the GIL.
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         for job in group:
             by_loop.setdefault(job.loop, []).append(job)
         for loop, jobs in by_loop.items():
             mine = listeners if writes and loop is writes[0].loop else ()
-            loop.call_soon_threadsafe(_settle_all, jobs, mine)
+            loop.call_soon_threadsafe(settle_all, jobs, mine)
             self.last_heartbeat = loop.time()
 
-    def _commit_group(self, writes: list[_Job]) -> bool:
-        units = _units(writes)
+    def _commit_group(self, writes: list[Job]) -> bool:
+        units = group_units(writes)
         try:
             with self._writer_turn(), self.db.atomic(*self._begin):
                 if self._write_lock_sql:
@@ -374,13 +237,13 @@ class Store:
                         else:
                             self._run_batch(unit)
                 if len(writes) == 1 and writes[0].error is not None:
-                    raise _Rollback
+                    raise Rollback
             self.groups_committed += 1
             return True
-        except _Rollback:
+        except Rollback:
             return False
         except BaseException as exc:
-            err = _unavailable(exc)
+            err = unavailable(exc)
             log.error("commit of %d write(s) failed: %s", len(writes), exc)
             for job in writes:
                 if job.error is None:
@@ -404,7 +267,7 @@ class Store:
         with exclusive_write(self._lock_file):
             yield
 
-    def _run_one(self, job: _Job, *, savepoint: bool) -> None:
+    def _run_one(self, job: Job, *, savepoint: bool) -> None:
         # A plain SAVEPOINT, not db.atomic(): Peewee names each one with uuid4(), an
         # os.urandom() call per write that gives up the GIL. SQL savepoints nest, so a
         # job's own atomic() blocks still work inside it.
@@ -417,16 +280,16 @@ class Store:
             job.result = job.call()
         except UNAVAILABLE as exc:
             # Disk full, I/O error, lock timeout: the whole group is suspect.
-            job.error = _unavailable(exc)
+            job.error = unavailable(exc)
             raise
         except BaseException as exc:
-            job.error = _translate(exc)
+            job.error = translate(exc)
             if name:  # undo this job only; the others in the group stay
                 self.db.execute_sql(f"ROLLBACK TO SAVEPOINT {name}")  # type: ignore[no-untyped-call]
         if name:
             self.db.execute_sql(f"RELEASE SAVEPOINT {name}")  # type: ignore[no-untyped-call]
 
-    def _run_batch(self, unit: list[_Job]) -> None:
+    def _run_batch(self, unit: list[Job]) -> None:
         assert unit[0].batch is not None
         try:
             with self.db.atomic():
@@ -436,7 +299,7 @@ class Store:
                                        f"{len(unit)} items")
         except UNAVAILABLE as exc:
             for job in unit:
-                job.error = _unavailable(exc)
+                job.error = unavailable(exc)
             raise
         except Exception:
             # One item spoiled the batch (rolled back): run each alone, so only it fails.
@@ -469,21 +332,3 @@ class Store:
             log.debug("rollback after a failed commit failed", exc_info=True)
 
 
-def _unbatched() -> Any:
-    raise AssertionError("a write_many job runs through its batch function")
-
-
-class _Rollback(Exception):
-    """Roll back a one-job group whose function raised."""
-
-
-def _translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, ValueError) and "NUL (0x00)" in str(exc):
-        # PostgreSQL text cannot hold NUL; the input is at fault, not the store.
-        return BadRequestError("text fields must not contain NUL (\\u0000) characters",
-                               code="invalid_request")
-    if isinstance(exc, UNAVAILABLE):
-        return _unavailable(exc)
-    if isinstance(exc, DatabaseError) and "full" in str(exc).lower():
-        return _unavailable(exc)
-    return exc

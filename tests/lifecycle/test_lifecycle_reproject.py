@@ -64,7 +64,7 @@ def _load_into_postgres(url: str) -> None:
 
     from relay.config import StoreConfig
     from relay.store import migrations
-    from relay.store.database import make_database
+    from relay.store.connection import make_database
     from relay.store.models import database
 
     db = make_database(StoreConfig(url=url))
@@ -103,7 +103,7 @@ def _relay(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
 
 def _query(config: Path, sql: str) -> list[tuple[Any, ...]]:
     from relay.config import load_config
-    from relay.store.database import make_database
+    from relay.store.connection import make_database
 
     db = make_database(load_config(config).store)
     db.connect()

@@ -179,7 +179,7 @@ async def test_nul_in_text_is_a_clear_400_on_every_backend(tmp_path: Path) -> No
 def test_every_url_option_and_the_decoded_password_reach_the_driver() -> None:
     """libpq's connection URI (PostgreSQL docs, "Connection URIs"): percent-encoded parts,
     any connection parameter as a query option. make_database passes them all."""
-    from relay.store.database import make_database
+    from relay.store.connection import make_database
 
     db = make_database(StoreConfig(url=(
         "postgresql://app%20user:p%40ss%3Aw%2Frd@db.internal:6543/my%2Fdb?sslmode=verify-full"
@@ -199,7 +199,7 @@ def test_every_url_option_and_the_decoded_password_reach_the_driver() -> None:
                                  "postgresql://u:p%zzw@h/d"])
 def test_a_url_libpq_refuses_is_a_config_error_without_the_password(url: str) -> None:
     from relay.config import ConfigError
-    from relay.store.database import make_database
+    from relay.store.connection import make_database
 
     with pytest.raises(ConfigError) as err:
         make_database(StoreConfig(url=url))
@@ -213,7 +213,7 @@ def test_sslmode_require_reaches_the_connection() -> None:
     option reached it; with sslmode=disable the server sees our application_name."""
     from peewee import OperationalError
 
-    from relay.store.database import make_database
+    from relay.store.connection import make_database
 
     u = urlsplit(POSTGRES_URL)
     base = f"postgresql://{u.username or 'postgres'}:pa%40ss@{u.hostname}:{u.port or 5432}{u.path}"
