@@ -16,78 +16,23 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
-
-import aiohttp
 
 from relay.config import Config
-from relay.core.retry_policy import Verdict
-from relay.metrics import Metrics
-from relay.outbox import deliver
 from relay.outbox import queue as outbox_db
-from relay.outbox.endpoints import Endpoint, build_endpoints
-from relay.outbox.queue import Claimed, CycleResult, Outcome
-from relay.runtime import Runtime
-from relay.store.database import Store
+from relay.outbox.endpoints import build_endpoints
+from relay.outbox.lanes import Lanes
+from relay.outbox.pauses import Pauses
+from relay.outbox.queue import Claimed, CycleResult
+from relay.outbox.state import ERROR_BACKOFF_S, MAX_DEPTH, RECORD_WITHIN_S
 
 log = logging.getLogger("relay.outbox")
 
-ERROR_BACKOFF_S = 1.0  # wait after a failed cycle (store unavailable) before the next
-RECORD_WITHIN_S = 0.05  # a finished attempt is recorded at most this long after
-MAX_DEPTH = 8  # an endpoint holds at most this many times its concurrency (in flight + ready)
 
+class Outbox(Lanes, Pauses):
+    """Delivers outbox rows; `wake()` (a commit listener) makes it look for work at once.
 
-class Outbox:
-    """Delivers outbox rows; `wake()` (a commit listener) makes it look for work at once."""
-
-    def __init__(self, store: Store, runtime: Runtime, session: aiohttp.ClientSession,
-                 endpoints: Mapping[str, Endpoint], *,
-                 rand: Callable[[], float] = random.random,
-                 metrics: Metrics | None = None) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._series: dict[tuple[str, Verdict], tuple[Any, Any]] = {}  # metric children
-        self._runtime = runtime
-        self._session = session
-        self.endpoints = dict(endpoints)
-        self._rand = rand
-        cfg = runtime.config.outbox
-        self._concurrency = cfg.concurrency
-        self._per_endpoint = cfg.per_endpoint_concurrency
-        self._claim_timeout_s = cfg.claim_timeout_s
-        self._sweep_s = cfg.sweep_s
-        self._stop_grace_s = cfg.stop_grace_s
-        self._stopping = False  # lanes start nothing new, cycles claim nothing
-        self._wake = asyncio.Event()
-        self._urgent = True  # the next wake must run a cycle (new rows, a poke, a timer)
-        self._hungry: set[str] = set()  # active endpoints whose last claim got all it asked
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._cycle_cond = asyncio.Condition()
-        self._cycles_started = 0
-        self._cycles_done = 0
-        self._last_claimed = 0
-        self._next_due_ms: int | None = None
-        # Claimed rows waiting for a lane; the deques live as long as the worker.
-        self._ready = {name: collections.deque[Claimed]() for name in self.endpoints}
-        self._has_ready = {name: asyncio.Event() for name in self.endpoints}
-        self._slots = self._overall_bound()
-        self._depth: dict[str, int] = {}  # rows an endpoint may hold, adapted every cycle
-        self._inflight: dict[int, Claimed] = {}
-        self._per_ep: collections.Counter[str] = collections.Counter()
-        self._lanes: list[tuple[str, asyncio.Task[None]]] = []  # (endpoint, lane)
-        self._done: list[Outcome] = []
-        self._to_release: list[Claimed] = []  # dropped from the ready queue (pause, 410)
-        # Following the pauses made by other processes (endpoint_state):
-        self._sweep_due = False  # the next cycle reads endpoint_state even with no work
-        self._synced = 0.0  # loop time of the last cycle that read it
-        self._pausing = 0  # local pause()/resume() calls in progress
-        self._pause_epoch = 0  # bumped when one starts or ends: a cycle's read may be older
-        self._unhold: set[str] = set()  # resumed elsewhere: release their held rows
-        self.task: asyncio.Task[None] | None = None
-        self.beat = 0.0  # loop time the worker last came round (idle or between cycles)
+    Its state is `WorkerState`'s; its lanes (`Lanes`) send, its cycles (here) record and
+    claim, and `Pauses` holds and releases endpoints."""
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -153,12 +98,6 @@ class Outbox:
         ready = [c for queue in self._ready.values() for c in queue]
         return list(self._inflight.values()) + ready + self._to_release
 
-    def _overall_bound(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
-        """The overall bound; not needed (and not paid for) while the lanes cannot exceed it."""
-        if self._per_endpoint * len(self.endpoints) > self._concurrency:
-            return asyncio.Semaphore(self._concurrency)
-        return contextlib.nullcontext()
-
     def reconfigure(self, config: Config) -> list[str]:
         """Adopt a reloaded config: new secrets, URLs, timeouts and endpoints apply to the
         next attempt; attempts in flight finish as they started. ConfigError if unusable.
@@ -188,11 +127,6 @@ class Outbox:
             log.info("released %d held deliveries of %s", released, ", ".join(names))
         return released
 
-    def wake(self) -> None:
-        """Look for work at once (a commit listener: new rows may be due)."""
-        self._urgent = True
-        self._wake.set()
-
     async def poke(self) -> None:
         """Run one full cycle that starts after this call (record, claim, dispatch), and
         read which endpoints are paused, as a sweep does."""
@@ -216,11 +150,6 @@ class Outbox:
 
     # ---- state -------------------------------------------------------------------
 
-    def active_endpoints(self) -> list[str]:
-        paused = self._runtime.paused
-        return [name for name, ep in self.endpoints.items()
-                if ep.enabled and ep.can_sign and name not in paused]
-
     def healthy(self, stall_s: float) -> bool:
         """The worker runs, came round within `stall_s` (it does at least every sweep_s),
         and every lane is alive (a lane restarts itself after a crash, so a dead one is a
@@ -235,94 +164,7 @@ class Outbox:
             return []
         return [name for name, lane in self._lanes if lane.done()]
 
-    def in_flight(self, endpoint: str | None = None) -> int:
-        return len(self._inflight) if endpoint is None else self._per_ep[endpoint]
-
-    def _drop_ready(self, name: str) -> list[Claimed]:
-        queue = self._ready.get(name)
-        if queue is None:  # not configured here
-            return []
-        dropped = list(queue)
-        queue.clear()
-        return dropped
-
-    @contextlib.contextmanager
-    def _changing_pauses(self) -> Iterator[None]:
-        """A local pause or resume: a cycle whose endpoint_state read may predate its
-        commit must not undo it (`_follow` skips such a read)."""
-        self._pausing += 1
-        self._pause_epoch += 1
-        try:
-            yield
-        finally:
-            self._pausing -= 1
-            self._pause_epoch += 1
-
-    async def pause(self, name: str, reason: str = "paused", detail: str | None = None) -> int:
-        """Hold `name`'s rows (now and for new events) until resume; survives restarts.
-
-        Other processes on the database follow within a cycle or a sweep (`_follow`)."""
-        with self._changing_pauses():
-            self._runtime.set_paused(self._runtime.paused | {name})
-            dropped = self._drop_ready(name)  # claimed but not started: give the leases back
-            now_ms = self._runtime.now_ms()
-
-            def work() -> int:
-                held = outbox_db.hold_endpoint(name, reason, detail, now_ms)
-                outbox_db.release(dropped, now_ms)
-                return held
-
-            held = await self._store.write(work)
-        log.warning("endpoint %s %s: %d deliveries held", name, reason, held)
-        return held
-
-    async def resume(self, name: str) -> int:
-        """Send `name`'s held rows again and route new events to it (here at once, in the
-        other processes on the database within a cycle or a sweep)."""
-        with self._changing_pauses():
-            self._runtime.set_paused(self._runtime.paused - {name})
-            self._unhold.discard(name)
-            active = name in self.active_endpoints()
-            releases, self._to_release = self._to_release, []  # from a 410 not given back
-            now_ms = self._runtime.now_ms()
-
-            def work() -> int:
-                outbox_db.release(releases, now_ms)
-                return outbox_db.resume_endpoint(name, now_ms, active)
-
-            try:
-                released = await self._store.write(work)
-            except BaseException:
-                self._to_release[:0] = releases
-                raise
-        log.info("endpoint %s resumed: %d held deliveries released", name, released)
-        return released
-
-    def _follow(self, paused: Mapping[str, str]) -> None:
-        """Adopt endpoint_state as a cycle read it: pauses, 410s and resumes made by
-        other processes (and by this one, already adopted: nothing to do)."""
-        known, now = self._runtime.paused, frozenset(paused)
-        if now == known:
-            return
-        for name in sorted(now - known):
-            self._to_release.extend(self._drop_ready(name))  # given back in the next cycle
-            what = "disabled (410 Gone)" if paused[name] == "gone" else "paused"
-            log.warning("endpoint %s %s by another process: its events are held until "
-                        "`relay resume %s`", name, what, name)
-        for name in sorted(known - now):
-            log.info("endpoint %s resumed by another process: sending its deliveries again",
-                     name)
-        self._runtime.set_paused(now)
-        active = self.active_endpoints()
-        self._unhold.update(name for name in known - now if name in active)
-        self.wake()  # the next cycle gives back dropped claims and claims resumed endpoints
-
     # ---- the worker --------------------------------------------------------------
-
-    def _start_lanes(self, name: str) -> None:
-        self._lanes += [(name, asyncio.create_task(self._lane(name),
-                                                   name=f"relay-outbox-{name}-{i}"))
-                        for i in range(self._per_endpoint)]
 
     async def _run(self) -> None:
         self._lanes = []
@@ -353,20 +195,6 @@ class Outbox:
             for _, lane in self._lanes:
                 lane.cancel()
             await asyncio.gather(*(lane for _, lane in self._lanes), return_exceptions=True)
-
-    def _worth_a_cycle(self, endpoint: str | None = None) -> bool:
-        """Batch the store round trips: a finished attempt alone does not call for one.
-
-        A cycle runs when asked to (new rows, a poke, a timer: finished attempts wait
-        at most RECORD_WITHIN_S), when nothing is in flight, or when an endpoint that
-        may have more due rows has used half of its ready ones (so the refill arrives
-        before its lanes run dry). A lane asks about its own endpoint only.
-        """
-        if self._urgent or self._to_release or not self._inflight:
-            return True
-        names = self._hungry if endpoint is None else (endpoint,)
-        return any(name in self._hungry and len(self._ready[name])
-                   < max(self._per_endpoint, self._depth[name] // 2) for name in names)
 
     def _wait_s(self) -> float:
         wait = RECORD_WITHIN_S if self._done else self._sweep_s
@@ -469,74 +297,5 @@ class Outbox:
             self._ready[claimed.endpoint].append(claimed)
             self._has_ready[claimed.endpoint].set()
 
-    async def _lane(self, name: str) -> None:
-        """One of `name`'s per_endpoint_concurrency lanes, for as long as the worker runs:
-        a lane that crashes (a bug) is logged and started again, so no answer from a
-        downstream can leave an endpoint without lanes until a restart."""
-        while True:
-            try:
-                await self._take_ready(name)
-            except Exception:
-                log.exception("outbox lane %s crashed; it starts again in %.0fs", name,
-                              ERROR_BACKOFF_S)
-                await asyncio.sleep(ERROR_BACKOFF_S)  # a bug that repeats must not spin
 
-    async def _take_ready(self, name: str) -> None:
-        """Take `name`'s ready rows, one at a time.
 
-        A lane awaits the attempt itself (no task per attempt); the global bound is
-        `_slots`. A cancelled attempt leaves its row claimed: stop() releases it, a
-        process crash lets the lease run out. An attempt that raises (a bug) gives its
-        row back for the next cycle, then lets the lane crash.
-        """
-        queue, has_ready = self._ready[name], self._has_ready[name]
-        now_ms = self._runtime.now_ms
-        while True:
-            if not queue or self._stopping:
-                has_ready.clear()
-                await has_ready.wait()
-                continue
-            async with self._slots:
-                if not queue:  # another lane of this endpoint took the last one
-                    continue
-                c = queue.popleft()
-                if c.token <= now_ms():  # waited past its lease: claimable again, skip it
-                    continue
-                ep = self.endpoints.get(name)  # per attempt: a reload may change it
-                if ep is None:  # removed by a reload: give the row back
-                    self._to_release.append(c)
-                    self.wake()
-                    continue
-                self._inflight[c.id] = c
-                self._per_ep[name] += 1
-                if self._idle.is_set():
-                    self._idle.clear()
-                try:
-                    outcome = await deliver.attempt(self._session, ep, c, now_ms, self._rand)
-                except Exception:
-                    self._to_release.append(c)
-                    self.wake()
-                    raise
-                finally:
-                    del self._inflight[c.id]
-                    self._per_ep[name] -= 1
-                    if not self._inflight:
-                        self._idle.set()
-            self._done.append(outcome)
-            self._count(c, outcome)
-            if self._worth_a_cycle(name):  # checked here: a wake per attempt costs the loop
-                self._wake.set()
-
-    def _count(self, c: Claimed, outcome: Outcome) -> None:
-        if self._metrics is None:
-            return
-        key = (c.endpoint, outcome.verdict)
-        series = self._series.get(key)
-        if series is None:  # labels() costs a lookup per call: keep each child
-            series = self._series[key] = (
-                self._metrics.delivery_attempts.labels(c.endpoint, str(outcome.verdict)),
-                self._metrics.delivery_latency.labels(c.endpoint))
-        series[0].inc()
-        if outcome.verdict == Verdict.DELIVERED and c.created_ms:
-            finished_ms = outcome.started_ms + outcome.duration_ms
-            series[1].observe(max(0, finished_ms - c.created_ms) / 1000)
