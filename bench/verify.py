@@ -55,7 +55,7 @@ class _Transactions(dict):  # type: ignore[type-arg]
     """Every `t<n>` exists: an Apple subscription made a minute ago (made on first use)."""
 
     def get(self, key: Any, default: Any = None) -> Any:
-        from relay.attesto.simulator import AppleTransaction
+        from relay.attesto.sim_records import AppleTransaction
 
         if key not in self and isinstance(key, str) and key[1:].isdigit():
             now = int(time.time() * 1000)

@@ -7,7 +7,8 @@ import json
 import aiohttp
 
 from relay.attesto.signature import verify_attesto
-from relay.attesto.simulator import AttestoSimulator, apple_event_for
+from relay.attesto.sim_webhooks import apple_event_for
+from relay.attesto.simulator import AttestoSimulator
 
 VECTOR_BODY = b'{"event":"test","eventId":"evt_01JR8Q3Z5K7M9N2P4R6T8V0W1X"}'
 VECTOR_SIG = "t=1776513600,v1=792907f1ff5cac546b3c70f706081a495809d6225d159b10592d672eb399d726"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from relay.attesto.simulator import AttestoSimulator, unsigned_jws
+from relay.attesto.sim_records import unsigned_jws
+from relay.attesto.simulator import AttestoSimulator
 from relay.core.domain import State, parse_time_ms
 from relay.core.errors import BadRequestError
 from relay.core.normalizer import decode_jws_payload, normalize

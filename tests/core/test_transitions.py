@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.attesto.simulator import APPLE_EVENTS, GOOGLE_PRODUCT_EVENTS, GOOGLE_SUB_EVENTS
+from relay.attesto.sim_webhooks import APPLE_EVENTS, GOOGLE_PRODUCT_EVENTS, GOOGLE_SUB_EVENTS
 from relay.core.domain import ENTITLED_STATES, SUSPENDED_STATES, State
 from relay.core.transitions import APPLE_STATUS, TRANSITIONS, resolve_state, transition_for
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from relay.attesto.simulator import AppleTransaction, AttestoSimulator
+from relay.attesto.sim_records import AppleTransaction
+from relay.attesto.simulator import AttestoSimulator
 from relay.core.domain import PurchaseView, State
 from relay.core.verify_snapshot import (
     AttestoResponseError,

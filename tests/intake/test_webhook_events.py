@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from relay.attesto.simulator import AppleTransaction, AttestoSimulator, GooglePurchase
+from relay.attesto.sim_records import AppleTransaction, GooglePurchase
+from relay.attesto.simulator import AttestoSimulator
 from relay.store.models import AppUser, Purchase
 from relay.web.appkeys import STORE_KEY
 from tests.conftest import Clock, RelayFactory

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from relay.attesto.simulator import AttestoSimulator, GooglePurchase
+from relay.attesto.sim_records import GooglePurchase
+from relay.attesto.simulator import AttestoSimulator
 from relay.core.domain import iso
 from relay.scheduler.ratelimit import TokenBucket
 from relay.store.models import Delivery, Event, Purchase
