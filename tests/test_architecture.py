@@ -66,3 +66,44 @@ def test_logger_names_are_the_published_ones() -> None:
                     and node.args):
                 names.add(f"<computed in {path.relative_to(ROOT)}>")
     assert {n for n in names if n.startswith(("relay.", "<"))} == LOGGERS
+
+
+MAX_LINES = 350  # one concern per module: past this, a module is doing several things
+
+
+def test_no_module_is_over_the_size_where_it_holds_several_concerns() -> None:
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for p in (ROOT / "relay").rglob("*.py")}
+    assert {path: n for path, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_no_import_circle() -> None:
+    """No module reaches itself through its imports (function-level imports included)."""
+    import grimp
+
+    graph = grimp.build_graph("relay")
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:  # Tarjan's strongly connected components
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while (top := stack.pop()) != module:
+                component.append(top)
+            if component:
+                circles.append(sorted([module, *component]))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    assert circles == []
