@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, ingest_wire, openapi, outbox, watchdog
+from relay import __version__, console, ingest_wire, openapi, outbox, watchdog
 from relay.appkeys import (
     ATTESTO_KEY,
     HTTP_KEY,
@@ -69,6 +69,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.router.add_routes(repoll_admin.routes())
     app.router.add_routes(metrics.routes())
     app.router.add_routes(openapi.routes())
+    console.install(app, config)
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app

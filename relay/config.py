@@ -135,6 +135,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The admin console (relay/console/): served only while credential admin-token is set."""
+
+    enabled: bool = True
+    path: str = "/console"  # where it is served; changing it needs a restart
+    session_ttl_s: int = 28_800  # a sign-in lasts this long (8 h), then sign in again
+    max_failed_signins: int = 5  # per client address and window; then sign-in answers 429
+    failed_signin_window_s: int = 900
+
+
+@dataclass(frozen=True, slots=True)
 class DownstreamConfig:
     name: str
     url: str
@@ -169,6 +180,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     entitlements: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: types.MappingProxyType({})
     )
@@ -187,7 +199,8 @@ class Config:
         if not creds.api_keys:
             out.append("/v1 service API: credential 'api-keys' is missing")
         if creds.admin_token is None:
-            out.append("admin API and /metrics: credential 'admin-token' is missing")
+            out.append("admin API, /metrics and the console: credential 'admin-token' is "
+                       "missing")
         if creds.jwt_key is None:
             out.append("/api/iap (end-user JWTs): credential 'jwt-key' is missing")
         for ds in self.downstream:
@@ -210,6 +223,7 @@ SECTIONS: dict[str, tuple[str, type[Any]]] = {
     "scheduler": ("scheduler", SchedulerConfig),
     "outbox": ("outbox", OutboxConfig),
     "log": ("log", LogConfig),
+    "console": ("console", ConsoleConfig),
 }
 _TABLE_SECTIONS = ("entitlements", "downstream", "products")
 _TRUE = {"true", "1", "yes", "on"}
@@ -335,6 +349,7 @@ def _validate(cfg: Config, src: str) -> list[str]:
                  f"(got {cfg.log.level!r})")
     if cfg.log.format not in ("plain", "json"):
         p.append(f"{src}: [log] format must be 'plain' or 'json' (got {cfg.log.format!r})")
+    _check_console(p, src, cfg)
     names: set[str] = set()
     for i, ds in enumerate(cfg.downstream):
         where = f"{src}: [[downstream]] #{i + 1} ({ds.name})"
@@ -366,6 +381,25 @@ def _validate(cfg: Config, src: str) -> list[str]:
 
         p.extend(downstream_problems(cfg))
     return p
+
+
+# Paths the console must not shadow (its own routes live under its path).
+_RESERVED_PATHS = ("/v1", "/api", "/metrics", "/healthz", "/readyz")
+
+
+def _check_console(p: list[str], src: str, cfg: Config) -> None:
+    c, where = cfg.console, f"{src}: [console]"
+    path = c.path
+    if (not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path)
+            or any(seg in (".", "..") for seg in path.split("/"))):
+        p.append(f"{where} path must be an absolute path like '/console' with no trailing "
+                 f"'/' (got {path!r})")
+    elif any(path == r or path.startswith(r + "/") for r in _RESERVED_PATHS) or (
+            cfg.webhooks.path == path or cfg.webhooks.path.startswith(path + "/")):
+        p.append(f"{where} path {path!r} overlaps a route relay serves (choose e.g. "
+                 "'/console')")
+    for name in ("session_ttl_s", "max_failed_signins", "failed_signin_window_s"):
+        _positive(p, where, name, getattr(c, name))
 
 
 def _build_section(cls: type[Any], table: Mapping[str, Any], where: str,
@@ -553,6 +587,7 @@ def redacted(cfg: Config) -> dict[str, Any]:
         "attesto-webhook-secret": state(c.attesto_webhook_secrets),
         "api-keys": ", ".join(n for n, _ in c.api_keys) if c.api_keys else "missing",
         "admin-token": state(c.admin_token),
+        "console-password": state(c.console_password),
         "jwt-key": state(c.jwt_key),
         **{f"downstream-{n}-secret": state(v) for n, v in c.downstream_secrets.items()},
     }

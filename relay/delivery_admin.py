@@ -14,7 +14,7 @@ from typing import Any
 from peewee import Case, fn
 
 from relay.domain import iso
-from relay.models import Attempt, Delivery, Event
+from relay.models import Attempt, Delivery, EndpointHealth, Event
 from relay.pipeline import Route
 
 STATUSES = ("pending", "held", "delivered", "dead", "failed")  # failed: pending, retrying
@@ -87,6 +87,20 @@ def list_deliveries(f: Filters, now_ms: int) -> list[dict[str, Any]]:
     if f.before is not None:
         q = q.where(Delivery.id < f.before)
     return [_row_json(d, now_ms) for d in q.order_by(Delivery.id.desc()).limit(f.limit).dicts()]
+
+
+def deliveries_of_events(cursors: Collection[int], now_ms: int) -> list[dict[str, Any]]:
+    """Every delivery of these events (by their cursors), newest first."""
+    if not cursors:
+        return []
+    q = _select().where(Delivery.event.in_(list(cursors))).order_by(Delivery.id.desc())
+    return [_row_json(d, now_ms) for d in q.dicts()]
+
+
+def endpoint_health() -> dict[str, dict[str, Any]]:
+    """Each endpoint's last delivered and last failed attempt (kept by the outbox)."""
+    rows: Any = EndpointHealth.select().dicts()
+    return {r["name"]: r for r in rows}
 
 
 def get_delivery(delivery_id: int, now_ms: int) -> dict[str, Any] | None:

@@ -7,13 +7,14 @@ verify cost more than running them (they are on the path of every verify).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Any
 
 from relay import ids
 from relay.domain import Entitlement, PurchaseView, Snapshot, entitlements_of
 from relay.errors import ConflictError
-from relay.models import AppUser, Purchase, database
+from relay.models import AppUser, Event, Purchase, database
 from relay.pipeline import Rules
 
 _COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
@@ -54,6 +55,15 @@ def purchases_by_user(user_ids: Collection[str]) -> dict[str, list[PurchaseView]
         for view in _views(where, tuple(part)):
             out[view.user_id or ""].append(view)
     return out
+
+
+def subject_events(platform: str, subject_key: str, limit: int) -> list[dict[str, Any]]:
+    """The purchase's relayed events, newest first (index event_subject), bodies parsed."""
+    rows: Any = (Event.select(Event.cursor, Event.id, Event.type, Event.source, Event.sequence,
+                         Event.occurred_ms, Event.received_ms, Event.stale, Event.body)
+            .where((Event.platform == platform) & (Event.subject_key == subject_key))
+            .order_by(Event.cursor.desc()).limit(limit).dicts())
+    return [{**r, "body": json.loads(r["body"])} for r in rows]
 
 
 def user_entitlements(user_id: str, rules: Rules, now_ms: int) -> list[Entitlement]:

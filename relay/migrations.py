@@ -16,7 +16,10 @@ from relay.models import (
     SCHEMA_VERSION,
     AppUser,
     Attempt,
+    ConsoleSession,
+    ConsoleThrottle,
     Delivery,
+    EndpointHealth,
     EndpointState,
     Event,
     Inbox,
@@ -70,9 +73,19 @@ def _m6_purchase_period_pending(db: Database) -> None:
                        "BOOLEAN NOT NULL DEFAULT FALSE")
 
 
+def _m7_console(db: Database) -> None:
+    """The console: sessions, sign-in throttle, endpoint health; attempts by time (the
+    per-minute plots) and events by purchase (the purchase page; replay by subject)."""
+    db.create_tables([EndpointHealth, ConsoleSession, ConsoleThrottle])
+    db.execute_sql("CREATE INDEX IF NOT EXISTS attempt_started "  # type: ignore[no-untyped-call]
+                   "ON attempt (started_ms, status_code)")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS event_subject "  # type: ignore[no-untyped-call]
+                   "ON event (platform, subject_key, cursor)")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
-    _m5_delivery_claim_index, _m6_purchase_period_pending,
+    _m5_delivery_claim_index, _m6_purchase_period_pending, _m7_console,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -24,7 +24,7 @@ from peewee import (
 database = DatabaseProxy()
 
 # Bumped with every migration in relay/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class BaseModel(Model):
@@ -163,6 +163,36 @@ class EndpointState(BaseModel):
     since_ms = BigIntegerField()
 
 
+class EndpointHealth(BaseModel):
+    """Each endpoint's last delivered and last failed attempt, kept by `outbox_db.record`."""
+
+    name = CharField(primary_key=True, max_length=64)
+    last_success_ms = BigIntegerField(null=True)
+    last_error_ms = BigIntegerField(null=True)
+    last_error_status = IntegerField(null=True)  # None: no HTTP answer (timeout, refused)
+    last_error = TextField(null=True)
+
+
+class ConsoleSession(BaseModel):
+    """A console sign-in. `key` is HMAC-SHA256(credential, the cookie's token): the cookie
+    alone is useless without the credential, and rotating the credential ends the session."""
+
+    key = CharField(primary_key=True, max_length=64)
+    credential = CharField(max_length=32)  # admin-token | console-password
+    client = CharField(max_length=128)
+    created_ms = BigIntegerField()
+    expires_ms = BigIntegerField()
+
+
+class ConsoleThrottle(BaseModel):
+    """Failed console sign-ins per client address (and `*` for all) in a fixed window."""
+
+    client = CharField(primary_key=True, max_length=128)
+    window_start_ms = BigIntegerField()
+    failures = IntegerField()
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Meta, Purchase, Inbox, Event, Delivery, Attempt, AppUser, Lease, EndpointState,
+    EndpointHealth, ConsoleSession, ConsoleThrottle,
 )

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.models import Delivery, EndpointState
+from relay.models import Delivery, EndpointHealth, EndpointState
 from relay.retry_policy import Verdict
 
 OPEN_STATUSES = ("pending", "held")  # rows that still block later sequences
@@ -215,7 +215,31 @@ def record(outcomes: Sequence[Outcome], now_ms: int) -> tuple[dict[int, str], in
             applied[o.delivery_id] = _record_failure(o, row.status, row.attempts, now_ms)
         else:
             stale += 1
+    note_health(outcomes)
     return applied, stale
+
+
+def note_health(outcomes: Sequence[Outcome]) -> None:
+    """Keep each endpoint's last delivered and last failed attempt (the console shows them):
+    one upsert per endpoint and kind of outcome, whichever process sent the attempts."""
+    ok: dict[str, int] = {}
+    failed: dict[str, Outcome] = {}
+    for o in outcomes:
+        if o.verdict == Verdict.DELIVERED:
+            ok[o.endpoint] = max(ok.get(o.endpoint, 0), o.started_ms + o.duration_ms)
+        elif (o.endpoint not in failed
+              or o.started_ms >= failed[o.endpoint].started_ms):
+            failed[o.endpoint] = o
+    for name, at_ms in ok.items():
+        EndpointHealth.insert(name=name, last_success_ms=at_ms).on_conflict(
+            conflict_target=[EndpointHealth.name],
+            update={EndpointHealth.last_success_ms: at_ms}).execute()
+    for name, o in failed.items():
+        values = {EndpointHealth.last_error_ms: o.started_ms + o.duration_ms,
+                  EndpointHealth.last_error_status: o.status_code,
+                  EndpointHealth.last_error: (o.error or f"HTTP {o.status_code}")[:500]}
+        EndpointHealth.insert({EndpointHealth.name: name, **values}).on_conflict(
+            conflict_target=[EndpointHealth.name], update=values).execute()
 
 
 def _record_failure(o: Outcome, status: str, attempts: int, now_ms: int) -> str:

@@ -1,0 +1,104 @@
+"""Store-thread reads behind the console pages, one `store.read` per page.
+
+Questions the admin API or the verify API already answer are asked through their
+functions (`delivery_admin`, `lookups`, `repoll`, `outbox_db`); only the per-minute
+series are this module's own SQL (indexes inbox.received_ms and attempt_started).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay import delivery_admin, lookups, outbox_db
+from relay.domain import PurchaseView
+from relay.models import database
+from relay.repoll import due_stats
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+EVENTS_SHOWN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    stats: dict[str, dict[str, Any]]  # delivery_admin.endpoint_stats
+    paused: dict[str, Any]  # outbox_db.paused_endpoints
+    health: dict[str, dict[str, Any]]  # delivery_admin.endpoint_health
+    due: int
+    oldest_due_ms: int | None
+    accepted_last_hour: int
+    webhooks_per_minute: dict[int, int]  # minute start (ms) -> webhooks stored
+    attempts_per_minute: dict[int, tuple[int, int]]  # minute start -> (delivered, failed)
+
+
+def _per_minute(sql: str, since_ms: int, until_ms: int) -> list[tuple[Any, ...]]:
+    text = sql.format(p=database.param)
+    return [tuple(r) for r in database.execute_sql(text, (since_ms, until_ms)).fetchall()]
+
+
+def webhooks_per_minute(since_ms: int, until_ms: int) -> dict[int, int]:
+    """Webhooks stored in the inbox per minute (covering index on inbox.received_ms)."""
+    rows = _per_minute("SELECT received_ms / 60000, COUNT(*) FROM inbox WHERE received_ms "
+                       ">= {p} AND received_ms < {p} GROUP BY received_ms / 60000",
+                       since_ms, until_ms)
+    return {int(m) * MINUTE_MS: int(n) for m, n in rows}
+
+
+def attempts_per_minute(since_ms: int, until_ms: int) -> dict[int, tuple[int, int]]:
+    """Delivery attempts per minute: (delivered, failed) (covering index attempt_started)."""
+    rows = _per_minute("SELECT started_ms / 60000, COUNT(*), SUM(CASE WHEN status_code >= 200 "
+                       "AND status_code < 300 THEN 1 ELSE 0 END) FROM attempt WHERE "
+                       "started_ms >= {p} AND started_ms < {p} GROUP BY started_ms / 60000",
+                       since_ms, until_ms)
+    return {int(m) * MINUTE_MS: (int(ok or 0), int(n) - int(ok or 0)) for m, n, ok in rows}
+
+
+def overview(now_ms: int, plot_since_ms: int) -> Overview:
+    due, oldest_due = due_stats(now_ms)
+    until = now_ms + MINUTE_MS
+    return Overview(
+        stats=delivery_admin.endpoint_stats(now_ms),
+        paused=outbox_db.paused_endpoints(),
+        health=delivery_admin.endpoint_health(),
+        due=due, oldest_due_ms=oldest_due,
+        accepted_last_hour=_count_inbox(now_ms - HOUR_MS, until),
+        webhooks_per_minute=webhooks_per_minute(plot_since_ms, until),
+        attempts_per_minute=attempts_per_minute(plot_since_ms, until))
+
+
+def _count_inbox(since_ms: int, until_ms: int) -> int:
+    rows = _per_minute("SELECT COUNT(*) FROM inbox WHERE received_ms >= {p} "
+                       "AND received_ms < {p}", since_ms, until_ms)
+    return int(rows[0][0])
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPage:
+    stats: dict[str, dict[str, Any]]
+    paused: dict[str, Any]
+    health: dict[str, Any] | None
+    deliveries: list[dict[str, Any]]
+
+
+def endpoint_page(name: str, filters: delivery_admin.Filters, now_ms: int) -> EndpointPage:
+    return EndpointPage(
+        stats=delivery_admin.endpoint_stats(now_ms), paused=outbox_db.paused_endpoints(),
+        health=delivery_admin.endpoint_health().get(name),
+        deliveries=delivery_admin.list_deliveries(filters, now_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class PurchasePage:
+    purchase: PurchaseView
+    events: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def purchase_page(platform: str, subject_key: str, now_ms: int) -> PurchasePage | None:
+    view = lookups.purchase_view(platform, subject_key)
+    if view is None:
+        return None
+    events = lookups.subject_events(platform, subject_key, EVENTS_SHOWN)
+    deliveries = delivery_admin.deliveries_of_events([e["cursor"] for e in events], now_ms)
+    return PurchasePage(view, events, deliveries)
