@@ -8,6 +8,9 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
+from relay import pipeline
+from relay.appkeys import RUNTIME_KEY, STORE_KEY
+from relay.domain import Snapshot, State
 from tests.conftest import ADMIN_TOKEN
 from tests.outbox_support import App
 
@@ -63,3 +66,16 @@ async def signed_in(client: App, secret: str = ADMIN_TOKEN) -> str:
 def text_of(html: str) -> str:
     """The page's visible text, roughly (tags dropped, entities kept as written)."""
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+async def verified(client: App, platform: str, key: str, *, user_id: str,
+                   product_id: str = "premium.monthly", state: State = State.ACTIVE,
+                   expires_in_s: int = 86_400, **fields: Any) -> None:
+    """Store a purchase as a client verify would (through the pipeline: row + events)."""
+    runtime, store = client.app[RUNTIME_KEY], client.app[STORE_KEY]
+    now = runtime.now_ms()
+    snap = Snapshot(platform=platform, subject_key=key, source="verify", observed_ms=now,
+                    received_ms=now, kind="subscription", product_id=product_id, state=state,
+                    expires_ms=now + expires_in_s * 1000, environment="production",
+                    user_id=user_id, event_type="subscription.purchased", **fields)
+    await store.write(lambda: pipeline.apply(snap, runtime.rules, now))

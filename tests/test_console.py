@@ -14,12 +14,12 @@ import pytest
 from relay.appkeys import RUNTIME_KEY, STORE_KEY
 from relay.config import ConfigError, DownstreamConfig, Secret, load_config
 from relay.console.pages import CSP
-from relay.domain import Snapshot, State
+from relay.domain import State
 from relay.models import ConsoleSession, Delivery
 from relay.outbox import OUTBOX_KEY
 from relay.receiver import DownstreamReceiver
 from tests.conftest import ADMIN_TOKEN, Clock, RelayFactory, make_config
-from tests.console_support import BASE, form, parse, sign_in, signed_in, text_of
+from tests.console_support import BASE, form, parse, sign_in, signed_in, text_of, verified
 from tests.outbox_support import App, deliveries, emit, now_clock, outbox_of
 from tests.webhooks_support import PATH
 
@@ -268,17 +268,8 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 async def _hostile_purchase(client: App) -> None:
-    runtime, store = client.app[RUNTIME_KEY], client.app[STORE_KEY]
-    now = runtime.now_ms()
-    snap = Snapshot(platform="apple", subject_key="2000000" + HOSTILE, source="verify",
-                    observed_ms=now, received_ms=now, kind="subscription",
-                    product_id="premium" + HOSTILE, state=State.ACTIVE,
-                    expires_ms=now + 86_400_000, environment="production",
-                    user_id="user" + HOSTILE, app_user_id=None, latest_ref=HOSTILE,
-                    event_type="subscription.purchased")
-    from relay import pipeline
-
-    await store.write(lambda: pipeline.apply(snap, runtime.rules, now))
+    await verified(client, "apple", "2000000" + HOSTILE, user_id="user" + HOSTILE,
+                   product_id="premium" + HOSTILE, latest_ref=HOSTILE)
 
 
 async def test_purchase_data_and_event_bodies_are_escaped(relay_factory: RelayFactory,
@@ -420,14 +411,8 @@ async def test_purchase_lookup_by_key_and_by_user(relay_factory: RelayFactory,
     missing = await client.get(f"{BASE}/purchase", params={"platform": "apple", "key": "x"})
     assert missing.status == 404
     # By user id: the purchases bound to the user.
-    runtime, store = client.app[RUNTIME_KEY], client.app[STORE_KEY]
-    now = runtime.now_ms()
-    snap = Snapshot(platform="google", subject_key="tok-1", source="verify", observed_ms=now,
-                    received_ms=now, kind="subscription", product_id="premium.monthly",
-                    state=State.EXPIRED, expires_ms=now - 1000, user_id="u-42")
-    from relay import pipeline
-
-    await store.write(lambda: pipeline.apply(snap, runtime.rules, now))
+    await verified(client, "google", "tok-1", user_id="u-42", state=State.EXPIRED,
+                   expires_in_s=-1)
     page = await client.get(f"{BASE}/purchases", params={"user": "u-42"})
     text = await page.text()
     assert f'{BASE}/purchase?platform=google&amp;key=tok-1' in text
