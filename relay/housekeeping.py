@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from relay.models import Attempt, Delivery, Inbox
+from relay.models import Attempt, Delivery, DeliveryMinute, Inbox
 from relay.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ async def prune(store: Store, now_ms: int, delivered_retention_s: int, inbox_ret
         inbox += n
         if n < batch:
             break
+    # The per-minute attempt counts (the console's plots) go with the delivered rows.
+    await store.write(lambda: DeliveryMinute.delete().where(
+        DeliveryMinute.minute_ms < now_ms - delivered_retention_s * 1000).execute())
     if deliveries or inbox:
         log.info("pruned %d delivered deliveries and %d inbox rows", deliveries, inbox)
     return Pruned(deliveries, inbox)

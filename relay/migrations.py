@@ -19,6 +19,7 @@ from relay.models import (
     ConsoleSession,
     ConsoleThrottle,
     Delivery,
+    DeliveryMinute,
     EndpointHealth,
     EndpointState,
     Event,
@@ -73,12 +74,24 @@ def _m6_purchase_period_pending(db: Database) -> None:
                        "BOOLEAN NOT NULL DEFAULT FALSE")
 
 
+# Fills delivery_minute from the attempts table (migration 7; bench/console.py's fill).
+COUNT_ATTEMPTS_PER_MINUTE = (
+    "INSERT INTO delivery_minute (minute_ms, endpoint, delivered, failed) "
+    "SELECT a.started_ms / 60000 * 60000, d.endpoint, "
+    "SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 0 ELSE 1 END) "
+    "FROM attempt AS a JOIN delivery AS d ON d.id = a.delivery_id "
+    "GROUP BY a.started_ms / 60000 * 60000, d.endpoint")
+
+
 def _m7_console(db: Database) -> None:
-    """The console: sessions, sign-in throttle, endpoint health; attempts by time (the
-    per-minute plots) and events by purchase (the purchase page; replay by subject)."""
-    db.create_tables([EndpointHealth, ConsoleSession, ConsoleThrottle])
-    db.execute_sql("CREATE INDEX IF NOT EXISTS attempt_started "  # type: ignore[no-untyped-call]
-                   "ON attempt (started_ms, status_code)")
+    """The console: sessions, sign-in throttle, endpoint health and attempts per minute
+    (counted from the attempts kept so far); deliveries by endpoint newest first, events
+    by purchase (the console's pages; `relay deliveries --endpoint`, replay by subject)."""
+    db.create_tables([EndpointHealth, DeliveryMinute, ConsoleSession, ConsoleThrottle])
+    db.execute_sql(COUNT_ATTEMPTS_PER_MINUTE)  # type: ignore[no-untyped-call]
+    db.execute_sql("CREATE INDEX IF NOT EXISTS delivery_endpoint_id "  # type: ignore[no-untyped-call]
+                   "ON delivery (endpoint, id)")
     db.execute_sql("CREATE INDEX IF NOT EXISTS event_subject "  # type: ignore[no-untyped-call]
                    "ON event (platform, subject_key, cursor)")
 

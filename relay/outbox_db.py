@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.models import Delivery, EndpointHealth, EndpointState
+from peewee import EXCLUDED
+
+from relay.models import Delivery, DeliveryMinute, EndpointHealth, EndpointState
 from relay.retry_policy import Verdict
 
 OPEN_STATUSES = ("pending", "held")  # rows that still block later sequences
@@ -215,21 +217,35 @@ def record(outcomes: Sequence[Outcome], now_ms: int) -> tuple[dict[int, str], in
             applied[o.delivery_id] = _record_failure(o, row.status, row.attempts, now_ms)
         else:
             stale += 1
-    note_health(outcomes)
+    note_attempts(outcomes)
     return applied, stale
 
 
-def note_health(outcomes: Sequence[Outcome]) -> None:
-    """Keep each endpoint's last delivered and last failed attempt (the console shows them):
-    one upsert per endpoint and kind of outcome, whichever process sent the attempts."""
+MINUTE_MS = 60_000
+
+
+def note_attempts(outcomes: Sequence[Outcome]) -> None:
+    """Count the attempts per minute and endpoint, and keep each endpoint's last delivered
+    and last failed attempt (the console shows both), whichever process sent them: a few
+    upserts per cycle, not one per attempt."""
+    minutes: dict[tuple[int, str], list[int]] = {}
     ok: dict[str, int] = {}
     failed: dict[str, Outcome] = {}
     for o in outcomes:
-        if o.verdict == Verdict.DELIVERED:
+        delivered = o.verdict == Verdict.DELIVERED
+        counts = minutes.setdefault((o.started_ms // MINUTE_MS * MINUTE_MS, o.endpoint), [0, 0])
+        counts[0 if delivered else 1] += 1
+        if delivered:
             ok[o.endpoint] = max(ok.get(o.endpoint, 0), o.started_ms + o.duration_ms)
-        elif (o.endpoint not in failed
-              or o.started_ms >= failed[o.endpoint].started_ms):
+        elif o.endpoint not in failed or o.started_ms >= failed[o.endpoint].started_ms:
             failed[o.endpoint] = o
+    if minutes:
+        DeliveryMinute.insert_many(
+            [{"minute_ms": m, "endpoint": e, "delivered": d, "failed": f}
+             for (m, e), (d, f) in minutes.items()]).on_conflict(
+            conflict_target=[DeliveryMinute.minute_ms, DeliveryMinute.endpoint],
+            update={DeliveryMinute.delivered: DeliveryMinute.delivered + EXCLUDED.delivered,
+                    DeliveryMinute.failed: DeliveryMinute.failed + EXCLUDED.failed}).execute()
     for name, at_ms in ok.items():
         EndpointHealth.insert(name=name, last_success_ms=at_ms).on_conflict(
             conflict_target=[EndpointHealth.name],

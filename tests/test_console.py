@@ -453,3 +453,34 @@ async def test_outbox_keeps_each_endpoints_last_success_and_last_error(
     assert health["billing"]["last_success_ms"] is not None  # the error stays beside it
     assert (health["billing"]["last_error"], health["billing"]["last_error_status"]) == (
         "HTTP 502", 502)
+
+
+async def test_attempts_are_counted_per_minute_as_the_attempts_table_has_them(
+        relay_factory: RelayFactory, tmp_path: Path, receiver: DownstreamReceiver,
+        receiver_url: str, clock: Clock) -> None:
+    client = await start(relay_factory, tmp_path, url=receiver_url)
+    outbox, store = outbox_of(client), client.app[STORE_KEY]
+    receiver.reply_next(500, times=3)
+    for minute in range(3):
+        await emit(client, f"100000{minute}", count=2)
+        await outbox.settle()
+        await store.write(lambda: Delivery.update(next_attempt_ms=0).where(
+            Delivery.status == "pending").execute())
+        await outbox.settle()
+        clock.advance(60)
+
+    def both() -> tuple[dict[Any, Any], dict[Any, Any]]:
+        from relay.models import Attempt, DeliveryMinute
+
+        counted = {(r.minute_ms, r.endpoint): (r.delivered, r.failed)
+                   for r in DeliveryMinute.select()}
+        kept: dict[Any, list[int]] = {}
+        for a in Attempt.select():
+            key = (a.started_ms // 60_000 * 60_000, "billing")
+            kept.setdefault(key, [0, 0])[0 if a.status_code == 200 else 1] += 1
+        return counted, {k: tuple(v) for k, v in kept.items()}
+
+    counted, kept = await store.read(both)
+    assert counted == kept
+    assert sum(f for _, f in counted.values()) == 3
+    assert sum(d for d, _ in counted.values()) == 6

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from markupsafe import Markup, escape
 
 MINUTE_MS = 60_000
+MAX_BARS = 360  # longer spans are drawn with a bar per several minutes
 WIDTH, HEIGHT = 720, 170
 LEFT, RIGHT, TOP, BOTTOM = 44, 8, 10, 22
 
@@ -39,14 +40,18 @@ def _hhmm(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%H:%M")
 
 
-def bar_chart(title: str, series: Sequence[Series], start_ms: int, minutes: int,
-              unit: str = "per minute") -> Markup:
-    """Stacked bars, one per minute from `start_ms` (a minute start) for `minutes`."""
+def bar_chart(title: str, series: Sequence[Series], start_ms: int, minutes: int) -> Markup:
+    """Stacked bars from `start_ms` (a minute start) over `minutes`: one bar per minute, or
+    per several minutes when that would be more than MAX_BARS bars."""
+    per = -(-minutes // MAX_BARS)  # minutes per bar
+    step_ms = per * MINUTE_MS
+    bars = -(-minutes // per)
+    sums = [_buckets(s.values, start_ms, step_ms, bars) for s in series]
+    unit = "per minute" if per == 1 else f"per {per} minutes"
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    totals = [sum(s.values.get(start_ms + i * MINUTE_MS, 0) for s in series)
-              for i in range(minutes)]
+    totals = [sum(col) for col in zip(*sums, strict=True)] if sums else []
     top = _nice_max(max(totals, default=0))
-    bar_w = plot_w / minutes
+    bar_w = plot_w / bars
     out = [f'<svg class="plot" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
            f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
            f"<title>{escape(title)}</title>"]
@@ -58,24 +63,25 @@ def bar_chart(title: str, series: Sequence[Series], start_ms: int, minutes: int,
         label = f"{value:g}" if value != int(value) else str(int(value))
         out.append(f'<text class="axis" x="{LEFT - 4}" y="{y + 4:.1f}" '
                    f'text-anchor="end">{label}</text>')
-    for i in range(minutes):  # an hour mark wherever a bar starts an hour
-        minute = start_ms + i * MINUTE_MS
-        if minute % 3_600_000 == 0:
-            x = LEFT + i * bar_w
-            out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" '
-                       f'y2="{TOP + plot_h}"/>')
-            out.append(f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 6}" '
-                       f'text-anchor="middle">{_hhmm(minute)}</text>')
+    mark_ms = 3_600_000 * max(1, -(-minutes // 60) // 12)  # at most about 12 hour marks
+    span_ms = bars * step_ms
+    for mark in range(-(-start_ms // mark_ms) * mark_ms, start_ms + span_ms, mark_ms):
+        x = LEFT + (mark - start_ms) * plot_w / span_ms
+        out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" '
+                   f'y2="{TOP + plot_h}"/>')
+        out.append(f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 6}" '
+                   f'text-anchor="middle">{_hhmm(mark)}</text>')
     for i, total in enumerate(totals):
         if total == 0:
             continue
-        minute = start_ms + i * MINUTE_MS
+        minute = start_ms + i * step_ms
         x = LEFT + i * bar_w
-        parts = ", ".join(f"{s.values.get(minute, 0)} {s.label}" for s in series)
+        parts = ", ".join(f"{counts[i]} {s.label}" for s, counts in zip(series, sums,
+                                                                        strict=True))
         out.append(f"<g><title>{_hhmm(minute)} UTC: {escape(parts)}</title>")
         y = TOP + plot_h
-        for s in series:
-            n = s.values.get(minute, 0)
+        for s, counts in zip(series, sums, strict=True):
+            n = counts[i]
             if n <= 0:
                 continue
             h = plot_h * n / top
@@ -86,3 +92,12 @@ def bar_chart(title: str, series: Sequence[Series], start_ms: int, minutes: int,
     out.append(f'<text class="axis" x="{LEFT}" y="{TOP - 1}">{escape(unit)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def _buckets(values: Mapping[int, int], start_ms: int, step_ms: int, bars: int) -> list[int]:
+    out = [0] * bars
+    for minute, n in values.items():
+        i = (minute - start_ms) // step_ms
+        if 0 <= i < bars:
+            out[i] += n
+    return out

@@ -2,7 +2,7 @@
 
 Questions the admin API or the verify API already answer are asked through their
 functions (`delivery_admin`, `lookups`, `repoll`, `outbox_db`); only the per-minute
-series are this module's own SQL (indexes inbox.received_ms and attempt_started).
+series are this module's own SQL (the index on inbox.received_ms; delivery_minute).
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ def webhooks_per_minute(since_ms: int, until_ms: int) -> dict[int, int]:
 
 
 def attempts_per_minute(since_ms: int, until_ms: int) -> dict[int, tuple[int, int]]:
-    """Delivery attempts per minute: (delivered, failed) (covering index attempt_started)."""
-    rows = _per_minute("SELECT started_ms / 60000, COUNT(*), SUM(CASE WHEN status_code >= 200 "
-                       "AND status_code < 300 THEN 1 ELSE 0 END) FROM attempt WHERE "
-                       "started_ms >= {p} AND started_ms < {p} GROUP BY started_ms / 60000",
+    """Delivery attempts per minute, all endpoints: (delivered, failed) (delivery_minute)."""
+    rows = _per_minute("SELECT minute_ms, SUM(delivered), SUM(failed) FROM delivery_minute "
+                       "WHERE minute_ms >= {p} AND minute_ms < {p} GROUP BY minute_ms",
                        since_ms, until_ms)
-    return {int(m) * MINUTE_MS: (int(ok or 0), int(n) - int(ok or 0)) for m, n, ok in rows}
+    return {int(m): (int(ok), int(bad)) for m, ok, bad in rows}
 
 
 def overview(now_ms: int, plot_since_ms: int) -> Overview:
