@@ -11,7 +11,12 @@
 2. Serves relay (the real app: outbox, console) on 127.0.0.1, signs in to the console,
    and times `--requests` GETs of each page from a client on the same loop, after two
    warm-ups; the baseline is `GET /healthz` on the same server in the same run.
-3. `--plans`: the query plan of every statement each page ran (EXPLAIN QUERY PLAN on
+3. What the console costs the write path, paired in one process on two stores (SQLite, the
+   real pragmas: fsync per commit): inserting events and their deliveries (100 events,
+   200 deliveries per transaction) with and without the index migration 7 adds
+   (delivery_endpoint_id), and the outbox recording 100 claimed deliveries' attempts with
+   and without counting them (`outbox_db.note_attempts`).
+4. `--plans`: the query plan of every statement each page ran (EXPLAIN QUERY PLAN on
    SQLite, EXPLAIN on PostgreSQL), captured from the store's own connection.
 """
 
@@ -346,10 +351,86 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     finally:
         await server.close()
     worst = max(r["max_ms"] for r in results.values())
+    cost = await asyncio.to_thread(write_cost, tmp, args.cost_rounds)
     return {"store": args.store, "fill_s": round(fill_s, 1), "rows": counts,
+            "write_cost": cost,
             "healthz": _stats(health), "pages": results, "plans": plans,
             "worst_page_max_ms": round(worst, 1),
             "worst_page_p50_ms": round(max(r["p50_ms"] for r in results.values()), 1)}
+
+
+def write_cost(tmp: Path, rounds: int) -> dict[str, float]:
+    """Median transaction time, migration 7's additions against none, alternating rounds
+    (plain peewee transactions on the real pragmas; the bench's own thread)."""
+    from relay import migrations, outbox_db, statements
+    from relay.config import StoreConfig
+    from relay.models import database
+    from relay.outbox_db import Outcome
+    from relay.retry_policy import Verdict
+    from relay.store import make_database
+
+    dbs = {}
+    for name in ("with", "without"):
+        db = dbs[name] = make_database(StoreConfig(path=str(tmp / f"cost-{name}.sqlite3")))
+        db.connect()
+        database.initialize(db)
+        migrations.migrate(db)
+    dbs["without"].execute_sql("DROP INDEX delivery_endpoint_id")
+    times: dict[str, list[float]] = {"insert_with": [], "insert_without": [],
+                                     "record_with": [], "record_without": []}
+    counter = iter(range(10**9))
+    real_note = outbox_db.note_attempts
+
+    def insert() -> None:
+        now = int(time.time() * 1000)
+        events = [(f"rly_c{next(counter):012d}", "subscription.renewed", "webhook", "apple",
+                   f"o{n % 5000}", 1, f"u{n}", now, now, None, False, "{}")
+                  for n in range(100)]
+        cursors = statements.insert_events(events)
+        statements.insert_deliveries([
+            (cursor, endpoint, f"apple:{eid}", 1, "pending", 0, now)
+            for eid, cursor in cursors.items() for endpoint in ("billing", "analytics")])
+
+    claimed: list[int] = []
+
+    def claim() -> None:  # the 100 newest billing rows, as a claim leaves them (untimed)
+        db = database.obj
+        claimed[:] = [r[0] for r in db.execute_sql(
+            "SELECT id FROM delivery WHERE endpoint = 'billing' ORDER BY id DESC LIMIT 100")]
+        db.execute_sql(f"UPDATE delivery SET claimed_until_ms = 7 WHERE id IN "
+                       f"({', '.join(map(str, claimed))})")
+
+    def record(note: bool) -> None:
+        now = int(time.time() * 1000)
+        outbox_db.note_attempts = real_note if note else (lambda outcomes: None)
+        try:
+            outbox_db.record([Outcome(i, "billing", 7, Verdict.DELIVERED, now, now, 30, 200,
+                                      None, '{"ok":true}') for i in claimed], now)
+        finally:
+            outbox_db.note_attempts = real_note
+
+    def timed(name: str, db: Any, work: Callable[[], None]) -> None:
+        t = time.perf_counter()
+        with db.atomic():
+            work()
+        times[name].append(time.perf_counter() - t)
+
+    try:
+        for r in range(rounds):
+            for name in (("with", "without") if r % 2 else ("without", "with")):
+                database.initialize(dbs[name])
+                timed(f"insert_{name}", dbs[name], insert)
+                with dbs[name].atomic():
+                    claim()
+                timed(f"record_{name}", dbs[name], lambda n=name: record(n == "with"))
+    finally:
+        for db in dbs.values():
+            db.close()
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    return {"insert_with_ms": round(med["insert_with"], 3),
+            "insert_without_ms": round(med["insert_without"], 3),
+            "record_with_ms": round(med["record_with"], 3),
+            "record_without_ms": round(med["record_without"], 3)}
 
 
 def _stats(times: list[float]) -> dict[str, float]:
@@ -385,6 +466,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--plans", action="store_true", help="print each page's query plans")
+    parser.add_argument("--cost-rounds", type=int, default=200,
+                        help="paired transactions for the write-cost figures")
     parser.add_argument("--screenshot", help="write a PNG of the overview here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
@@ -400,14 +483,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, s in r["pages"].items():
         print(f"  {name:30} p50 {s['p50_ms']:7.2f} ms  p95 {s['p95_ms']:7.2f} ms  "
               f"max {s['max_ms']:7.2f} ms")
+    c = r["write_cost"]
+    print(f"  {'insert 100 events + 200 deliveries':36} {c['insert_with_ms']:.2f} ms with "
+          f"migration 7's index, {c['insert_without_ms']:.2f} ms without (x"
+          f"{c['insert_with_ms'] / c['insert_without_ms']:.2f})")
+    print(f"  {'record 100 attempts':36} {c['record_with_ms']:.2f} ms counting them per "
+          f"minute, {c['record_without_ms']:.2f} ms without (x"
+          f"{c['record_with_ms'] / c['record_without_ms']:.2f})")
     for name, lines in r["plans"].items():
         print(f"\n{name}:")
         print("\n".join(lines))
-    r["rows_reported"] = [
-        ("console: slowest page, max of "
-         f"{args.requests}", r["worst_page_max_ms"], "GET /healthz p50", h["p50_ms"], "ms"),
-        ("console: slowest page, p50", r["worst_page_p50_ms"], "GET /healthz p50",
-         h["p50_ms"], "ms")]
     return r
 
 

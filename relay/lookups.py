@@ -57,12 +57,13 @@ def purchases_by_user(user_ids: Collection[str]) -> dict[str, list[PurchaseView]
     return out
 
 
-def subject_events(platform: str, subject_key: str, limit: int) -> list[dict[str, Any]]:
-    """The purchase's relayed events, newest first (index event_subject), bodies parsed."""
+def events_by_id(ids: Collection[str]) -> list[dict[str, Any]]:
+    """These events (by relay's event id), newest first, bodies parsed."""
+    if not ids:
+        return []
     rows: Any = (Event.select(Event.cursor, Event.id, Event.type, Event.source, Event.sequence,
-                         Event.occurred_ms, Event.received_ms, Event.stale, Event.body)
-            .where((Event.platform == platform) & (Event.subject_key == subject_key))
-            .order_by(Event.cursor.desc()).limit(limit).dicts())
+                              Event.occurred_ms, Event.received_ms, Event.stale, Event.body)
+                 .where(Event.id.in_(list(ids))).order_by(Event.cursor.desc()).dicts())
     return [{**r, "body": json.loads(r["body"])} for r in rows]
 
 

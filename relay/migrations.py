@@ -86,14 +86,12 @@ COUNT_ATTEMPTS_PER_MINUTE = (
 
 def _m7_console(db: Database) -> None:
     """The console: sessions, sign-in throttle, endpoint health and attempts per minute
-    (counted from the attempts kept so far); deliveries by endpoint newest first, events
-    by purchase (the console's pages; `relay deliveries --endpoint`, replay by subject)."""
+    (counted from the attempts kept so far); deliveries by endpoint, newest first (the
+    endpoint page, `relay deliveries --endpoint`)."""
     db.create_tables([EndpointHealth, DeliveryMinute, ConsoleSession, ConsoleThrottle])
     db.execute_sql(COUNT_ATTEMPTS_PER_MINUTE)  # type: ignore[no-untyped-call]
     db.execute_sql("CREATE INDEX IF NOT EXISTS delivery_endpoint_id "  # type: ignore[no-untyped-call]
                    "ON delivery (endpoint, id)")
-    db.execute_sql("CREATE INDEX IF NOT EXISTS event_subject "  # type: ignore[no-untyped-call]
-                   "ON event (platform, subject_key, cursor)")
 
 
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (

@@ -14,9 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from peewee import EXCLUDED
-
-from relay.models import Delivery, DeliveryMinute, EndpointHealth, EndpointState
+from relay.models import Delivery, EndpointState
 from relay.retry_policy import Verdict
 
 OPEN_STATUSES = ("pending", "held")  # rows that still block later sequences
@@ -224,10 +222,25 @@ def record(outcomes: Sequence[Outcome], now_ms: int) -> tuple[dict[int, str], in
 MINUTE_MS = 60_000
 
 
+_COUNT_MINUTES = (
+    "INSERT INTO delivery_minute (minute_ms, endpoint, delivered, failed) VALUES {rows} "
+    "ON CONFLICT (minute_ms, endpoint) DO UPDATE SET "
+    "delivered = delivery_minute.delivered + excluded.delivered, "
+    "failed = delivery_minute.failed + excluded.failed")
+_LAST_SUCCESS = (
+    "INSERT INTO endpoint_health (name, last_success_ms) VALUES ({p}, {p}) "
+    "ON CONFLICT (name) DO UPDATE SET last_success_ms = excluded.last_success_ms")
+_LAST_ERROR = (
+    "INSERT INTO endpoint_health (name, last_error_ms, last_error_status, last_error) "
+    "VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (name) DO UPDATE SET "
+    "last_error_ms = excluded.last_error_ms, last_error_status = excluded.last_error_status, "
+    "last_error = excluded.last_error")
+
+
 def note_attempts(outcomes: Sequence[Outcome]) -> None:
     """Count the attempts per minute and endpoint, and keep each endpoint's last delivered
     and last failed attempt (the console shows both), whichever process sent them: a few
-    upserts per cycle, not one per attempt."""
+    plain upserts per cycle, not one per attempt."""
     minutes: dict[tuple[int, str], list[int]] = {}
     ok: dict[str, int] = {}
     failed: dict[str, Outcome] = {}
@@ -239,23 +252,17 @@ def note_attempts(outcomes: Sequence[Outcome]) -> None:
             ok[o.endpoint] = max(ok.get(o.endpoint, 0), o.started_ms + o.duration_ms)
         elif o.endpoint not in failed or o.started_ms >= failed[o.endpoint].started_ms:
             failed[o.endpoint] = o
-    if minutes:
-        DeliveryMinute.insert_many(
-            [{"minute_ms": m, "endpoint": e, "delivered": d, "failed": f}
-             for (m, e), (d, f) in minutes.items()]).on_conflict(
-            conflict_target=[DeliveryMinute.minute_ms, DeliveryMinute.endpoint],
-            update={DeliveryMinute.delivered: DeliveryMinute.delivered + EXCLUDED.delivered,
-                    DeliveryMinute.failed: DeliveryMinute.failed + EXCLUDED.failed}).execute()
+    if not minutes:
+        return
+    db = _db()
+    db.execute_sql(_COUNT_MINUTES.format(rows=", ".join([_in(4)] * len(minutes))),
+                   [v for (m, e), (d, f) in minutes.items() for v in (m, e, d, f)])
     for name, at_ms in ok.items():
-        EndpointHealth.insert(name=name, last_success_ms=at_ms).on_conflict(
-            conflict_target=[EndpointHealth.name],
-            update={EndpointHealth.last_success_ms: at_ms}).execute()
+        db.execute_sql(_LAST_SUCCESS.format(p=db.param), (name, at_ms))
     for name, o in failed.items():
-        values = {EndpointHealth.last_error_ms: o.started_ms + o.duration_ms,
-                  EndpointHealth.last_error_status: o.status_code,
-                  EndpointHealth.last_error: (o.error or f"HTTP {o.status_code}")[:500]}
-        EndpointHealth.insert({EndpointHealth.name: name, **values}).on_conflict(
-            conflict_target=[EndpointHealth.name], update=values).execute()
+        db.execute_sql(_LAST_ERROR.format(p=db.param),
+                       (name, o.started_ms + o.duration_ms, o.status_code,
+                        (o.error or f"HTTP {o.status_code}")[:500]))
 
 
 def _record_failure(o: Outcome, status: str, attempts: int, now_ms: int) -> str:

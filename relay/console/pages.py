@@ -437,8 +437,7 @@ PURCHASE_SECTIONS: tuple[PurchaseSection, ...] = (
     PurchaseSection("purchase", "Stored row", "purchase_row.html"),
     PurchaseSection("entitlements", "Entitlements", "purchase_entitlements.html"),
     PurchaseSection("events", "Relayed events", "purchase_events.html"),
-    PurchaseSection("deliveries", "Deliveries of these events",
-                    "purchase_deliveries.html"),
+    PurchaseSection("deliveries", "Deliveries", "purchase_deliveries.html"),
 )
 
 

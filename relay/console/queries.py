@@ -17,7 +17,7 @@ from relay.repoll import due_stats
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
-EVENTS_SHOWN = 100
+DELIVERIES_SHOWN = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +95,14 @@ class PurchasePage:
 
 
 def purchase_page(platform: str, subject_key: str, now_ms: int) -> PurchasePage | None:
+    """The stored row, its newest deliveries and the events they relay (from the events
+    table). Until the history of issue 18, events are found through their deliveries:
+    an event no endpoint took, or whose delivered rows were pruned, is not listed."""
     view = lookups.purchase_view(platform, subject_key)
     if view is None:
         return None
-    events = lookups.subject_events(platform, subject_key, EVENTS_SHOWN)
-    deliveries = delivery_admin.deliveries_of_events([e["cursor"] for e in events], now_ms)
+    deliveries = delivery_admin.list_deliveries(
+        delivery_admin.Filters(subject=f"{platform}:{subject_key}", limit=DELIVERIES_SHOWN),
+        now_ms)
+    events = lookups.events_by_id({d["event_id"] for d in deliveries})
     return PurchasePage(view, events, deliveries)
