@@ -279,6 +279,7 @@ def _config(store: Any, tmp: Path) -> Any:
         downstream=tuple(DownstreamConfig(name=n, url=f"http://127.0.0.1:9/{n}")
                          for n in ENDPOINTS),
         credentials=Credentials(admin_token=Secret(ADMIN_TOKEN),
+                                attesto_api_key=Secret("attesto_test_bench"),
                                 downstream_secrets={n: secret for n in ENDPOINTS}))
 
 

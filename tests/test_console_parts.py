@@ -92,3 +92,30 @@ def test_csrf_token_belongs_to_its_session() -> None:
     assert security.csrf_ok(a, security.csrf_token(a))
     assert not security.csrf_ok(a, security.csrf_token(b))
     assert not security.csrf_ok(a, "")
+
+
+@pytest.mark.parametrize(("peer", "headers", "expected"), [
+    ("127.0.0.1", {}, "loopback"),  # an SSH tunnel, a local browser
+    ("::1", {}, "loopback"),
+    ("127.0.0.1", {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.5"}, "https"),
+    ("127.0.0.1", {"Forwarded": "for=203.0.113.5;proto=https"}, "https"),
+    ("127.0.0.1", {"X-Forwarded-For": "203.0.113.5"}, "insecure"),  # a plain-HTTP proxy
+    ("203.0.113.5", {}, "insecure"),
+    ("203.0.113.5", {"X-Forwarded-Proto": "https"}, "insecure"),  # not from a local proxy
+])
+def test_how_the_browser_reached_relay(peer: str, headers: dict[str, str],
+                                       expected: str) -> None:
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from relay.console.pages import _client, _transport
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 40000) if name == "peername" else default)
+    request = make_mocked_request("POST", "/console/signin", headers=headers,
+                                  transport=transport)
+    assert _transport(request) == expected
+    forwarded = headers.get("X-Forwarded-For")
+    assert _client(request) == (forwarded if forwarded and peer == "127.0.0.1" else peer)

@@ -157,17 +157,19 @@ def _is_loopback(address: str) -> bool:
 
 
 def _transport(request: web.Request) -> str:
-    """"https" (here or at a proxy that says so), "loopback" (plain HTTP straight from this
-    machine: an SSH tunnel, a local browser) or "insecure" (plain HTTP over a network)."""
+    """"https" (TLS here, or a proxy on loopback that says the browser used HTTPS),
+    "loopback" (plain HTTP straight from this machine: an SSH tunnel, a local browser) or
+    "insecure" (plain HTTP that crossed a network, or a proxy that does not say HTTPS)."""
+    if request.secure:
+        return "https"
+    if not _is_loopback(request.remote or ""):
+        return "insecure"  # forwarding headers count only from a proxy on this machine
     proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    if request.secure or proto == "https" or "proto=https" in request.headers.get(
-            "Forwarded", "").lower():
+    if proto == "https" or "proto=https" in request.headers.get("Forwarded", "").lower():
         return "https"
     proxied = any(h in request.headers for h in ("X-Forwarded-For", "X-Forwarded-Proto",
                                                   "Forwarded"))
-    if not proxied and _is_loopback(request.remote or ""):
-        return "loopback"
-    return "insecure"
+    return "insecure" if proxied else "loopback"
 
 
 async def _signed(request: web.Request) -> Signed | None:

@@ -15,8 +15,8 @@ from markupsafe import Markup, escape
 
 MINUTE_MS = 60_000
 MAX_BARS = 360  # longer spans are drawn with a bar per several minutes
-WIDTH, HEIGHT = 720, 170
-LEFT, RIGHT, TOP, BOTTOM = 44, 8, 10, 22
+WIDTH, HEIGHT = 720, 150
+LEFT, RIGHT, TOP, BOTTOM = 44, 8, 12, 22
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,8 @@ def bar_chart(title: str, series: Sequence[Series], start_ms: int, minutes: int)
             out.append(f'<rect class="{escape(s.css)}" x="{x:.2f}" y="{y:.2f}" '
                        f'width="{max(bar_w - 0.4, 0.6):.2f}" height="{h:.2f}"/>')
         out.append("</g>")
-    out.append(f'<text class="axis" x="{LEFT}" y="{TOP - 1}">{escape(unit)}</text>')
+    out.append(f'<text class="axis" x="{WIDTH - RIGHT}" y="{TOP - 2}" '
+               f'text-anchor="end">{escape(unit)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
 
