@@ -485,6 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {name:30} p50 {s['p50_ms']:7.2f} ms  p95 {s['p95_ms']:7.2f} ms  "
               f"max {s['max_ms']:7.2f} ms")
     c = r["write_cost"]
+    print("  what the console costs the write path (SQLite, paired transactions, medians):")
     print(f"  {'insert 100 events + 200 deliveries':36} {c['insert_with_ms']:.2f} ms with "
           f"migration 7's index, {c['insert_without_ms']:.2f} ms without (x"
           f"{c['insert_with_ms'] / c['insert_without_ms']:.2f})")

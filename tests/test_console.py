@@ -210,7 +210,7 @@ async def test_after_sign_in_only_console_paths_are_followed(relay_factory: Rela
                                                              tmp_path: Path) -> None:
     client = await start(relay_factory, tmp_path)
     for target in ["https://evil.example/", "//evil.example/console/", f"{BASE}//evil",
-                   "/v1/admin/endpoints", f"{BASE}/signin"]:
+                   "/v1/admin/endpoints", f"{BASE}/signin", f"{BASE}/\r\nX-Evil: 1"]:
         resp = await client.post(f"{BASE}/signin", allow_redirects=False,
                                  data={"secret": ADMIN_TOKEN, "next": target})
         assert resp.headers["Location"] == f"{BASE}/", target

@@ -229,7 +229,8 @@ def action(fn: ActionHandler) -> Handler:
 def _safe_next(state: ConsoleState, value: str | None) -> str:
     """Where to go after sign-in: a console path only (no open redirect)."""
     if (value and value.startswith(state.base + "/") and "//" not in value
-            and "\\" not in value and "/signin" not in value):
+            and "\\" not in value and "/signin" not in value
+            and value.isascii() and value.isprintable() and " " not in value):
         return value
     return state.base + "/"
 
@@ -266,8 +267,8 @@ async def handle_signin(request: web.Request) -> web.StreamResponse:
         return _error(request, 403, "Refused: a sign-in from another site.")
     form = await request.post()
     given = form.get("secret")
-    next_path = _safe_next(state, form.get("next") if isinstance(form.get("next"), str)
-                           else None)  # type: ignore[arg-type]
+    wanted = form.get("next")
+    next_path = _safe_next(state, wanted if isinstance(wanted, str) else None)
     credential = None
     if isinstance(given, str) and 0 < len(given) <= MAX_SECRET_CHARS:
         credential = security.matching_credential(config, given)
