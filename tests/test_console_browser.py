@@ -3,7 +3,8 @@
 An operator signs in, finds an endpoint's failing delivery, retries it and sees it
 delivered, pauses and resumes the endpoint, looks up a purchase and signs out; a
 `<script>` in a purchase shows as text; an action without its CSRF token is refused.
-Every page the test saw is written as a PNG under the test's tmp folder if it fails.
+The browser runs with JavaScript off (the console serves none), except where a test
+needs it on to show that nothing would run. Every page the test saw is written as a PNG under the test's tmp folder if it fails.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ async def shots(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 @pytest.fixture
-async def page(browser: Any, shots: Shots) -> AsyncIterator[Any]:
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+async def page(request: pytest.FixtureRequest, browser: Any,
+               shots: Shots) -> AsyncIterator[Any]:
+    # JavaScript off unless a test asks for it: the console serves none and must work so.
+    context = await browser.new_context(viewport={"width": 1280, "height": 900},
+                                        java_script_enabled=getattr(request, "param", False))
     tab = await context.new_page()
     tab.set_default_timeout(10_000)
     dialogs: list[str] = []
@@ -159,6 +163,7 @@ async def test_operator_signs_in_retries_a_failing_delivery_pauses_looks_up_and_
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror="alert(2)">'
 
 
+@pytest.mark.parametrize("page", [True], indirect=True, ids=["javascript-on"])
 async def test_a_script_in_a_purchase_shows_as_text(
         relay_factory: RelayFactory, tmp_path: Path, page: Any, shots: Shots) -> None:
     from playwright.async_api import expect
