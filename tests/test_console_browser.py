@@ -4,7 +4,8 @@ An operator signs in, finds an endpoint's failing delivery, retries it and sees 
 delivered, pauses and resumes the endpoint, looks up a purchase and signs out; a
 `<script>` in a purchase shows as text; an action without its CSRF token is refused.
 The browser runs with JavaScript off (the console serves none), except where a test
-needs it on to show that nothing would run. Every page the test saw is written as a PNG under the test's tmp folder if it fails.
+needs it on to show that nothing would run. Every page the test saw is written as a PNG
+under the test's tmp folder if it fails.
 """
 
 from __future__ import annotations
