@@ -129,3 +129,13 @@ def relay_factory(aiohttp_client: Any, tmp_path: Path, clock: Clock) -> RelayFac
 
 def auth(token: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (`item.rep_setup`, `rep_call`, ...):
+    fixtures that leave evidence behind on failure (browser screenshots) read it."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

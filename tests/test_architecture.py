@@ -52,6 +52,7 @@ LOGGERS = {
     "relay.housekeeping", "relay.ingest_link", "relay.ingest_writer", "relay.middlewares",
     "relay.migrations", "relay.outbox", "relay.repoll", "relay.routes.webhooks",
     "relay.scheduler", "relay.store", "relay.verification", "relay.watchdog", "relay.workers",
+    "relay.console",  # new with the console (issue 20)
 }
 
 

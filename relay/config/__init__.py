@@ -27,6 +27,7 @@ from relay.config.sections import (
     AttestoConfig,
     Config,
     ConfigError,
+    ConsoleConfig,
     DownstreamConfig,
     InputLogConfig,
     JwtConfig,
@@ -44,7 +45,7 @@ from relay.credentials import Credentials, Secret
 
 __all__ = [
     "DEFAULT_CONFIG_PATHS", "ENV_PREFIX", "MAX_WORKERS", "PRODUCT_TYPES", "SECTIONS",
-    "AttestoConfig", "Config", "ConfigError", "Credentials", "DownstreamConfig",
+    "AttestoConfig", "Config", "ConfigError", "ConsoleConfig", "Credentials", "DownstreamConfig",
     "InputLogConfig", "JwtConfig", "LimitsConfig", "LogConfig", "OutboxConfig",
     "ProductConfig", "PurchasesConfig", "SchedulerConfig", "Secret", "ServerConfig",
     "StoreConfig", "WebhooksConfig", "downstream_problems", "downstream_where",

@@ -141,6 +141,7 @@ def _validate(cfg: Config, src: str) -> list[str]:
                  f"(got {cfg.log.level!r})")
     if cfg.log.format not in ("plain", "json"):
         p.append(f"{src}: [log] format must be 'plain' or 'json' (got {cfg.log.format!r})")
+    _check_console(p, src, cfg)
     names: set[str] = set()
     for i, ds in enumerate(cfg.downstream):
         where = f"{src}: [[downstream]] #{i + 1} ({ds.name})"
@@ -170,6 +171,25 @@ def _validate(cfg: Config, src: str) -> list[str]:
         # Key material and the SSRF guard's refusal of literal addresses (exit 78).
         p.extend(downstream_problems(cfg))
     return p
+
+
+# Paths the console must not shadow (its own routes live under its path).
+_RESERVED_PATHS = ("/v1", "/api", "/metrics", "/healthz", "/readyz")
+
+
+def _check_console(p: list[str], src: str, cfg: Config) -> None:
+    c, where = cfg.console, f"{src}: [console]"
+    path = c.path
+    if (not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path)
+            or any(seg in (".", "..") for seg in path.split("/"))):
+        p.append(f"{where} path must be an absolute path like '/console' with no trailing "
+                 f"'/' (got {path!r})")
+    elif any(path == r or path.startswith(r + "/") for r in _RESERVED_PATHS) or (
+            cfg.webhooks.path == path or cfg.webhooks.path.startswith(path + "/")):
+        p.append(f"{where} path {path!r} overlaps a route relay serves (choose e.g. "
+                 "'/console')")
+    for name in ("session_ttl_s", "max_failed_signins", "failed_signin_window_s"):
+        _positive(p, where, name, getattr(c, name))
 
 
 def downstream_where(index: int, ds: DownstreamConfig) -> str:

@@ -274,6 +274,7 @@ def redacted(cfg: Config) -> dict[str, Any]:
         "attesto-webhook-secret": state(c.attesto_webhook_secrets),
         "api-keys": ", ".join(n for n, _ in c.api_keys) if c.api_keys else "missing",
         "admin-token": state(c.admin_token),
+        "console-password": state(c.console_password),
         "jwt-key": state(c.jwt_key),
         "metrics-token": state(c.metrics_token),
         "database-url": state(c.database_url),

@@ -135,6 +135,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The admin console (relay/web/console/): served only while credential admin-token is
+    set."""
+
+    enabled: bool = True
+    path: str = "/console"  # where it is served; changing it needs a restart
+    session_ttl_s: int = 28_800  # a sign-in lasts this long (8 h), then sign in again
+    max_failed_signins: int = 5  # per client address and window; then sign-in answers 429
+    failed_signin_window_s: int = 900
+
+
+@dataclass(frozen=True, slots=True)
 class DownstreamConfig:
     name: str
     url: str
@@ -171,6 +183,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     input_log: InputLogConfig = field(default_factory=InputLogConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     entitlements: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: types.MappingProxyType({})
     )
@@ -189,11 +202,11 @@ class Config:
         if not creds.api_keys:
             out.append("/v1 service API: credential 'api-keys' is missing")
         if creds.admin_token is None and creds.metrics_token is None:
-            out.append("admin API and /metrics: credential 'admin-token' is missing "
-                       "(or 'metrics-token' for /metrics alone)")
+            out.append("admin API, /metrics and the console: credential 'admin-token' is "
+                       "missing (or 'metrics-token' for /metrics alone)")
         elif creds.admin_token is None:
-            out.append("admin API: credential 'admin-token' is missing (/metrics answers "
-                       "the metrics token)")
+            out.append("admin API and the console: credential 'admin-token' is missing "
+                       "(/metrics answers the metrics token)")
         if creds.jwt_key is None:
             out.append("/api/iap (end-user JWTs): credential 'jwt-key' is missing")
         for ds in self.downstream:
@@ -218,4 +231,5 @@ SECTIONS: dict[str, tuple[str, type[Any]]] = {
     "outbox": ("outbox", OutboxConfig),
     "input_log": ("input_log", InputLogConfig),
     "log": ("log", LogConfig),
+    "console": ("console", ConsoleConfig),
 }

@@ -15,7 +15,7 @@ from peewee import Case, fn
 
 from relay.core.domain import iso
 from relay.core.rules import Route
-from relay.store.models import Attempt, Delivery, Event
+from relay.store.models import Attempt, Delivery, EndpointHealth, Event
 
 STATUSES = ("pending", "held", "delivered", "dead", "failed")  # failed: pending, retrying
 
@@ -71,6 +71,22 @@ class Filters:
     limit: int = 50
 
 
+# The distinct endpoints of the outbox, one index seek each (a loose index scan).
+_ENDPOINT_NAMES = """
+WITH RECURSIVE e(name) AS (
+  SELECT MIN(endpoint) FROM delivery
+  UNION ALL
+  SELECT (SELECT MIN(endpoint) FROM delivery WHERE endpoint > e.name) FROM e
+  WHERE e.name IS NOT NULL)
+SELECT name FROM e WHERE name IS NOT NULL"""
+
+
+def endpoint_names() -> list[str]:
+    """Every endpoint with rows in the outbox (configured or not any more)."""
+    db = Delivery._meta.database
+    return [str(name) for (name,) in db.execute_sql(_ENDPOINT_NAMES).fetchall()]
+
+
 def list_deliveries(f: Filters, now_ms: int) -> list[dict[str, Any]]:
     """Newest first; page with `before` = the last id seen."""
     q = _select()
@@ -82,11 +98,19 @@ def list_deliveries(f: Filters, now_ms: int) -> list[dict[str, Any]]:
         q = q.where(Delivery.endpoint == f.endpoint)
     if f.subject:
         q = q.where(Delivery.subject == f.subject)
+        if not f.endpoint:  # every endpoint there is: the (endpoint, subject) index serves
+            q = q.where(Delivery.endpoint.in_(endpoint_names()))
     if f.event_id:
         q = q.where(Event.id == f.event_id)
     if f.before is not None:
         q = q.where(Delivery.id < f.before)
     return [_row_json(d, now_ms) for d in q.order_by(Delivery.id.desc()).limit(f.limit).dicts()]
+
+
+def endpoint_health() -> dict[str, dict[str, Any]]:
+    """Each endpoint's last delivered and last failed attempt (kept by the outbox)."""
+    rows: Any = EndpointHealth.select().dicts()
+    return {r["name"]: r for r in rows}
 
 
 def get_delivery(delivery_id: int, now_ms: int) -> dict[str, Any] | None:

@@ -216,7 +216,54 @@ def record(outcomes: Sequence[Outcome], now_ms: int) -> tuple[dict[int, str], in
             applied[o.delivery_id] = _record_failure(o, row.status, row.attempts, now_ms)
         else:
             stale += 1
+    note_attempts(outcomes)
     return applied, stale
+
+
+MINUTE_MS = 60_000
+
+
+_COUNT_MINUTES = (
+    "INSERT INTO delivery_minute (minute_ms, endpoint, delivered, failed) VALUES {rows} "
+    "ON CONFLICT (minute_ms, endpoint) DO UPDATE SET "
+    "delivered = delivery_minute.delivered + excluded.delivered, "
+    "failed = delivery_minute.failed + excluded.failed")
+_LAST_SUCCESS = (
+    "INSERT INTO endpoint_health (name, last_success_ms) VALUES ({p}, {p}) "
+    "ON CONFLICT (name) DO UPDATE SET last_success_ms = excluded.last_success_ms")
+_LAST_ERROR = (
+    "INSERT INTO endpoint_health (name, last_error_ms, last_error_status, last_error) "
+    "VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (name) DO UPDATE SET "
+    "last_error_ms = excluded.last_error_ms, last_error_status = excluded.last_error_status, "
+    "last_error = excluded.last_error")
+
+
+def note_attempts(outcomes: Sequence[Outcome]) -> None:
+    """Count the attempts per minute and endpoint, and keep each endpoint's last delivered
+    and last failed attempt (the console shows both), whichever process sent them: a few
+    plain upserts per cycle, not one per attempt."""
+    minutes: dict[tuple[int, str], list[int]] = {}
+    ok: dict[str, int] = {}
+    failed: dict[str, Outcome] = {}
+    for o in outcomes:
+        delivered = o.verdict == Verdict.DELIVERED
+        counts = minutes.setdefault((o.started_ms // MINUTE_MS * MINUTE_MS, o.endpoint), [0, 0])
+        counts[0 if delivered else 1] += 1
+        if delivered:
+            ok[o.endpoint] = max(ok.get(o.endpoint, 0), o.started_ms + o.duration_ms)
+        elif o.endpoint not in failed or o.started_ms >= failed[o.endpoint].started_ms:
+            failed[o.endpoint] = o
+    if not minutes:
+        return
+    db = _db()
+    db.execute_sql(_COUNT_MINUTES.format(rows=", ".join([_in(4)] * len(minutes))),
+                   [v for (m, e), (d, f) in minutes.items() for v in (m, e, d, f)])
+    for name, at_ms in ok.items():
+        db.execute_sql(_LAST_SUCCESS.format(p=db.param), (name, at_ms))
+    for name, o in failed.items():
+        db.execute_sql(_LAST_ERROR.format(p=db.param),
+                       (name, o.started_ms + o.duration_ms, o.status_code,
+                        (o.error or f"HTTP {o.status_code}")[:500]))
 
 
 def _record_failure(o: Outcome, status: str, attempts: int, now_ms: int) -> str:

@@ -61,6 +61,8 @@ async def reload(app: web.Application, path: str | None) -> bool:
     for key in ("server", "store"):
         if getattr(new, key) != getattr(old, key):
             log.warning("reload: [%s] changes take effect only after a restart", key)
+    if (new.console.enabled, new.console.path) != (old.console.enabled, old.console.path):
+        log.warning("reload: [console] enabled and path take effect only after a restart")
     attesto = app.get(ATTESTO_KEY)
     if attesto is not None:
         attesto.reconfigure(new.attesto, new.credentials.attesto_api_key)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.store.database import Store
-from relay.store.models import Attempt, Delivery, Inbox, InputLog
+from relay.store.models import Attempt, Delivery, DeliveryMinute, Inbox, InputLog
 
 log = logging.getLogger("relay.housekeeping")
 
@@ -76,6 +76,10 @@ async def prune(store: Store, now_ms: int, delivered_retention_s: int,
             counts[name] += n
             if n < batch:
                 break
+    # The per-minute attempt counts (the console's plots) go with the delivered rows.
+    cutoff_ms = now_ms - delivered_retention_s * 1000
+    await store.write(lambda: DeliveryMinute.delete().where(
+        DeliveryMinute.minute_ms < cutoff_ms).execute())
     if any(counts.values()):
         log.info("pruned %d delivered deliveries, %d input-log rows, %d inbox bodies",
                  counts["deliveries"], counts["inputs"], counts["inbox_bodies"])

@@ -7,13 +7,14 @@ verify cost more than running them (they are on the path of every verify).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Any
 
 from relay.core import ids
 from relay.core.domain import Entitlement, PurchaseView, entitlements_of
 from relay.core.rules import Rules
-from relay.store.models import AppUser, Purchase, database
+from relay.store.models import AppUser, Event, Purchase, database
 
 _COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
             "base_plan_id", "state", "state_reason", "environment", "expires_ms", "auto_renew",
@@ -54,6 +55,16 @@ def purchases_by_user(user_ids: Collection[str]) -> dict[str, list[PurchaseView]
         for view in _views(where, tuple(part)):
             out[view.user_id or ""].append(view)
     return out
+
+
+def events_by_id(ids: Collection[str]) -> list[dict[str, Any]]:
+    """These events (by relay's event id), newest first, bodies parsed."""
+    if not ids:
+        return []
+    rows: Any = (Event.select(Event.cursor, Event.id, Event.type, Event.source, Event.sequence,
+                              Event.occurred_ms, Event.received_ms, Event.stale, Event.body)
+                 .where(Event.id.in_(list(ids))).order_by(Event.cursor.desc()).dicts())
+    return [{**r, "body": json.loads(r["body"])} for r in rows]
 
 
 def user_entitlements(user_id: str, rules: Rules, now_ms: int) -> list[Entitlement]:

@@ -16,7 +16,11 @@ from relay.store.models import (
     SCHEMA_VERSION,
     AppUser,
     Attempt,
+    ConsoleSession,
+    ConsoleThrottle,
     Delivery,
+    DeliveryMinute,
+    EndpointHealth,
     EndpointState,
     Event,
     Inbox,
@@ -159,10 +163,30 @@ def _m8_input_log_backfill(db: Database) -> None:
                 view["user_id"], json.dumps(view, separators=(",", ":")), 1, None))
 
 
+# Fills delivery_minute from the attempts table (migration 9; bench/console.py's fill).
+COUNT_ATTEMPTS_PER_MINUTE = (
+    "INSERT INTO delivery_minute (minute_ms, endpoint, delivered, failed) "
+    "SELECT a.started_ms / 60000 * 60000, d.endpoint, "
+    "SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 0 ELSE 1 END) "
+    "FROM attempt AS a JOIN delivery AS d ON d.id = a.delivery_id "
+    "GROUP BY a.started_ms / 60000 * 60000, d.endpoint")
+
+
+def _m9_console(db: Database) -> None:
+    """The console: sessions, sign-in throttle, endpoint health and attempts per minute
+    (counted from the attempts kept so far); deliveries by endpoint, newest first (the
+    endpoint page, `relay deliveries --endpoint`)."""
+    db.create_tables([EndpointHealth, DeliveryMinute, ConsoleSession, ConsoleThrottle])
+    db.execute_sql(COUNT_ATTEMPTS_PER_MINUTE)  # type: ignore[no-untyped-call]
+    db.execute_sql("CREATE INDEX IF NOT EXISTS delivery_endpoint_id "  # type: ignore[no-untyped-call]
+                   "ON delivery (endpoint, id)")
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
     _m5_delivery_claim_index, _m6_purchase_period_pending, _m7_input_log,
-    _m8_input_log_backfill,
+    _m8_input_log_backfill, _m9_console,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -23,8 +23,8 @@ from peewee import (
 
 database = DatabaseProxy()
 
-# Bumped with every migration in relay/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 8
+# Bumped with every migration in relay/store/migrations.py; serve refuses a newer database.
+SCHEMA_VERSION = 9
 
 
 class BaseModel(Model):
@@ -205,6 +205,50 @@ class EndpointState(BaseModel):
     since_ms = BigIntegerField()
 
 
+class EndpointHealth(BaseModel):
+    """Each endpoint's last delivered and last failed attempt, kept by `outbox_db.record`."""
+
+    name = CharField(primary_key=True, max_length=64)
+    last_success_ms = BigIntegerField(null=True)
+    last_error_ms = BigIntegerField(null=True)
+    last_error_status = IntegerField(null=True)  # None: no HTTP answer (timeout, refused)
+    last_error = TextField(null=True)
+
+
+class DeliveryMinute(BaseModel):
+    """Delivery attempts per minute (of their start) and endpoint, counted by
+    `outbox_db.record` in the transaction that stores them: the console's plots read a
+    few hundred rows instead of every attempt. Pruned with delivered rows."""
+
+    minute_ms = BigIntegerField()
+    endpoint = CharField(max_length=64)
+    delivered = IntegerField(default=0)
+    failed = IntegerField(default=0)
+
+    class Meta:
+        primary_key = CompositeKey("minute_ms", "endpoint")
+
+
+class ConsoleSession(BaseModel):
+    """A console sign-in. `key` is HMAC-SHA256(credential, the cookie's token): the cookie
+    alone is useless without the credential, and rotating the credential ends the session."""
+
+    key = CharField(primary_key=True, max_length=64)
+    credential = CharField(max_length=32)  # admin-token | console-password
+    client = CharField(max_length=128)
+    created_ms = BigIntegerField()
+    expires_ms = BigIntegerField()
+
+
+class ConsoleThrottle(BaseModel):
+    """Failed console sign-ins per client address (and `*` for all) in a fixed window."""
+
+    client = CharField(primary_key=True, max_length=128)
+    window_start_ms = BigIntegerField()
+    failures = IntegerField()
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Meta, Purchase, Inbox, Event, Delivery, Attempt, AppUser, Lease, EndpointState, InputLog,
+    EndpointHealth, DeliveryMinute, ConsoleSession, ConsoleThrottle,
 )

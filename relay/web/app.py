@@ -16,7 +16,7 @@ from relay.intake import wire as ingest_wire
 from relay.metrics import Metrics
 from relay.runtime import Runtime
 from relay.store.database import Store
-from relay.web import contexts, openapi, watchdog
+from relay.web import console, contexts, openapi, watchdog
 from relay.web.appkeys import (
     LIMITS_KEY,
     METRICS_KEY,
@@ -63,6 +63,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.router.add_routes(repoll_admin.routes())
     app.router.add_routes(metrics.routes())
     app.router.add_routes(openapi.routes())
+    console.install(app, config)
     for feature in config.disabled_features():
         log.warning("disabled: %s", feature)
     return app

@@ -228,3 +228,27 @@ def test_sslmode_require_reaches_the_connection() -> None:
         assert plain.connection().info.password == "pa@ss"
     finally:
         plain.close()
+
+
+def test_migration_7_counts_the_attempts_already_kept(tmp_path: Path) -> None:
+    """delivery_minute starts with the attempts made before the upgrade (the console's
+    plots are not empty after it)."""
+    db = SqliteDatabase(str(tmp_path / "m.sqlite3"))
+    database.initialize(db)
+    db.connect()
+    migrations.migrate(db, target=6)
+    db.execute_sql("INSERT INTO event (cursor, id, type, source, occurred_ms, received_ms, "
+                   "stale, body) VALUES (1, 'e1', 't', 'webhook', 0, 0, 0, '{}')")
+    for i, endpoint in enumerate(("a", "b"), 1):
+        db.execute_sql("INSERT INTO delivery (id, event_cursor, endpoint, subject, sequence, "
+                       "status, attempts, next_attempt_ms, created_ms) VALUES "
+                       f"({i}, 1, '{endpoint}', 's', 1, 'pending', 0, 0, 0)")
+    for delivery, started, status in [(1, 60_000, 500), (1, 61_000, None), (1, 62_000, 200),
+                                      (1, 185_000, 204), (2, 60_500, 503)]:
+        db.execute_sql("INSERT INTO attempt (delivery_id, started_ms, duration_ms, "
+                       "status_code) VALUES (?, ?, 1, ?)", (delivery, started, status))
+    migrations.migrate(db)
+    rows = db.execute_sql("SELECT minute_ms, endpoint, delivered, failed FROM delivery_minute "
+                          "ORDER BY minute_ms, endpoint").fetchall()
+    db.close()
+    assert rows == [(60_000, "a", 1, 2), (60_000, "b", 0, 1), (180_000, "a", 1, 0)]

@@ -24,6 +24,8 @@ def _router_operations(tmp_path: Path, webhook_path: str) -> set[tuple[str, str]
             continue
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info["formatter"]
+        if path == config.console.path or path.startswith(config.console.path + "/"):
+            continue  # the admin console: HTML pages for browsers, not the JSON API
         # `{id:\d{1,18}}` (a regex-constrained variable) is `{id}` in OpenAPI
         out.add((route.method.lower(), re.sub(r"\{(\w+):[^}]*\}+", r"{\1}", path)))
     return out

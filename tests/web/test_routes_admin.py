@@ -200,3 +200,28 @@ async def test_replay_rejects_bad_requests(relay_factory: RelayFactory, receiver
     client = await start(relay_factory, receiver_url, tmp_path)
     err = await post(client, "/v1/admin/replay", body, status)
     assert err["error"]["message"]
+
+
+async def test_deliveries_of_a_subject_on_every_endpoint_even_one_no_longer_configured(
+        relay_factory: RelayFactory, tmp_path: Path) -> None:
+    """The subject filter reads the (endpoint, subject) index over every endpoint with
+    rows: rows of an endpoint taken out of relay.toml are listed too."""
+    cfg = make_config(tmp_path, downstream=(
+        DownstreamConfig(name="billing", url="http://127.0.0.1:9/a"),
+        DownstreamConfig(name="crm", url="http://127.0.0.1:9/b", enabled=False)))
+    client = await relay_factory(cfg, use_clock=True)
+    await emit(client, "a")
+    await emit(client, "b")
+    from relay.store.models import Delivery
+    from relay.web.appkeys import STORE_KEY
+
+    def orphan() -> None:  # a row of an endpoint since removed from the config
+        row = Delivery.get(Delivery.endpoint == "billing", Delivery.subject == "apple:a")
+        Delivery.insert(event=row.event, endpoint="old", subject="apple:a", sequence=1,
+                        status="dead", attempts=3, next_attempt_ms=0, created_ms=0).execute()
+
+    await client.app[STORE_KEY].write(orphan)
+    rows = (await get(client, "/v1/admin/deliveries", subject="apple:a"))["deliveries"]
+    assert sorted(d["endpoint"] for d in rows) == ["billing", "crm", "old"]
+    assert [d["id"] for d in rows] == sorted((d["id"] for d in rows), reverse=True)
+    assert (await get(client, "/v1/admin/deliveries", subject="apple:zz"))["deliveries"] == []

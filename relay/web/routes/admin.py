@@ -9,12 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.config import Config
 from relay.core.domain import PLATFORMS, iso, parse_time_ms
 from relay.core.errors import BadRequestError, NotFoundError
 from relay.core.rules import Route
 from relay.outbox import admin as delivery_admin
 from relay.outbox import queue as outbox_db
 from relay.outbox.worker import Outbox
+from relay.store.database import Store
 from relay.web.appkeys import OUTBOX_KEY, RUNTIME_KEY, STORE_KEY
 from relay.web.auth import check_admin_token
 from relay.web.bodies import read_json_object
@@ -78,26 +80,37 @@ def _state(outbox: Outbox, name: str, paused: dict[str, Any]) -> str:
     return "active" if ep.can_sign else "no_secret"
 
 
+EMPTY_QUEUE = {"pending": 0, "held": 0, "dead": 0, "failing": 0, "oldest_pending_age_s": None}
+
+
+def endpoint_list(outbox: Outbox, config: Config, stats: dict[str, dict[str, Any]],
+                  paused: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every endpoint with its state and queue (`GET /v1/admin/endpoints`, the console):
+    the configured ones in config order, then rows of endpoints no longer configured."""
+    stats = dict(stats)
+    out = []
+    for ds in config.downstream:
+        ep = outbox.endpoints[ds.name]
+        out.append({
+            "name": ds.name, "url": ds.url, "state": _state(outbox, ds.name, paused),
+            "since": iso(paused[ds.name].since_ms) if ds.name in paused else None,
+            "events": list(ds.events), "signing": ep.schemes, "timeout_s": ep.timeout_s,
+            "in_flight": outbox.in_flight(ds.name), "queue": stats.pop(ds.name, EMPTY_QUEUE)})
+    for name, queue in sorted(stats.items()):  # rows of endpoints no longer configured
+        out.append({"name": name, "url": None, "state": "unknown", "since": None,
+                    "events": [], "signing": [], "timeout_s": None, "in_flight": 0,
+                    "queue": queue})
+    return out
+
+
 async def handle_endpoints(request: web.Request) -> web.Response:
     outbox = _outbox(request)
     runtime, store = request.app[RUNTIME_KEY], request.app[STORE_KEY]
     now_ms = runtime.now_ms()
     stats = await store.read(lambda: delivery_admin.endpoint_stats(now_ms))
     paused = await store.read(outbox_db.paused_endpoints)
-    empty = {"pending": 0, "held": 0, "dead": 0, "failing": 0, "oldest_pending_age_s": None}
-    out = []
-    for ds in runtime.config.downstream:
-        ep = outbox.endpoints[ds.name]
-        out.append({
-            "name": ds.name, "url": ds.url, "state": _state(outbox, ds.name, paused),
-            "since": iso(paused[ds.name].since_ms) if ds.name in paused else None,
-            "events": list(ds.events), "signing": ep.schemes, "timeout_s": ep.timeout_s,
-            "in_flight": outbox.in_flight(ds.name), "queue": stats.pop(ds.name, empty)})
-    for name, queue in sorted(stats.items()):  # rows of endpoints no longer configured
-        out.append({"name": name, "url": None, "state": "unknown", "since": None,
-                    "events": [], "signing": [], "timeout_s": None, "in_flight": 0,
-                    "queue": queue})
-    return web.json_response({"endpoints": out})
+    return web.json_response({"endpoints": endpoint_list(outbox, runtime.config, stats,
+                                                         paused)})
 
 
 async def handle_pause(request: web.Request) -> web.Response:
@@ -145,13 +158,30 @@ async def handle_delivery(request: web.Request) -> web.Response:
     return web.json_response(row)
 
 
+async def retry(outbox: Outbox, store: Store, delivery_id: int, now_ms: int) -> bool:
+    """Send one delivery again now (held if its endpoint cannot send); False if unknown."""
+    active = outbox.active_endpoints()
+    return await store.write(lambda: delivery_admin.retry_delivery(delivery_id, now_ms, active))
+
+
+async def recover(outbox: Outbox, store: Store, since_ms: int, until_ms: int | None,
+                  endpoint: str | None, dry_run: bool, now_ms: int) -> int:
+    """Reopen dead and failing deliveries created in [since, until) (count them on a dry
+    run); return how many."""
+    active = outbox.active_endpoints()
+
+    def work() -> int:
+        return delivery_admin.recover(since_ms, until_ms, endpoint, dry_run, now_ms, active)
+
+    return await (store.read(work) if dry_run else store.write(work))
+
+
 async def handle_retry(request: web.Request) -> web.Response:
     outbox = _outbox(request)
     delivery_id = int(request.match_info["id"])
     now_ms = request.app[RUNTIME_KEY].now_ms()
-    active = outbox.active_endpoints()
     store = request.app[STORE_KEY]
-    if not await store.write(lambda: delivery_admin.retry_delivery(delivery_id, now_ms, active)):
+    if not await retry(outbox, store, delivery_id, now_ms):
         raise NotFoundError(f"no delivery {delivery_id}")
     row = await store.read(lambda: delivery_admin.get_delivery(delivery_id, now_ms))
     return web.json_response(row)
@@ -168,14 +198,8 @@ async def handle_recover(request: web.Request) -> web.Response:
     if endpoint is not None and endpoint not in outbox.endpoints:
         raise NotFoundError(f"no downstream endpoint named {endpoint!r}")
     dry_run = _bool(body.get("dry_run"), "dry_run")
-    now_ms = request.app[RUNTIME_KEY].now_ms()
-    active = outbox.active_endpoints()
-    store = request.app[STORE_KEY]
-
-    def work() -> int:
-        return delivery_admin.recover(since, until, endpoint, dry_run, now_ms, active)
-
-    count = await (store.read(work) if dry_run else store.write(work))
+    count = await recover(outbox, request.app[STORE_KEY], since, until, endpoint, dry_run,
+                          request.app[RUNTIME_KEY].now_ms())
     return web.json_response({"matched": count, "reopened": 0 if dry_run else count,
                               "dry_run": dry_run})
 
