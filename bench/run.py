@@ -110,6 +110,10 @@ def _relay(f: dict[str, Any]) -> list[Row]:
          "bare aiohttp client ceiling", f["ceiling_posts_per_s"], "deliveries/s")]
 
 
+def _rows(f: dict[str, Any]) -> list[Row]:
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in f["rows"]]
+
+
 # name -> (argv for the full run, argv for --quick, the rows it reports)
 def _repoll(f: dict[str, Any]) -> list[Row]:
     return [("due claim, 500 of 1M rows (p50)", f["claim_500_p50_ms"], "bare indexed SELECT",
@@ -139,6 +143,8 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
     "ingest-writer": (["--duration", "10", "--ingest-writer"],
                       ["--duration", "3", "--warmup", "1", "--ingest-writer"], _ingest_writer),
     "repoll": (["--polls", "10000"], ["--rows", "200000", "--polls", "2000"], _repoll),
+    # History, explain and the ledger: a purchase with 1,000 inputs among 1M (issue 18).
+    "history": ([], ["--purchases", "100000", "--requests", "100"], _rows),
 }
 OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
 # bench name -> bench/<module>.py

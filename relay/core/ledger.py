@@ -29,6 +29,7 @@ from typing import Any
 from relay.core.domain import PurchaseView, TxnFact, iso, parse_time_ms
 
 # Event types, relayed only to endpoints whose `events` name them (core.rules: opt-in).
+FAMILY = "transaction."
 RECORDED = "transaction.recorded"
 REFUNDED = "transaction.refunded"
 REVOKED = "transaction.revoked"

@@ -20,7 +20,14 @@ from typing import Any
 
 from relay.core import ids, relayed
 from relay.core.domain import PurchaseView, Snapshot, TxnFact
-from relay.core.ledger import LedgerEntry, change_events, event_body, lane, with_period_start
+from relay.core.ledger import (
+    FAMILY,
+    LedgerEntry,
+    change_events,
+    event_body,
+    lane,
+    with_period_start,
+)
 from relay.core.rules import Rules
 from relay.store import statements
 
@@ -76,11 +83,13 @@ def _entry(row: Sequence[Any]) -> LedgerEntry:
     return LedgerEntry(*row)
 
 
-def upsert(rows: Sequence[LedgerRow]) -> list[LedgerEntry | None]:
+def upsert(rows: Sequence[LedgerRow], changes: bool = True) -> list[LedgerEntry | None]:
     """Insert or merge each row (COLUMNS' values, `cursor` a fresh one per row); for each,
     the row after it when it changed (took its fresh cursor: recorded, or a change to see
     again), else None. Rows naming the same transaction go in separate statements, in
-    order (one statement may not update a row twice)."""
+    order (one statement may not update a row twice). `changes=False`: nobody needs to
+    know what changed (no endpoint takes `transaction.*`): all None, and no row is read
+    back (RETURNING costs about as much as the insert)."""
     layers: list[dict[tuple[str, str], int]] = []  # key -> index in rows
     for i, row in enumerate(rows):
         key = (row[1], row[2])
@@ -91,6 +100,10 @@ def upsert(rows: Sequence[LedgerRow]) -> list[LedgerEntry | None]:
             layer[key] = i
     out: list[LedgerEntry | None] = [None] * len(rows)
     for layer in layers:
+        if not changes:
+            statements.many("ledger_upsert", _HEAD, statements.row_marks(len(COLUMNS)),
+                            _UPSERT_TAIL, [rows[i] for i in layer.values()], len(COLUMNS))
+            continue
         for found in _run([rows[i] for i in layer.values()]):
             entry = _entry(found)
             i = layer[(entry.platform, entry.transaction_id)]
@@ -101,8 +114,9 @@ def upsert(rows: Sequence[LedgerRow]) -> list[LedgerEntry | None]:
 
 def _run(rows: Sequence[LedgerRow]) -> list[Sequence[Any]]:
     if statements.supports_returning():
-        return statements.many("ledger_upsert", _HEAD, statements.row_marks(len(COLUMNS)),
-                               _UPSERT_TAIL + _RETURNING, rows, len(COLUMNS))
+        return statements.many("ledger_upsert_returning", _HEAD,
+                               statements.row_marks(len(COLUMNS)), _UPSERT_TAIL + _RETURNING,
+                               rows, len(COLUMNS))
     found = []  # SQLite before 3.35: one row at a time, read back
     for row in rows:
         statements.many("ledger_upsert", _HEAD, statements.row_marks(len(COLUMNS)),
@@ -117,15 +131,15 @@ def bind_user(platform: str, subject_key: str, user_id: str, now_ms: int,
               cursor: int) -> list[LedgerEntry]:
     """The purchase's user is known now: its rows recorded without one get it, each at a
     new cursor from `cursor` on (change `user_bound`)."""
-    ids = [int(r[0]) for r in statements.execute(
-        "ledger_unbound", 'SELECT "id" FROM "ledger" WHERE "platform" = {p} AND '
-        '"subject_key" = {p} AND "user_id" IS NULL ORDER BY "id"',
+    ids = [str(r[0]) for r in statements.execute(
+        "ledger_unbound", 'SELECT "transaction_id" FROM "ledger" WHERE "platform" = {p} AND '
+        '"subject_key" = {p} AND "user_id" IS NULL ORDER BY "cursor"',
         (platform, subject_key)).fetchall()]
-    for n, row_id in enumerate(ids):
+    for n, tid in enumerate(ids):
         statements.execute(
             "ledger_bind", 'UPDATE "ledger" SET "user_id" = {p}, "cursor" = {p}, '
-            '"change" = \'user_bound\', "updated_ms" = {p} WHERE "id" = {p}',
-            (user_id, cursor + n, now_ms, row_id))
+            '"change" = \'user_bound\', "updated_ms" = {p} WHERE "platform" = {p} '
+            'AND "transaction_id" = {p}', (user_id, cursor + n, now_ms, platform, tid))
     if not ids:
         return []
     return [_entry(r) for r in statements.execute(
@@ -152,7 +166,7 @@ def of_purchase(platform: str, subject_key: str) -> list[LedgerEntry]:
     """A purchase's transactions, in the order relay recorded them."""
     return [_entry(r) for r in statements.execute(
         "ledger_purchase", _SELECT + 'WHERE "platform" = {p} AND "subject_key" = {p} '
-        'ORDER BY "id"', (platform, subject_key)).fetchall()]
+        'ORDER BY "created_ms", "cursor"', (platform, subject_key)).fetchall()]
 
 
 # ---- what a write group records (store.pipeline.apply_many) -------------------------------
@@ -197,7 +211,9 @@ def record(named: Sequence[Named], learned: Sequence[tuple[str, str, str]], rule
     known now their rows' user, and make the `transaction.*` events of the rows that
     changed for the endpoints that take them (none: no event is stored)."""
     cursor = next_cursor()
-    entries = upsert([_row(cursor + i, n, now_ms) for i, n in enumerate(named)])
+    relayed_somewhere = any(p.startswith(FAMILY) for r in rules.routes for p in r.events)
+    entries = upsert([_row(cursor + i, n, now_ms) for i, n in enumerate(named)],
+                     changes=relayed_somewhere)
     cursor += len(named)
     for platform, subject_key, user_id in learned:
         cursor += len(bind_user(platform, subject_key, user_id, now_ms, cursor))

@@ -128,11 +128,10 @@ class InputLog(BaseModel):
 
 class Ledger(BaseModel):
     """The transaction ledger: one row per paid store transaction (Apple transactionId,
-    Google order id), unique per (platform, transaction_id); the columns after `id` are
+    Google order id), keyed on (platform, transaction_id); the columns are
     `relay.core.ledger.LedgerEntry`'s. `cursor` (unique) moves to the end when the row
     changes in a way a consumer must see again; `GET /v1/transactions` pages on it."""
 
-    id = AutoField()
     cursor = BigIntegerField(unique=True)
     platform = CharField(max_length=16)
     transaction_id = CharField(max_length=128)
@@ -155,9 +154,9 @@ class Ledger(BaseModel):
 
     class Meta:
         table_name = "ledger"
+        primary_key = CompositeKey("platform", "transaction_id")
         indexes = (
-            (("platform", "transaction_id"), True),
-            (("platform", "subject_key", "id"), False),
+            (("platform", "subject_key"), False),
             (("user_id", "cursor"), False),
         )
 
