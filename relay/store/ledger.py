@@ -147,6 +147,22 @@ def bind_user(platform: str, subject_key: str, user_id: str, now_ms: int,
         (cursor, cursor + len(ids))).fetchall()]
 
 
+def locate(platform: str, subject_key: str, environment: str) -> list[str]:
+    """The purchase's environment is known now: its rows recorded without one take it (no
+    change to deliver again). Returns the purchase's transaction ids (their events may
+    wait for the environment, whatever the row says now)."""
+    rows = statements.execute(
+        "ledger_of_purchase", 'SELECT "transaction_id", "environment" FROM "ledger" '
+        'WHERE "platform" = {p} AND "subject_key" = {p}', (platform, subject_key)).fetchall()
+    ids = [str(tid) for tid, _env in rows]
+    if any(env is None for _tid, env in rows):
+        statements.execute(
+            "ledger_locate", 'UPDATE "ledger" SET "environment" = {p} WHERE "platform" = {p} '
+            'AND "subject_key" = {p} AND "environment" IS NULL',
+            (environment, platform, subject_key))
+    return ids
+
+
 # ---- reads ---------------------------------------------------------------------------------
 
 def page(after: int, limit: int, user_id: str | None = None) -> list[LedgerEntry]:

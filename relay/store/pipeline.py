@@ -22,6 +22,7 @@ from relay.core.domain import (
     entitlement_keys,
     is_entitled,
 )
+from relay.core.ledger import lane
 from relay.core.poll_policy import next_poll_ms
 from relay.core.rules import Rules
 from relay.store import ledger, statements
@@ -86,7 +87,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     event_rows: list[statements.EventRow] = []
     inputs: list[tuple[Snapshot, PurchaseView | None, PurchaseView, list[str]]] = []
     decided: list[tuple[PurchaseView, list[_Made], bool]] = []
-    located: list[tuple[str, str]] = []  # (subject, environment) learned by this group
+    located: list[PurchaseView] = []  # purchases whose environment this group learned
     named: list[ledger.Named] = []  # the store transactions the inputs name
     learned: list[tuple[str, str, str]] = []  # purchases whose user is known now
     for slot, snap in enumerate(snaps):
@@ -127,9 +128,8 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         current[key] = dirty[key] = after
         decided.append((after, made, stale))
         inputs.append((snap, before, after, [m[0] for m in made]))
-        if (before is not None and before.environment is None and after.environment
-                and any(r.environments for r in rules.routes)):
-            located.append((subject, after.environment))
+        if before is not None and before.environment is None and after.environment:
+            located.append(after)
 
     # The ledger: one upsert for every transaction named; `transaction.*` events for the
     # rows that changed, relayed to the endpoints that opted in (core.rules).
@@ -142,10 +142,10 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     results: list[Applied] = []
     for after, made, stale in decided:
         views = []
-        for eid, event_type, body, seq, lane, routes in made:
+        for eid, event_type, body, seq, subject, routes in made:
             routed = routes if routes is not None else relayed.route(
                 rules, event_type, after.platform, after.environment)
-            deliveries.extend((cursors[eid], name, lane, seq, status, now_ms, now_ms)
+            deliveries.extend((cursors[eid], name, subject, seq, status, now_ms, now_ms)
                               for name, status in routed)
             views.append(EventView(cursor=cursors[eid], id=eid, type=event_type, body=body,
                                    platform=after.platform, subject_key=after.subject_key,
@@ -154,8 +154,8 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         results.append(Applied(after, tuple(views), stale))
     if deliveries:
         statements.insert_deliveries(deliveries)
-    for subject, environment in located:
-        _route_located(rules, subject, environment, now_ms)
+    for view in located:
+        _route_located(rules, view, now_ms)
     if dirty:
         statements.upsert_purchases(list(dirty.values()))
     if inputs:
@@ -163,12 +163,19 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     return results
 
 
-def _route_located(rules: Rules, subject: str, environment: str, now_ms: int) -> None:
-    """The purchase's environment is known now: release its unrouted rows to the
-    endpoints that take it (held if paused), drop the others'."""
-    takes = [r for r in rules.routes if r.environments and environment in r.environments]
-    statements.route_unrouted(subject, [r.name for r in takes if r.active],
-                              [r.name for r in takes if not r.active], now_ms)
+def _route_located(rules: Rules, view: PurchaseView, now_ms: int) -> None:
+    """The purchase's environment is known now: its ledger rows take it, and its unrouted
+    outbox rows (its own lane's, its transactions') go to the endpoints that take that
+    environment (held if paused); the others' are dropped."""
+    assert view.environment is not None
+    lanes = [lane(view.platform, tid) for tid in ledger.locate(
+        view.platform, view.subject_key, view.environment)]
+    takes = [r for r in rules.routes if r.environments and view.environment in r.environments]
+    if not any(r.environments for r in rules.routes):
+        return  # nothing waited for it
+    for subject in [f"{view.platform}:{view.subject_key}", *lanes]:
+        statements.route_unrouted(subject, [r.name for r in takes if r.active],
+                                  [r.name for r in takes if not r.active], now_ms)
 
 
 def input_row(snap: Snapshot, before: PurchaseView | None, after: PurchaseView,

@@ -300,3 +300,79 @@ def test_migration_9_records_the_transactions_of_a_store_older_than_the_ledger(
     assert len({r[4] for r in rows}) == len(rows)
     assert _query(config, "SELECT COUNT(*) FROM event WHERE substr(type, 1, 12) = "
                           "'transaction.'") == [(0,)]
+
+
+async def test_transaction_events_wait_for_the_environment_like_the_purchases_do(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Any, clock: Any) -> None:
+    """Google notifications carry no environment (issue 15, defect 6): a void recorded
+    before the re-verify read Play's `testPurchase` waits `unrouted` for an endpoint that
+    filters on the environment, and the re-verify releases it (and fills in the row)."""
+    from relay.config import DownstreamConfig
+    from relay.store.models import Delivery, Event
+    from relay.web.appkeys import STORE_KEY
+    from tests.lifecycle.harness import start_relay
+
+    life = await start_relay(aiohttp_client, aiohttp_server, tmp_path, clock, downstream=(
+        DownstreamConfig(name="credits", url="http://127.0.0.1:9/credits",
+                         events=("transaction.*",), environments=("production",)),))
+    t0 = life.now_ms
+    life.attesto.google["vt"] = (play_subscription(
+        "SUBSCRIPTION_STATE_EXPIRED", product=G, start_ms=t0, expiry_ms=t0 + DAY_MS,
+        order_id=ORDER), G)
+    await life.google_webhook(rtdn_subscription(4, "vt", G, t0), root="vt")
+    await life.google_webhook(rtdn_voided("vt", ORDER, t0 + 1), root=None)
+
+    def statuses() -> list[tuple[str, str, str]]:
+        return [(e.type, d.subject, d.status) for e in Event.select().order_by(Event.cursor)
+                for d in Delivery.select().where(Delivery.event == e.cursor)]
+    assert await life.client.app[STORE_KEY].read(statuses) == [
+        ("transaction.recorded", f"transaction:google:{ORDER}", "unrouted"),
+        ("transaction.refunded", f"transaction:google:{ORDER}", "unrouted")]
+    await life.repoll()  # Play's answer: no testPurchase, production
+    assert await life.client.app[STORE_KEY].read(statuses) == [
+        ("transaction.recorded", f"transaction:google:{ORDER}", "pending"),
+        ("transaction.refunded", f"transaction:google:{ORDER}", "pending")]
+    [row] = (await get(life, "/v1/transactions"))["transactions"]
+    assert (row["environment"], row["refunded_at"]) == ("production", _iso(t0 + 1))
+
+
+async def test_apple_refund_declined_reversed_and_revoke(life: Relay) -> None:
+    """[ASN] REFUND_DECLINED changes nothing; REFUND_REVERSED ("the App Store reversed a
+    previously granted refund") un-refunds the transaction, a change delivered again; a
+    notification signed before the reversal cannot refund it again; REVOKE of a Family
+    Sharing transaction (`inAppOwnershipType` FAMILY_SHARED) revokes it."""
+    t0 = life.now_ms
+    t1 = apple_transaction("r1", "or", P, t0, t0 + 30 * DAY_MS)
+    life.attesto.apple["r1"] = t1
+    await life.verify_apple("u1", "r1")
+    _, cursor = await sync(life, "0")
+
+    def note(kind: str, signed: int, revoked: int | None, n: str) -> dict[str, Any]:
+        txn = apple_transaction("r1", "or", P, t0, t0 + 30 * DAY_MS, revocation_ms=revoked)
+        return apple_notification(kind, None, uuid=n, signed_ms=signed, txn=txn,
+                                  status=1 if revoked is None else 2)
+
+    await life.apple_webhook(note("REFUND_DECLINED", t0 + 10, None, "d"))
+    assert (await sync(life, cursor))[0] == []
+    await life.apple_webhook(note("REFUND", t0 + 20, t0 + 20, "r"))
+    got, cursor = await sync(life, cursor)
+    assert got == [("r1", "refunded")]
+    await life.apple_webhook(note("REFUND_REVERSED", t0 + 30, None, "v"))
+    got, cursor = await sync(life, cursor)
+    assert got == [("r1", "refund_reversed")]
+    await life.apple_webhook(note("REFUND", t0 + 25, t0 + 20, "late"))  # signed before
+    assert (await sync(life, cursor))[0] == []
+    [row] = (await get(life, "/v1/transactions"))["transactions"]
+    assert (row["refunded_at"], row["revoked_at"], row["change"]) == (
+        None, None, "refund_reversed")
+
+    shared = apple_transaction("f1", "of", P, t0, t0 + 30 * DAY_MS, family_shared=True,
+                               revocation_ms=t0 + 40)
+    await life.apple_webhook(apple_notification("REVOKE", None, uuid="rv", signed_ms=t0 + 40,
+                                                txn=shared, status=5))
+    got, _ = await sync(life, cursor)
+    assert got == [("f1", "recorded")]
+    rows = {r["transaction_id"]: r for r in (await get(life, "/v1/transactions"))[
+        "transactions"]}
+    assert (rows["f1"]["revoked_at"], rows["f1"]["refunded_at"], rows["f1"]["ownership"]) == (
+        _iso(t0 + 40), None, "family_shared")
