@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from relay.core.domain import PurchaseView
+from relay.core.domain import PurchaseView, entitlement_keys
 from relay.core.explain import Explanation, Held, explain_key
 from relay.core.history import InputView
 from relay.core.rules import Rules
@@ -103,11 +103,21 @@ def _bound_to(user_id: str) -> list[tuple[PurchaseView, str]]:
 
 
 def explain(user_id: str, key: str, rules: Rules, now_ms: int) -> Explanation:
-    """Why the user has the entitlement `key` now, or why not (`core.explain`)."""
-    mine = [Held(p, state_set_by(p)) for p in lookups.user_purchases(user_id)]
-    held = {(h.purchase.platform, h.purchase.subject_key) for h in mine}
-    others = [Held(p, state_set_by(p), how) for p, how in
-              _verified_by(user_id, held) + _bound_to(user_id)]
+    """Why the user has the entitlement `key` now, or why not (`core.explain`). The input
+    that set a state is read only for the purchases explain shows: those that grant the
+    key, else (no purchase grants it) the user's own."""
+    def grants(p: PurchaseView) -> bool:
+        return key in entitlement_keys(rules.entitlements, p.product_id, p.base_plan_id)
+
+    purchases = lookups.user_purchases(user_id)
+    shown = [p for p in purchases if grants(p)] or purchases
+    mine = [Held(p, state_set_by(p)) for p in shown]
+    seen = {(p.platform, p.subject_key) for p in purchases}
+    others = []
+    for p, how in _verified_by(user_id, seen) + _bound_to(user_id):
+        if grants(p) and (p.platform, p.subject_key) not in seen:
+            seen.add((p.platform, p.subject_key))
+            others.append(Held(p, state_set_by(p), how))
     return explain_key(user_id, key, mine, others, rules, now_ms)
 
 
