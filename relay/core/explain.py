@@ -87,7 +87,7 @@ class Explanation:
     def text(self) -> str:
         """Plain words: the verdict, then one line per purchase that concerns the key."""
         lines = [self.words]
-        lines += [f"  - {r.words}" for r in self.purchases]
+        lines += [f"  - {r.words}" for r in self.purchases if r.words not in self.words]
         return "\n".join(lines)
 
 

@@ -144,6 +144,23 @@ async def test_purchase_two_renewals_refund_of_the_middle_one_and_expiry(life: R
                 r["ownership"]) == ("u1", "o1", P, "9.99", "USD", "purchased")
                for r in rows)
 
+    # Migration 9's backfill, run over this input log, derives the same rows.
+    from relay.store import ledger, ledger_backfill
+    from relay.store.models import Ledger
+    from relay.web.appkeys import STORE_KEY
+
+    def rebuilt() -> list[dict[str, Any]]:
+        Ledger.delete().execute()
+        ledger_backfill.backfill()
+        return [r.to_json() for r in ledger.page(0, 100)]
+
+    again = await life.client.app[STORE_KEY].write(rebuilt)
+    volatile = ("cursor", "recorded_at", "updated_at")
+    assert sorted(({k: v for k, v in r.items() if k not in volatile} for r in again),
+                  key=lambda r: r["transaction_id"]) == sorted(
+        ({k: v for k, v in r.items() if k not in volatile} for r in rows),
+        key=lambda r: r["transaction_id"])
+
 
 async def test_a_refund_relays_transaction_events_only_where_asked(
         aiohttp_client: Any, aiohttp_server: Any, tmp_path: Any, clock: Any) -> None:
