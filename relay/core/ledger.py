@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from relay.core.domain import PurchaseView, TxnFact, iso, parse_time_ms
+from relay.core.domain import MAX_TIME_MS, PurchaseView, TxnFact, iso, parse_time_ms
 
 # Event types, relayed only to endpoints whose `events` name them (core.rules: opt-in).
 FAMILY = "transaction."
@@ -42,6 +42,8 @@ CHANGES = ("recorded", "refunded", "revoked", "refund_reversed", "user_bound")
 
 def _ms(value: Any) -> int | None:
     """A store time (epoch ms or ISO-8601), leniently: unreadable is unknown."""
+    if type(value) is int:  # Apple's payloads: epoch ms (the webhook path's common case)
+        return value if 0 <= value <= MAX_TIME_MS else None
     try:
         return parse_time_ms(value)
     except (ValueError, TypeError):
