@@ -110,6 +110,10 @@ def _relay(f: dict[str, Any]) -> list[Row]:
          "bare aiohttp client ceiling", f["ceiling_posts_per_s"], "deliveries/s")]
 
 
+def _rows(f: dict[str, Any]) -> list[Row]:
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in f["rows"]]
+
+
 # name -> (argv for the full run, argv for --quick, the rows it reports)
 def _repoll(f: dict[str, Any]) -> list[Row]:
     return [("due claim, 500 of 1M rows (p50)", f["claim_500_p50_ms"], "bare indexed SELECT",
@@ -156,6 +160,8 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
     # Every console page on 1M purchases and ~100k deliveries (issue 20: under 100 ms).
     "console": ([], ["--rows", "200000", "--events", "12000", "--requests", "5",
                      "--cost-rounds", "40"], _console),
+    # History, explain and the ledger: a purchase with 1,000 inputs among 1M (issue 18).
+    "history": ([], ["--purchases", "100000", "--requests", "100"], _rows),
 }
 OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
 # bench name -> bench/<module>.py

@@ -134,6 +134,33 @@ class Snapshot:
     superseded: bool = False  # Google: the answer is about a token replaced by another
     extra: Mapping[str, Any] | None = None  # more fields for the relayed event body
     note: InputNote | None = None  # what the input log keeps about this input
+    # The store transactions the input names (Apple transactionId, Google orderId): each is
+    # a row of the transaction ledger (`relay.core.ledger`).
+    transactions: tuple[TxnFact, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TxnFact:
+    """What one input says about one paid store transaction: an Apple `transactionId` (one
+    per purchase and per renewal) or a Google order id (`GPA.…`, and `GPA.…..N` for the
+    N+1th renewal order). Fields left None are unknown to this input.
+
+    `observed_ms` is the store's time of what the input says about the transaction's
+    refund: an Apple transaction payload always says (its `revocationDate` is set or
+    absent), a Google full-refund void says; 0 when the input says nothing about it (a
+    Google verify answer): such an input only fills in what the ledger lacks.
+    """
+
+    transaction_id: str
+    product_id: str | None = None
+    period_start_ms: int | None = None
+    period_end_ms: int | None = None
+    price_micros: int | None = None  # Apple milli-units x 1000; Google micros
+    currency: str | None = None
+    ownership: str | None = None  # Apple: purchased | family_shared
+    refunded_ms: int | None = None
+    revoked_ms: int | None = None  # Apple: revoked from Family Sharing
+    observed_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +254,22 @@ class EntitlementPolicy:
 
 def access_until_ms(p: PurchaseView, policy: EntitlementPolicy) -> int | None:
     """When access ends (leeway included) for a purchase in an entitled state; None: no end.
+    The rule that says so: `access_rule`."""
+    return access_rule(p, policy)[0]
+
+
+# The rules `access_rule` names (explain shows them in plain words).
+RULE_NO_EXPIRY = "no_expiry"  # nothing ends it (a one-time product)
+RULE_CLOCK_LEEWAY = "clock_leeway"  # the expiry plus [purchases] clock_leeway_s
+RULE_GRACE_END = "grace_end"  # the billing grace end plus the clock leeway
+RULE_RENEWAL_GRACE = "renewal_grace"  # Apple, set to renew: expiry + apple_renewal_grace_s
+RULE_GRACE_END_UNKNOWN = "grace_end_unknown"  # grace, its end not read: the same leeway
+RULE_PERIOD_PENDING = "period_pending"  # Google announced a period its re-verify has not read
+
+
+def access_rule(p: PurchaseView, policy: EntitlementPolicy) -> tuple[int | None, str]:
+    """When access ends (leeway included) for a purchase in an entitled state, and the
+    rule that decides it (one of the `RULE_*` names).
 
     `grace` with a known end (Apple gracePeriodExpiresDate; Google's line-item expiry read
     during IN_GRACE_PERIOD): that end plus the clock leeway. Past its expiry and waiting
@@ -238,19 +281,20 @@ def access_until_ms(p: PurchaseView, policy: EntitlementPolicy) -> int | None:
     began then). Everything else: the expiry plus the clock leeway.
     """
     if p.expires_ms is None:
-        return None
-    until, leeway_s = p.expires_ms, policy.clock_leeway_s
+        return None, RULE_NO_EXPIRY
+    until, leeway_s, rule = p.expires_ms, policy.clock_leeway_s, RULE_CLOCK_LEEWAY
     grace_known = p.grace_expires_ms is not None and p.grace_expires_ms >= p.expires_ms
-    waiting = (p.period_pending or (p.state == State.GRACE and not grace_known)
-               or (p.platform == "apple" and p.kind == "subscription"
-                   and p.state == State.ACTIVE and p.auto_renew is not False))
     if p.state == State.GRACE and grace_known:
-        until = p.grace_expires_ms  # type: ignore[assignment]
-    elif waiting:
-        if p.period_pending:  # the announced period began when the store said so
-            until = max(until, p.store_time_ms)
+        until, rule = p.grace_expires_ms, RULE_GRACE_END  # type: ignore[assignment]
+    elif p.period_pending:  # the announced period began when the store said so
+        until, rule = max(until, p.store_time_ms), RULE_PERIOD_PENDING
         leeway_s = max(leeway_s, policy.apple_renewal_grace_s)
-    return until + leeway_s * 1000
+    elif p.state == State.GRACE:
+        leeway_s, rule = max(leeway_s, policy.apple_renewal_grace_s), RULE_GRACE_END_UNKNOWN
+    elif (p.platform == "apple" and p.kind == "subscription" and p.state == State.ACTIVE
+          and p.auto_renew is not False):
+        leeway_s, rule = max(leeway_s, policy.apple_renewal_grace_s), RULE_RENEWAL_GRACE
+    return until + leeway_s * 1000, rule
 
 
 def is_entitled(p: PurchaseView, now_ms: int, policy: EntitlementPolicy) -> bool:

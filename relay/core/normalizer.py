@@ -15,6 +15,7 @@ from typing import Any
 
 from relay.core.domain import InputNote, Snapshot, parse_time_ms
 from relay.core.errors import BadRequestError
+from relay.core.ledger import apple_fact, void_fact
 from relay.core.transitions import resolve_state, transition_for
 
 MAX_EVENT_ID = 64
@@ -153,6 +154,7 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
                           app_user_id, None)
     kind = subject.get("type") or "subscription"
     tid = _text(txn.get("transactionId")) or _str_of(txn.get("transactionId"))
+    fact = apple_fact(txn, occurred_ms, revoke=data.get("notificationType") == "REVOKE")
     fields: dict[str, Any] = dict(
         note=InputNote(_text(data.get("notificationType")), _text(data.get("subtype")), tid),
         platform="apple", subject_key=subject["key"], source="webhook",
@@ -161,7 +163,8 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
         environment=environment, app_user_id=app_user_id, event_type=event,
         event_reason=reason, attesto_event_id=event_id,
         # The newest transaction: what a re-poll must ask for (attesto-contract §3).
-        latest_ref=tid, period_start_ms=_int(txn.get("purchaseDate")))
+        latest_ref=tid, period_start_ms=_int(txn.get("purchaseDate")),
+        transactions=(fact,) if fact is not None else ())
     row = transition_for(event)
     if row.touches:
         renewal = decode_jws_payload(inner.get("signedRenewalInfo"))
@@ -233,6 +236,7 @@ def void_snapshot(n: Normalized, subject_key: str, kind: str, received_ms: int) 
     voided = n.voided or {}
     refund_type = _int(voided.get("refundType"))
     order_id = _text(voided.get("orderId"))
+    fact = void_fact(order_id, refund_type, n.occurred_ms)
     return Snapshot(platform=n.source, subject_key=subject_key, source="webhook",
                     observed_ms=n.occurred_ms, received_ms=received_ms, kind=kind,
                     app_user_id=n.app_user_id, event_type=n.event, event_reason=n.reason,
@@ -241,4 +245,5 @@ def void_snapshot(n: Normalized, subject_key: str, kind: str, received_ms: int) 
                     extra={"order_id": order_id, "refund_type": refund_type,
                            "product_type": _int(voided.get("productType"))},
                     note=InputNote("voided", str(refund_type) if refund_type else None,
-                                   order_id))
+                                   order_id),
+                    transactions=(fact,) if fact is not None else ())

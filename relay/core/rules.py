@@ -9,6 +9,16 @@ from dataclasses import dataclass, field
 from relay.core.domain import EntitlementPolicy
 from relay.core.poll_policy import PollPolicy
 
+# Event families an endpoint receives only when its `events` names them, with a pattern
+# that begins with the family ("transaction.*", "transaction.recorded"): the default
+# `["*"]`, or `*.refunded`, does not take them, so a new family reaches no endpoint that
+# did not ask for it.
+OPT_IN_FAMILIES = ("transaction.",)
+
+
+def _family(event_type: str) -> str | None:
+    return next((f for f in OPT_IN_FAMILIES if event_type.startswith(f)), None)
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -29,7 +39,10 @@ class Route:
         """The filters but the environment's (a purchase's may not be known yet)."""
         if self.platforms and platform not in self.platforms:
             return False
-        return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in self.events)
+        family = _family(event_type)
+        return any(fnmatch.fnmatchcase(event_type, pattern)
+                   and (family is None or pattern.startswith(family))
+                   for pattern in self.events)
 
 
 @dataclass(frozen=True, slots=True)

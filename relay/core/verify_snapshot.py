@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from relay.core.domain import InputNote, PurchaseView, Snapshot, State, parse_time_ms
+from relay.core.ledger import apple_fact, google_facts, google_product_fact
 
 
 class AttestoResponseError(ValueError):
@@ -80,7 +81,10 @@ def apple_snapshot(body: dict[str, Any], user_id: str | None, now_ms: int,
         state = State.ACTIVE if kind == "subscription" else State.OWNED
     env = body.get("environment")
     tid = _text(txn, "transactionId", "transaction")
+    # The answer is Apple's word on the transaction now: its refund state as of now.
+    fact = apple_fact({**txn, **raw}, now_ms)
     return Snapshot(
+        transactions=(fact,) if fact is not None else (),
         note=InputNote("transaction", "revoked" if revoked is not None else None, tid,
                        _raw(body)),
         period_start_ms=purchased,
@@ -118,8 +122,10 @@ def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | No
         if owned == State.OWNED and purchase.get("consumptionState") == 1:
             owned = State.CONSUMED
         env = "sandbox" if raw.get("purchaseType") == 0 else "production"
+        fact = google_product_fact(purchase)
         return Snapshot(**common, kind="product", state=owned, environment=env,
-                        product_id=_text(purchase, "productId", "purchase")), None
+                        product_id=_text(purchase, "productId", "purchase"),
+                        transactions=(fact,) if fact is not None else ()), None
     lines = raw.get("lineItems") if isinstance(raw.get("lineItems"), list) else []
     line: dict[str, Any] = lines[0] if lines and isinstance(lines[0], dict) else {}
     offer, plan = _sub(line, "offerDetails"), _sub(line, "autoRenewingPlan")
@@ -143,6 +149,8 @@ def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | No
     superseded = "replacementCancellation" in _sub(raw, "canceledStateContext")
     snap = Snapshot(
         **common, kind="subscription", superseded=superseded,
+        transactions=google_facts(purchase, raw, state in (State.ACTIVE,
+                                                           State.ACTIVE_NOT_RENEWING)),
         # In IN_GRACE_PERIOD the line item's expiry is the grace end.
         grace_expires_ms=expires if state == State.GRACE else None,
         product_id=_opt_text(line, "productId") or _text(purchase, "productId", "purchase"),

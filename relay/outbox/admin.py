@@ -14,6 +14,7 @@ from typing import Any
 from peewee import Case, fn
 
 from relay.core.domain import iso
+from relay.core.ledger import lane
 from relay.core.rules import Route
 from relay.store.models import Attempt, Delivery, EndpointHealth, Event
 
@@ -186,19 +187,31 @@ def replay_page(route: Route, subject: tuple[str, str] | None, since_ms: int | N
     if until_ms is not None:
         q = q.where(Event.received_ms < until_ms)
     events = list(q.order_by(Event.cursor).limit(batch))
+    docs = {e.cursor: json.loads(e.body) for e in events}
     chosen = [e for e in events if route.matches(
-        e.type, e.platform, json.loads(e.body).get("environment"))]
+        e.type, e.platform, docs[e.cursor].get("environment"))]
     if not dry_run and chosen:
-        _upsert(route.name, chosen, "pending" if active else "held", now_ms)
+        _upsert(route.name, [(e, _lane(e, docs[e.cursor])) for e in chosen],
+                "pending" if active else "held", now_ms)
     last = events[-1].cursor if len(events) == batch else None
     return ReplayPage(len(chosen), 0 if dry_run else len(chosen), last)
 
 
-def _upsert(endpoint: str, events: Iterable[Event], status: str, now_ms: int) -> None:
-    rows = [{"event": e.cursor, "endpoint": endpoint,
-             "subject": f"{e.platform}:{e.subject_key}" if e.subject_key else e.id,
+def _lane(e: Event, doc: dict[str, Any]) -> str:
+    """The ordering lane the event was first queued on: its purchase's, a transaction's
+    for `transaction.*` (core.ledger.lane), or its own when it names no purchase."""
+    txn = doc.get("transaction")
+    if e.type.startswith("transaction.") and isinstance(txn, dict) \
+            and isinstance(txn.get("transaction_id"), str):
+        return lane(str(e.platform), txn["transaction_id"])
+    return f"{e.platform}:{e.subject_key}" if e.subject_key else str(e.id)
+
+
+def _upsert(endpoint: str, events: Iterable[tuple[Event, str]], status: str,
+            now_ms: int) -> None:
+    rows = [{"event": e.cursor, "endpoint": endpoint, "subject": subject,
              "sequence": e.sequence or 0, "status": status, "attempts": 0,
-             "next_attempt_ms": now_ms, "created_ms": now_ms} for e in events]
+             "next_attempt_ms": now_ms, "created_ms": now_ms} for e, subject in events]
     Delivery.insert_many(rows).on_conflict(
         conflict_target=[Delivery.event, Delivery.endpoint],
         update={Delivery.status: status, Delivery.attempts: 0,

@@ -19,7 +19,7 @@ from relay import __version__, systemd
 from relay.config import Config, ConfigError, find_config_path, load_config, redacted
 from relay.core.errors import StoreUnavailableError
 from relay.log import AccessLogger, configure_logging
-from relay.service import cli_admin, cli_reproject, workers
+from relay.service import cli_admin, cli_explain, cli_reproject, workers
 from relay.store.migrations import SchemaError
 from relay.web.app import create_app
 from relay.web.appkeys import ATTESTO_KEY, LIMITS_KEY, OUTBOX_KEY, RUNTIME_KEY
@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_demo)
     cli_admin.register(add)
     cli_reproject.register(add)
+    cli_explain.register(add)
     return parser
 
 

@@ -148,12 +148,17 @@ class Demo:
 
     # ---- the timeline -----------------------------------------------------------------
 
-    async def step(self, title: str, arrived: str, platform: str, key: str) -> None:
+    async def get(self, path: str) -> Any:
+        async with self.session.get(f"{self.url}{path}",
+                                    headers={"Authorization": f"Bearer {self.api_key}"}) as r:
+            return await r.json()
+
+    async def step(self, title: str, arrived: str, platform: str, key: str,
+                   explain: str | None = None) -> None:
+        """One block of the timeline; `explain`: a user whose `premium` it explains."""
         self.steps += 1
         await self.app[OUTBOX_KEY].settle()
-        async with self.session.get(f"{self.url}/v1/purchases/{platform}/{key}",
-                                    headers={"Authorization": f"Bearer {self.api_key}"}) as r:
-            view = await r.json()
+        view = await self.get(f"/v1/purchases/{platform}/{key}")
         day = time.strftime("%Y-%m-%d", time.gmtime(self.clock()))
         self.out(f"{self.steps}. {title}  [{day}]")
         self.out(f"   arrived : {arrived}")
@@ -169,6 +174,9 @@ class Demo:
             stale = " (stale)" if event.get("stale") else ""
             self.out(f"   relayed : {event['type']}{stale} (from {event['source']}) -> "
                      f"your-app, {check}")
+        if explain is not None:  # GET /v1/users/{id}/entitlements/premium/explain
+            why = await self.get(f"/v1/users/{explain}/entitlements/premium/explain")
+            self.out(f"   explain : {why['explanation']}")
         self.out("")
 
     async def apple(self) -> None:
@@ -201,7 +209,8 @@ class Demo:
         renewed.revocation_ms = clock.ms()
         renewed.revocation_reason = 0
         await self.webhook(sim.apple_webhook("REFUND", renewed, signed_ms=clock.ms()))
-        await self.step("Apple refund", "Attesto webhook REFUND", "apple", "2000000000")
+        await self.step("Apple refund", "Attesto webhook REFUND", "apple", "2000000000",
+                        explain="alice")
 
     async def google(self) -> None:
         sim, clock = self.sim, self.clock

@@ -26,6 +26,7 @@ from relay.store.models import (
     Inbox,
     InputLog,
     Lease,
+    Ledger,
     Meta,
     Purchase,
 )
@@ -183,10 +184,25 @@ def _m9_console(db: Database) -> None:
                    "ON delivery (endpoint, id)")
 
 
+def _m10_ledger(db: Database) -> None:
+    """The transaction ledger, filled from the input log; `input_log.transaction_id` (the
+    ledger row an input names) and an index of the inputs by user (explain, a user's
+    purchases). Only inputs with a user (verify, restore) enter that index."""
+    if "transaction_id" not in {c.name for c in db.get_columns("input_log")}:
+        db.execute_sql("ALTER TABLE input_log ADD COLUMN transaction_id VARCHAR(128)")  # type: ignore[no-untyped-call]
+    db.execute_sql("CREATE INDEX IF NOT EXISTS input_log_user ON input_log (user_id) "  # type: ignore[no-untyped-call]
+                   "WHERE user_id IS NOT NULL")
+    db.create_tables([Ledger])
+    from relay.store.ledger_backfill import backfill
+
+    written = backfill()
+    log.info("migration 10: %d transaction(s) recorded from the input log", written)
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
     _m5_delivery_claim_index, _m6_purchase_period_pending, _m7_input_log,
-    _m8_input_log_backfill, _m9_console,
+    _m8_input_log_backfill, _m9_console, _m10_ledger,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -24,7 +24,7 @@ from peewee import (
 database = DatabaseProxy()
 
 # Bumped with every migration in relay/store/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class BaseModel(Model):
@@ -105,6 +105,7 @@ class InputLog(BaseModel):
     store_subtype = CharField(max_length=64, null=True)
     event_type = CharField(max_length=96, null=True)  # Attesto's event name, if any
     ref = CharField(max_length=4096, null=True)  # transaction id / order id / token
+    transaction_id = CharField(max_length=128, null=True)  # the ledger row it names, if any
     expires_ms = BigIntegerField(null=True)
     state_before = CharField(max_length=32, null=True)
     state_after = CharField(max_length=32, null=True)
@@ -120,6 +121,43 @@ class InputLog(BaseModel):
         indexes = (
             (("platform", "subject_key", "id"), False),
             (("received_ms",), False),
+        )
+        # and input_log_user (user_id) WHERE user_id IS NOT NULL (migration 9): the
+        # purchases a user verified, for explain and the user's purchases
+
+
+class Ledger(BaseModel):
+    """The transaction ledger: one row per paid store transaction (Apple transactionId,
+    Google order id), keyed on (platform, transaction_id); the columns are
+    `relay.core.ledger.LedgerEntry`'s. `cursor` (unique) moves to the end when the row
+    changes in a way a consumer must see again; `GET /v1/transactions` pages on it."""
+
+    cursor = BigIntegerField(unique=True)
+    platform = CharField(max_length=16)
+    transaction_id = CharField(max_length=128)
+    subject_key = CharField(max_length=4096)
+    user_id = CharField(max_length=256, null=True)
+    product_id = CharField(max_length=256, null=True)
+    environment = CharField(max_length=16, null=True)
+    ownership = CharField(max_length=16, null=True)  # Apple: purchased | family_shared
+    period_start_ms = BigIntegerField(null=True)
+    period_end_ms = BigIntegerField(null=True)
+    price_micros = BigIntegerField(null=True)
+    currency = CharField(max_length=8, null=True)
+    refunded_ms = BigIntegerField(null=True)
+    revoked_ms = BigIntegerField(null=True)
+    observed_ms = BigIntegerField()  # store time of the newest input that spoke of a refund
+    created_ms = BigIntegerField()
+    updated_ms = BigIntegerField()
+    version = IntegerField()  # transaction.* events relayed so far (their sequence)
+    change = CharField(max_length=16)  # recorded | refunded | revoked | ... (core.ledger)
+
+    class Meta:
+        table_name = "ledger"
+        primary_key = CompositeKey("platform", "transaction_id")
+        indexes = (
+            (("platform", "subject_key"), False),
+            (("user_id", "cursor"), False),
         )
 
 
@@ -250,5 +288,5 @@ class ConsoleThrottle(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     Meta, Purchase, Inbox, Event, Delivery, Attempt, AppUser, Lease, EndpointState, InputLog,
-    EndpointHealth, DeliveryMinute, ConsoleSession, ConsoleThrottle,
+    EndpointHealth, DeliveryMinute, ConsoleSession, ConsoleThrottle, Ledger,
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from relay.core import ids, relayed
 from relay.core.decide import decide
@@ -23,9 +22,10 @@ from relay.core.domain import (
     entitlement_keys,
     is_entitled,
 )
+from relay.core.ledger import lane
 from relay.core.poll_policy import next_poll_ms
 from relay.core.rules import Rules
-from relay.store import statements
+from relay.store import ledger, statements
 from relay.store.models import Purchase
 
 
@@ -53,7 +53,9 @@ def view_of(row: Purchase) -> PurchaseView:
         period_start_ms=row.period_start_ms, voided_ms=row.voided_ms)
 
 
-_Pending = tuple[str, str, str | None, dict[str, Any]]  # (event id, type, reason, extra)
+# An event made for an input: (id, type, body, sequence, outbox lane, endpoints and row
+# statuses; None: route it as the purchase's).
+_Made = tuple[str, str, str, int, str, list[tuple[str, str]] | None]
 
 
 def apply(snap: Snapshot, rules: Rules, now_ms: int) -> Applied:
@@ -83,27 +85,33 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     bound = statements.users_of_app_users(wanted) if wanted else {}
     dirty: dict[tuple[str, str], PurchaseView] = {}
     event_rows: list[statements.EventRow] = []
-    input_rows: list[statements.InputRow] = []
-    decided: list[tuple[PurchaseView, list[tuple[str, str, str, int]], bool]] = []
-    located: list[tuple[str, str]] = []  # (subject, environment) learned by this group
-    for snap in snaps:
+    inputs: list[tuple[Snapshot, PurchaseView | None, PurchaseView, list[str]]] = []
+    decided: list[tuple[PurchaseView, list[_Made], bool]] = []
+    located: list[PurchaseView] = []  # purchases whose environment this group learned
+    named: list[ledger.Named] = []  # the store transactions the inputs name
+    learned: list[tuple[str, str, str]] = []  # purchases whose user is known now
+    for slot, snap in enumerate(snaps):
         key = (snap.platform, snap.subject_key)
         before = current.get(key)
         user_id = snap.user_id if snap.user_id is not None or snap.app_user_id is None \
             else bound.get(snap.app_user_id)
         after, events, stale = decide(snap, before, user_id, rules, now_ms, bound)
+        named.extend(ledger.Named(slot, snap, before, after, fact) for fact in snap.transactions)
         if before is not None and after == before and not events:
             if snap.poll_now:
                 after = replace(before, next_poll_ms=now_ms)
                 current[key] = dirty[key] = after
             decided.append((after, [], stale))
-            input_rows.append(input_row(snap, before, after, ()))
+            inputs.append((snap, before, after, []))
             continue
+        if before is not None and before.user_id is None and after.user_id is not None:
+            learned.append((after.platform, after.subject_key, after.user_id))
         seq = before.sequence if before is not None else 0
         granted = (list(entitlement_keys(rules.entitlements, after.product_id,
                                          after.base_plan_id))
                    if is_entitled(after, now_ms, rules.entitlement_policy) else [])
-        made: list[tuple[str, str, str, int]] = []
+        made: list[_Made] = []
+        subject = f"{after.platform}:{after.subject_key}"
         for event_type, reason, extra in events:
             seq += 1
             eid = ids.event_id(now_ms)
@@ -113,48 +121,61 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
             event_rows.append((eid, event_type, snap.source, snap.platform, snap.subject_key,
                                seq, after.user_id, snap.observed_ms, snap.received_ms,
                                snap.attesto_event_id, stale, body))
-            made.append((eid, event_type, body, seq))
+            made.append((eid, event_type, body, seq, subject, None))
         after = replace(after, sequence=seq, updated_ms=now_ms,
                         next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
                                                   updated_ms=now_ms))
         current[key] = dirty[key] = after
         decided.append((after, made, stale))
-        input_rows.append(input_row(snap, before, after, [m[0] for m in made]))
-        if (before is not None and before.environment is None and after.environment
-                and any(r.environments for r in rules.routes)):
-            located.append((f"{after.platform}:{after.subject_key}", after.environment))
+        inputs.append((snap, before, after, [m[0] for m in made]))
+        if before is not None and before.environment is None and after.environment:
+            located.append(after)
 
+    # The ledger: one upsert for every transaction named; `transaction.*` events for the
+    # rows that changed, relayed to the endpoints that opted in (core.rules).
+    for made_txn in ledger.record(named, learned, rules, now_ms) if named or learned else ():
+        event_rows.append(made_txn.row)
+        decided[made_txn.slot][1].append(made_txn.made)
+        inputs[made_txn.slot][3].append(made_txn.row[0])
     cursors = statements.insert_events(event_rows) if event_rows else {}
     deliveries: list[statements.DeliveryRow] = []
     results: list[Applied] = []
     for after, made, stale in decided:
         views = []
-        for eid, event_type, body, seq in made:
-            subject = f"{after.platform}:{after.subject_key}"
-            routed = relayed.route(rules, event_type, after.platform, after.environment)
+        for eid, event_type, body, seq, subject, routes in made:
+            routed = routes if routes is not None else relayed.route(
+                rules, event_type, after.platform, after.environment)
             deliveries.extend((cursors[eid], name, subject, seq, status, now_ms, now_ms)
                               for name, status in routed)
             views.append(EventView(cursor=cursors[eid], id=eid, type=event_type, body=body,
                                    platform=after.platform, subject_key=after.subject_key,
-                                   sequence=seq, stale=stale, deliveries=len(routed)))
+                                   sequence=seq, stale=stale and routes is None,
+                                   deliveries=len(routed)))
         results.append(Applied(after, tuple(views), stale))
     if deliveries:
         statements.insert_deliveries(deliveries)
-    for subject, environment in located:
-        _route_located(rules, subject, environment, now_ms)
+    for view in located:
+        _route_located(rules, view, now_ms)
     if dirty:
         statements.upsert_purchases(list(dirty.values()))
-    if input_rows:
-        statements.insert_inputs(input_rows)
+    if inputs:
+        statements.insert_inputs([input_row(*i) for i in inputs])
     return results
 
 
-def _route_located(rules: Rules, subject: str, environment: str, now_ms: int) -> None:
-    """The purchase's environment is known now: release its unrouted rows to the
-    endpoints that take it (held if paused), drop the others'."""
-    takes = [r for r in rules.routes if r.environments and environment in r.environments]
-    statements.route_unrouted(subject, [r.name for r in takes if r.active],
-                              [r.name for r in takes if not r.active], now_ms)
+def _route_located(rules: Rules, view: PurchaseView, now_ms: int) -> None:
+    """The purchase's environment is known now: its ledger rows take it, and its unrouted
+    outbox rows (its own lane's, its transactions') go to the endpoints that take that
+    environment (held if paused); the others' are dropped."""
+    assert view.environment is not None
+    lanes = [lane(view.platform, tid) for tid in ledger.locate(
+        view.platform, view.subject_key, view.environment)]
+    takes = [r for r in rules.routes if r.environments and view.environment in r.environments]
+    if not any(r.environments for r in rules.routes):
+        return  # nothing waited for it
+    for subject in [f"{view.platform}:{view.subject_key}", *lanes]:
+        statements.route_unrouted(subject, [r.name for r in takes if r.active],
+                                  [r.name for r in takes if not r.active], now_ms)
 
 
 def input_row(snap: Snapshot, before: PurchaseView | None, after: PurchaseView,
@@ -163,8 +184,9 @@ def input_row(snap: Snapshot, before: PurchaseView | None, after: PurchaseView,
     note = snap.note or _NO_NOTE
     return (snap.platform, after.subject_key, snap.source, snap.received_ms,
             snap.observed_ms, note.store_type, note.store_subtype, snap.event_type,
-            note.ref or snap.latest_ref, snap.expires_ms,
-            str(before.state) if before is not None else None, str(after.state),
+            note.ref or snap.latest_ref,
+            snap.transactions[0].transaction_id if snap.transactions else None,
+            snap.expires_ms, str(before.state) if before is not None else None, str(after.state),
             ",".join(event_ids) or None,
             snap.attesto_event_id if snap.source == "webhook" else None, snap.user_id,
             note.raw)

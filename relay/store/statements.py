@@ -127,8 +127,8 @@ def _chunks(rows: Sequence[Sequence[Any]], width: int) -> list[Sequence[Sequence
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
-def _many(name: str, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]],
-          width: int) -> list[Any]:
+def many(name: str, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]],
+         width: int) -> list[Any]:
     """Run `head` + `row` x n + `tail` per chunk of `rows`; return the rows fetched, if any."""
     fetched: list[Any] = []
     for chunk in _chunks(rows, width):
@@ -140,7 +140,7 @@ def _many(name: str, head: str, row: str, tail: str, rows: Sequence[Sequence[Any
     return fetched
 
 
-def _row(width: int, extra: str = "") -> str:
+def row_marks(width: int, extra: str = "") -> str:
     return "(" + ", ".join(["{p}"] * width) + extra + ")"
 
 
@@ -195,8 +195,8 @@ def upsert_purchases(views: Sequence[PurchaseView]) -> None:
         rows.append(row)
     head = ('INSERT INTO "purchase" (' + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
             + ', "poll_failures") VALUES ')
-    _many("upsert_purchases", head, _row(len(_PURCHASE_COLUMNS), ", 0"), _UPSERT_TAIL, rows,
-          len(_PURCHASE_COLUMNS))
+    many("upsert_purchases", head, row_marks(len(_PURCHASE_COLUMNS), ", 0"), _UPSERT_TAIL,
+         rows, len(_PURCHASE_COLUMNS))
 
 
 EventRow = tuple[str, str, str, str | None, str | None, int | None, str | None, int, int,
@@ -208,7 +208,7 @@ def insert_events(rows: Sequence[EventRow]) -> dict[str, int]:
     if not supports_returning():
         return {r[0]: insert_event(*r) for r in rows}
     head = _INSERT_EVENT.split("VALUES")[0] + "VALUES "
-    fetched = _many("insert_events", head, _row(12), ' RETURNING "cursor", "id"', rows, 12)
+    fetched = many("insert_events", head, row_marks(12), ' RETURNING "cursor", "id"', rows, 12)
     return {str(eid): int(cursor) for cursor, eid in fetched}
 
 
@@ -218,7 +218,7 @@ DeliveryRow = tuple[int, str, str, int, str, int, int]
 def insert_deliveries(rows: Sequence[DeliveryRow]) -> None:
     """Insert outbox rows (the 7 columns of `insert_delivery`, in order)."""
     head, row = _INSERT_DELIVERY.split("VALUES ")
-    _many("insert_deliveries", head + "VALUES ", row, "", rows, 7)
+    many("insert_deliveries", head + "VALUES ", row, "", rows, 7)
 
 
 InboxRow = tuple[str, str, int, int, str, bytes]
@@ -229,29 +229,29 @@ def insert_inbox_many(rows: Sequence[InboxRow]) -> set[str]:
     if not supports_returning():
         return {r[0] for r in rows if insert_inbox(*r)}
     head = _INSERT_INBOX.split("VALUES")[0] + "VALUES "
-    fetched = _many("insert_inbox_many", head, _row(6),
-                    ' ON CONFLICT ("event_id") DO NOTHING RETURNING "event_id"', rows, 6)
+    fetched = many("insert_inbox_many", head, row_marks(6),
+                   ' ON CONFLICT ("event_id") DO NOTHING RETURNING "event_id"', rows, 6)
     return {str(eid) for (eid,) in fetched}
 
 
 # ---- the input log and routing held for an unknown environment ---------------------------
 
 InputRow = tuple[str, str, str, int, int, str | None, str | None, str | None, str | None,
-                 int | None, str | None, str | None, str | None, str | None, str | None,
-                 str | None]
+                 str | None, int | None, str | None, str | None, str | None, str | None,
+                 str | None, str | None]
 _INPUT_COLUMNS = ("platform", "subject_key", "source", "received_ms", "observed_ms",
-                  "store_type", "store_subtype", "event_type", "ref", "expires_ms",
-                  "state_before", "state_after", "event_ids", "inbox_event_id", "user_id",
-                  "body")
+                  "store_type", "store_subtype", "event_type", "ref", "transaction_id",
+                  "expires_ms", "state_before", "state_after", "event_ids", "inbox_event_id",
+                  "user_id", "body")
 
 
 def insert_inputs(rows: Sequence[InputRow]) -> None:
-    """Append input-log rows (the 16 columns of `InputRow`, in order): one statement for
-    a whole write group (per 62 rows: SQLite's parameter limit)."""
+    """Append input-log rows (the 17 columns of `InputRow`, in order): one statement for
+    a whole write group (per 58 rows: SQLite's parameter limit)."""
     head = ('INSERT INTO "input_log" (' + ", ".join(f'"{c}"' for c in _INPUT_COLUMNS)
             + ', "repeats") VALUES ')
-    _many("insert_inputs", head, _row(len(_INPUT_COLUMNS), ", 1"), "", rows,
-          len(_INPUT_COLUMNS))
+    many("insert_inputs", head, row_marks(len(_INPUT_COLUMNS), ", 1"), "", rows,
+         len(_INPUT_COLUMNS))
 
 
 def route_unrouted(subject: str, send: Collection[str], hold: Collection[str],

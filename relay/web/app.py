@@ -25,7 +25,17 @@ from relay.web.appkeys import (
 )
 from relay.web.limits import InboundLimits
 from relay.web.middlewares import error_middleware, request_id_middleware
-from relay.web.routes import admin, events, health, iap, metrics, repoll_admin, verify, webhooks
+from relay.web.routes import (
+    admin,
+    events,
+    health,
+    history,
+    iap,
+    metrics,
+    repoll_admin,
+    verify,
+    webhooks,
+)
 
 log = logging.getLogger("relay.app")
 
@@ -60,6 +70,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     webhooks.install(app, config.webhooks.path)
     app.router.add_routes(admin.routes())
     app.router.add_routes(events.routes())
+    app.router.add_routes(history.routes())
     app.router.add_routes(repoll_admin.routes())
     app.router.add_routes(metrics.routes())
     app.router.add_routes(openapi.routes())

@@ -83,6 +83,12 @@ def query(name: str, schema: Schema, description: str = "") -> dict[str, Any]:
             "description": description}
 
 
+def _cursor_params() -> list[dict[str, Any]]:
+    return [query("after", {"type": "string", "pattern": "^[0-9]+$"},
+                  "cursor: the previous page's `next`"),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})]
+
+
 def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
     verify_errors = _merge(_SERVICE, _LIMITED, _BODY, _ATTESTO)
     iap_errors = _merge(_JWT, _BODY, _ATTESTO)
@@ -139,6 +145,34 @@ def _paths(webhook_path: str) -> dict[str, dict[str, Op]]:
             params=[query("after", {"type": "string", "pattern": "^[0-9]+$"},
                           "cursor: the previous page's `next`"),
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})])},
+        "/v1/purchases/{platform}/{subject_key}/history": {"get": op(
+            "A purchase's inputs, oldest first (pull by cursor); `raw=1` adds their bodies",
+            "history", ref("HistoryPage"), security="serviceKey",
+            errors=_merge(_SERVICE, {400: ["invalid_after", "invalid_limit", "invalid_raw"],
+                                     404: ["purchase_not_found"]}),
+            params=[path_param("platform", {"type": "string", "enum": ["apple", "google"]}),
+                    path_param("subject_key"), *_cursor_params(),
+                    query("raw", {"type": "string", "enum": ["0", "1", "false", "true"]},
+                          "1: each input's exact body (a webhook's inbox bytes)")])},
+        "/v1/users/{user_id}/purchases": {"get": op(
+            "Every purchase the user holds or verified, entitled or not", "history",
+            ref("UserPurchases"), security="serviceKey",
+            errors=_merge(_SERVICE, {400: ["invalid_request"]}), params=[user])},
+        "/v1/transactions": {"get": op(
+            "The transaction ledger in cursor order; a changed row (refund) comes again",
+            "history", ref("TransactionsPage"), security="serviceKey",
+            errors=_merge(_SERVICE, {400: ["invalid_after", "invalid_limit"]}),
+            params=_cursor_params())},
+        "/v1/users/{user_id}/transactions": {"get": op(
+            "The user's transactions in cursor order", "history", ref("TransactionsPage"),
+            security="serviceKey", errors=_merge(_SERVICE, {400: [
+                "invalid_after", "invalid_limit", "invalid_request"]}),
+            params=[user, *_cursor_params()])},
+        "/v1/users/{user_id}/entitlements/{key}/explain": {"get": op(
+            "Why the user has the entitlement now, or why not", "history",
+            ref("Explanation"), security="serviceKey",
+            errors=_merge(_SERVICE, {400: ["invalid_request"]}),
+            params=[user, path_param("key")])},
         "/api/iap/verify/apple": {"post": op(
             "@nossdev/iap: verify an Apple transaction", "iap", ref("IapVerifyResult"),
             security="userJwt", body=ref("IapVerifyAppleRequest"), errors=iap_errors)},

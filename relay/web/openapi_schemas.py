@@ -65,6 +65,28 @@ _IAP_TX = obj({"id": NSTR, "productId": NSTR, "expiresAt": TIME, "verifiedAt": T
 _IAP_ITEM = obj({"index": INT, "platform": PLATFORM, "valid": {"type": ["boolean", "null"]},
                  "granted": arr(STR), "reason": NSTR})
 _IAP_FAILURE = {"valid": {"const": False}, "error": STR, "message": STR}
+CURSOR: Schema = {"type": "string", "pattern": "^[0-9]+$"}
+_PURCHASE_PROPS: dict[str, Schema] = {
+    "platform": PLATFORM, "subject_key": STR, "kind": STR, "user_id": NSTR,
+    "app_user_id": NSTR, "product_id": NSTR, "base_plan_id": NSTR, "state": STR,
+    "state_reason": NSTR, "environment": NSTR, "expires_at": TIME,
+    "auto_renew": {"type": ["boolean", "null"]}, "updated_at": TIME, "grace_expires_at": TIME}
+_INPUT_BRIEF = {"id": CURSOR, "source": STR, "received_at": TIME, "observed_at": TIME,
+                "summary": STR}
+_TRANSACTION = obj({
+    "cursor": CURSOR, "change": {"type": "string", "enum": [
+        "recorded", "refunded", "revoked", "refund_reversed", "user_bound"]},
+    "platform": PLATFORM, "transaction_id": STR, "subject_key": STR, "user_id": NSTR,
+    "product_id": NSTR, "environment": NSTR, "ownership": NSTR, "period_start": TIME,
+    "period_end": TIME, "price": NSTR, "price_micros": NINT, "currency": NSTR,
+    "refunded_at": TIME, "revoked_at": TIME, "recorded_at": TIME, "updated_at": TIME})
+_EXPLAINED = obj({
+    "platform": PLATFORM, "subject_key": STR, "product_id": NSTR, "owner_user_id": NSTR,
+    "state": STR, "state_reason": NSTR, "expires_at": TIME, "grace_expires_at": TIME,
+    "keys": arr(STR), "entitled": BOOL, "rule": NSTR, "access_until": TIME, "reason": STR,
+    "relation": {"type": "string", "enum": ["owned", "verified_by_user", "bound_to_user"]},
+    "explanation": STR,
+    "state_set_by": {"oneOf": [{"type": "null"}, obj(_INPUT_BRIEF)]}})
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj({"error": obj({"code": STR, "message": STR, "details": {}},
@@ -72,12 +94,7 @@ SCHEMAS: dict[str, Schema] = {
     "Health": obj({"status": STR, "version": STR}),
     "Ready": obj({"status": {"type": "string", "enum": ["ok", "degraded"]},
                   "checks": obj({"store": {"type": "string", "enum": ["ok", "down"]}})}),
-    "Purchase": obj({
-        "platform": PLATFORM, "subject_key": STR, "kind": STR, "user_id": NSTR,
-        "app_user_id": NSTR, "product_id": NSTR, "base_plan_id": NSTR, "state": STR,
-        "state_reason": NSTR, "environment": NSTR, "expires_at": TIME,
-        "auto_renew": {"type": ["boolean", "null"]}, "updated_at": TIME,
-        "grace_expires_at": TIME}),
+    "Purchase": obj(_PURCHASE_PROPS),
     "Entitlement": obj({"key": STR, "product_id": NSTR, "expires_at": TIME,
                         "platform": PLATFORM, "subject_key": STR}),
     "VerifyAppleRequest": obj({"user_id": text(256), **_APPLE_V1},
@@ -132,6 +149,27 @@ SCHEMAS: dict[str, Schema] = {
         ("id", "type", "occurred_at", "received_at", "source")),
     "EventsPage": obj({"events": arr(ref("Event")),
                        "next": {"type": "string", "pattern": "^[0-9]+$"}}),
+    "Input": obj({
+        **_INPUT_BRIEF, "store_type": NSTR, "store_subtype": NSTR, "event_type": NSTR,
+        "ref": NSTR, "transaction_id": NSTR, "expires_at": TIME, "state_before": NSTR,
+        "state_after": NSTR, "event_ids": arr(STR), "user_id": NSTR, "repeats": INT,
+        "last_at": TIME, "raw": NSTR},
+        ("id", "source", "received_at", "observed_at", "summary", "state_after", "event_ids",
+         "repeats")),
+    "HistoryPage": obj({"platform": PLATFORM, "subject_key": STR,
+                        "inputs": arr(ref("Input")), "next": CURSOR}),
+    "UserPurchases": obj({"user_id": STR, "purchases": arr(obj({
+        **_PURCHASE_PROPS, "entitlement_keys": arr(STR), "entitled": BOOL}))}),
+    "Transaction": _TRANSACTION,
+    "TransactionsPage": obj({"user_id": STR, "transactions": arr(ref("Transaction")),
+                             "next": CURSOR}, ("transactions", "next")),
+    "Explanation": obj({
+        "user_id": STR, "key": STR, "at": TIME, "entitled": BOOL,
+        "reason": {"type": "string", "enum": [
+            "active", "grace", "leeway", "expired", "refunded", "revoked", "suspended",
+            "pending", "consumed", "no_purchase", "product_not_mapped",
+            "owned_by_another_user"]},
+        "explanation": STR, "purchases": arr(_EXPLAINED)}),
     "Endpoints": obj({"endpoints": arr(obj({
         "name": STR, "url": NSTR, "state": STR, "since": TIME, "events": arr(STR),
         "signing": arr(STR), "timeout_s": {"type": ["number", "null"]}, "in_flight": INT,

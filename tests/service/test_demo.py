@@ -26,6 +26,12 @@ def test_relay_demo_shows_each_step() -> None:
     states = [line.split(":", 1)[1].split()[0] for line in out.splitlines()
               if line.strip().startswith("state")]
     assert states == ["active", "active", "active_not_renewing", "expired", "refunded"] * 2
+    # One step explains the user's access in plain words (GET .../explain).
+    [refund] = [b for b in blocks if b.startswith("5. Apple refund")]
+    [why] = [line for line in refund.splitlines() if line.startswith("   explain : ")]
+    assert why.startswith("   explain : alice does not have premium: apple purchase "
+                          "2000000000 (premium.monthly) was refunded at ")
+    assert "by input #" in why and "(webhook REFUND (subscription.refunded)" in why
     assert "0 with a bad signature" in out
     assert "SIGNATURE INVALID" not in out
     assert "disabled:" not in done.stderr  # a quiet demo: no warnings about credentials

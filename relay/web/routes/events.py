@@ -19,7 +19,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 
-def _param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name, "")
     if raw == "":
         return default
@@ -32,8 +32,8 @@ def _param(request: web.Request, name: str, default: int, lo: int, hi: int) -> i
 
 async def handle_events(request: web.Request) -> web.Response:
     check_service_key(request.app[RUNTIME_KEY].config, request)
-    after = _param(request, "after", 0, 0, 2**62)
-    limit = _param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    after = query_int(request, "after", 0, 0, 2**62)
+    limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
 
     def read() -> list[tuple[int, str]]:
         return [(e.cursor, e.body) for e in
