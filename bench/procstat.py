@@ -17,3 +17,16 @@ def cpu_s(pid: int) -> float:
     except OSError:
         children = []
     return own + sum(cpu_s(int(child)) for child in children)
+
+
+def host_load() -> dict[str, float]:
+    """How busy the host is now: the 1-minute load average and, where the kernel has PSI,
+    the share of the last 10 s some task waited for a CPU (%). Recorded beside figures
+    taken on a shared machine."""
+    out = {"loadavg_1m": round(os.getloadavg()[0], 2)}
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
+        out["cpu_pressure_avg10"] = float(some[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return out

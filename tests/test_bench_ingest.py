@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import time
 
 import pytest
@@ -49,3 +50,21 @@ def test_ingest_bench_runs_relay_with_its_ingest_writer() -> None:
     r = figures["relay"]
     assert figures["ingest_writer"] and "bypassed" not in figures
     assert r["accepted"] > 0 and r["non2xx"] == 0 and r["duplicates"] == 0 and r["stored_ok"]
+
+
+@pytest.mark.slow
+def test_ingest_bench_pins_servers_and_compares_a_fastapi_receiver() -> None:
+    # The FastAPI receiver's venv is made under bench/.venvs on first use (pip, PyPI).
+    cpu = str(min(os.sched_getaffinity(0)))
+    figures = bench.main(["--duration", "1", "--warmup", "1", "--connections", "8",
+                          "--ceiling-pool", "400", "--loadgen", "python", "--pin",
+                          f"{cpu}:{cpu}", "--receivers", "fastapi", "--rounds", "2",
+                          "--no-bypassed"])
+    fa, r = figures["receivers"]["fastapi"], figures["relay"]
+    assert figures["pin"] == f"{cpu}:{cpu}" and "bypassed" not in figures
+    assert len(r["rounds_accepted_per_s"]) == len(fa["rounds_accepted_per_s"]) == 2
+    assert fa["accepted"] > 0 and fa["non2xx"] == 0 and fa["duplicates"] == 0
+    assert r["accepted"] > 0 and r["non2xx"] == 0 and r["stored_ok"]
+    assert figures["ratio"]["vs_fastapi"]["accepted_per_s"] == (r["accepted_per_s"]
+                                                               / fa["accepted_per_s"])
+    assert figures["receiver_versions"]["fastapi"]["fastapi"]
