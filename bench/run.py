@@ -169,7 +169,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
     # [server] ingest_writer = true: webhooks stored by a writer process (README).
     "ingest-writer": (["--duration", "10", "--ingest-writer"],
                       ["--duration", "3", "--warmup", "1", "--ingest-writer"], _ingest_writer),
-    "repoll": (["--polls", "10000"], ["--rows", "200000", "--polls", "2000"], _repoll),
+    "repoll": (["--polls", "10000"], ["--rows", "300000", "--polls", "2000"], _repoll),
 }
 OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
 # bench name -> bench/<module>.py
