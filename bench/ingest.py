@@ -49,11 +49,12 @@ from procstat import cpu_s, host_load  # noqa: E402
 SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 WEBHOOK_PATH = "/v1/webhooks/attesto"
 BENCH_DIR = Path(__file__).resolve().parent
-# relay's CPU per accepted delivery on main before issue 19 (bench/PERF-NOTES.md): the
-# "at most 60 % of today's" target is measured against it (a figure from another run,
-# but CPU per delivery is the figure a busy host skews least).
-TODAY = {"commit": "a57d3c6", "cpu_us_per_delivery_pinned": 0.0,
-         "cpu_us_per_delivery": 0.0}
+# relay's CPU per accepted delivery on main before issue 19 (a57d3c6; bench/PERF-NOTES.md
+# gives the runs): the "at most 60 % of today's" target is measured against it. A figure
+# from other runs, but CPU per delivery is the one a busy host skews least (it still
+# rises a few % with the host's load: compare paired runs, bench/ingest_ab.py).
+TODAY = {"commit": "a57d3c6", "cpu_us_per_delivery_pinned": 240.0,  # --pin 0:1, wrk -t1
+         "cpu_us_per_delivery": 295.0}  # unpinned, wrk -t2 (the default ingest row)
 
 LUA = wrk.SUMMARY_LUA + r"""
 function init(args)

@@ -68,3 +68,15 @@ def test_ingest_bench_pins_servers_and_compares_a_fastapi_receiver() -> None:
     assert figures["ratio"]["vs_fastapi"]["accepted_per_s"] == (r["accepted_per_s"]
                                                                / fa["accepted_per_s"])
     assert figures["receiver_versions"]["fastapi"]["fastapi"]
+
+
+@pytest.mark.slow
+def test_ingest_ab_runs_each_tree_on_the_same_deliveries() -> None:
+    ab = importlib.import_module("bench.ingest_ab")
+    root = str(ab.ROOT)
+    out = ab.main(["--pairs", "1", "--duration", "1", "--warmup", "1", "--rate", "300",
+                   "--connections", "8", f"a={root}", f"b={root}"])
+    for name in ("a", "b"):
+        (run,) = out["runs"][name]
+        # Duplicates are fine here: a tiny pool wraps around (each variant on fresh data).
+        assert run["accepted"] > 0 and run["non2xx"] == 0 and run["cpu_us_per_delivery"] > 0
