@@ -68,7 +68,10 @@ def _ingest(f: dict[str, Any]) -> list[Row]:
             ("webhook ingest p50", r["p50_ms"], "ceiling", c["p50_ms"], "ms"),
             ("webhook ingest p99", r["p99_ms"], "ceiling", c["p99_ms"], "ms")] + [
             ("webhook ingest, store bypassed (the front alone)", b["accepted_per_s"],
-             "ceiling", c["accepted_per_s"], "deliveries/s") for b in [f.get("bypassed")] if b]
+             "ceiling", c["accepted_per_s"], "deliveries/s") for b in [f.get("bypassed")] if b] + [
+            ("relay CPU per accepted delivery (target <= 0.6)", r["cpu_us_per_delivery"],
+             f"today's ({t['commit']}, PERF-NOTES.md)", t["cpu_us_per_delivery"], "µs")
+            for t in [f.get("today")] if t]
 
 
 def _ingest_pinned(f: dict[str, Any]) -> list[Row]:
