@@ -80,3 +80,22 @@ def test_ingest_ab_runs_each_tree_on_the_same_deliveries() -> None:
         (run,) = out["runs"][name]
         # Duplicates are fine here: a tiny pool wraps around (each variant on fresh data).
         assert run["accepted"] > 0 and run["non2xx"] == 0 and run["cpu_us_per_delivery"] > 0
+
+
+def test_profile_ingest_sorts_samples_into_categories() -> None:
+    prof = importlib.import_module("bench.profile_ingest")
+    pyspy = [  # py-spy raw lines: thread, frames root first, then the sample count
+        "thread (1): MainThread;_run (asyncio/events.py:80);handle_attesto (relay/routes/"
+        "webhooks.py:60);verify_attesto (relay/attesto_signature.py:90);_digest (relay/"
+        "attesto_signature.py:37) 3\n",
+        "thread (2): relay-db;ingest_many (relay/inbox.py:80);apply_many (relay/pipeline.py:"
+        "201);insert_events (relay/statements.py:211) 2\n",
+        "thread (1): MainThread;RequestHandler.start (aiohttp/web_protocol.py:600) 1\n"]
+    assert prof.pyspy_shares(pyspy) == {
+        "signature (HMAC)": 3, "SQL glue (statements, peewee execute_sql)": 2,
+        "aiohttp HTTP (parse, body, response, transport)": 1}
+    perf = ("  7 \n\tffff ksys_pwrite64 ([kernel.kallsyms])\n\tffff __x64_sys_pwrite64 "
+            "([kernel.kallsyms])\n\n  7 \n\t7f00 sqlite3VdbeExec (/usr/lib/libsqlite3.so.0)\n\n"
+            "  8 \n\t7f00 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)\n")
+    assert prof.perf_shares(perf) == {"7": {"kernel: pwrite64": 1, "libsqlite3.so.0": 1},
+                                      "8": {"libpython3.11.so.1.0": 1}}
