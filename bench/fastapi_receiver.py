@@ -1,7 +1,7 @@
 """The FastAPI receivers bench/ingest.py compares relay with: their venvs and their server.
 
 The backend most tutorials show: FastAPI on uvicorn, one worker, checking the Attesto
-HMAC (relay's own `relay/attesto_signature.py`, stdlib only), parsing the JSON and
+HMAC (relay's own `relay/attesto/signature.py`, stdlib only), parsing the JSON and
 keeping its dedupe set on `eventId` in memory; nothing durable. Two flavours, each in its
 own venv, made on first use under `bench/.venvs/` (or `$RELAY_BENCH_VENVS`; never
 committed):
@@ -70,7 +70,7 @@ def serve(port: int, access_log: bool) -> None:
     from fastapi import FastAPI, HTTPException, Request
 
     sys.path.insert(0, str(ROOT))
-    from relay.attesto_signature import AttestoSignatureError, verify_attesto
+    from relay.attesto.signature import AttestoSignatureError, verify_attesto
 
     secret = os.environ["BENCH_WEBHOOK_SECRET"]
     seen: set[str] = set()

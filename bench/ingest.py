@@ -88,7 +88,7 @@ def _make_chunk(args: tuple[int, int, int, int, int]) -> list[str]:
     Each subject gets about four deliveries: a purchase, then renewals; one in five is a
     Google subscription (which also marks a re-verify), the rest Apple.
     """
-    from relay.simulator import AttestoSimulator
+    from relay.attesto.simulator import AttestoSimulator
 
     start, stop, subjects, t, offset = args
     sim = AttestoSimulator(webhook_secret=SECRET)
@@ -165,7 +165,7 @@ def serve_ceiling(port: int) -> None:
     """The ceiling: aiohttp, read the body, verify the HMAC, parse JSON, answer. Nothing else."""
     from aiohttp import web
 
-    from relay.attesto_signature import AttestoSignatureError, verify_attesto
+    from relay.attesto.signature import AttestoSignatureError, verify_attesto
 
     accepted = json.dumps({"status": "accepted"}).encode()
 

@@ -48,26 +48,30 @@ def _has(*parts: str) -> Callable[[str], bool]:
 HTTP = "aiohttp HTTP (parse, body, response, transport)"
 # Tier 1 wins wherever it is in the stack; then tier 2 (relay modules), then tier 3
 # (libraries, and the leaf-only stacks py-spy returns when it samples without pausing).
+# Paths match the package layout and, where they differ, the flat one before it.
 CATEGORIES: tuple[tuple[Rule, ...], ...] = (
     ((_has("AccessLogger", "log_access"), "access log line"),
-     (_has("attesto_signature.py", "hmac.py"), "signature (HMAC)"),
-     (_has("event_body", "iso (relay/domain"), "event body (json + iso)"),
-     (_has("_routes_for", "Route.matches"), "routing (fnmatch)"),
+     (_has("attesto/signature.py", "attesto_signature.py", "hmac.py"), "signature (HMAC)"),
+     (_has("event_body", "iso (relay/core/domain", "iso (relay/domain"),
+      "event body (json + iso)"),
+     (_has("routes_for", "Route.matches"), "routing (fnmatch)"),
      (_has("Database.commit", "_transaction.commit"), "COMMIT"),
      (_has("parse_json_object"), "JSON parse of the body"),
      (_has("read_capped"), HTTP),
      (_has("normalizer.py", "transitions.py"), "normalization (Snapshot, JWS decode)"),
      (_has("prometheus_client"), "metrics"),
-     (_has("_settle_all", "_settle ("), "store hand-off, loop side (settle)"),
+     (_has("settle_all", "settle (relay/store", "_settle ("),
+      "store hand-off, loop side (settle)"),
      (_has("Store._submit", "Store.write_many"), "store hand-off, loop side (submit)"),
      (_has("LogWriter"), "log writer thread")),
     ((_has("statements.py", "peewee.py"), "SQL glue (statements, peewee execute_sql)"),
-     (_has("pipeline.py"), "pipeline decide/apply"),
+     (_has("input_log.py"), "input log row"),
+     (_has("pipeline.py", "core/decide.py", "core/relayed.py"), "pipeline decide/apply"),
      (_has("inbox.py"), "inbox.ingest_many glue"),
-     (_has("relay/store.py"), "store thread plumbing"),
+     (_has("relay/store/", "relay/store.py"), "store thread plumbing"),
      (_has("middlewares.py"), "middlewares (request id, errors)"),
      (_has("handle_attesto"), "handler glue (kept headers JSON, Inbound, answer)"),
-     (_has("outbox.py"), "outbox wake-up")),
+     (_has("relay/outbox", "outbox.py"), "outbox wake-up")),
     ((_has("logging/"), "logging (other)"),
      (_has("json/decoder", "loads (json", "detect_encoding"), "JSON parse of the body"),
      (_has("json/encoder"), "event body (json + iso)"),
@@ -75,7 +79,7 @@ CATEGORIES: tuple[tuple[Rule, ...], ...] = (
      (_has("__create_fn__"), "dataclass __init__ (leaf only)"),
      (_has("aiohttp/"), HTTP),
      (_has("asyncio/", "selectors.py"), "event loop (epoll, callbacks, tasks)"),
-     (_has("relay/ids.py"), "ids (ulid)")),
+     (_has("relay/core/ids.py", "relay/ids.py"), "ids (ulid)")),
 )
 
 

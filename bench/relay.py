@@ -39,14 +39,18 @@ if str(BENCH) not in sys.path:
 
 from receiver_proc import start_receiver, stop_receiver  # noqa: E402
 
-from relay import delivery_admin, pipeline  # noqa: E402
-from relay.app import create_app  # noqa: E402
-from relay.appkeys import RUNTIME_KEY, STORE_KEY  # noqa: E402
 from relay.config import Credentials, DownstreamConfig, Secret, load_config  # noqa: E402
-from relay.domain import Snapshot, State  # noqa: E402
-from relay.models import Delivery  # noqa: E402
-from relay.outbox import OUTBOX_KEY  # noqa: E402
-from relay.webhook_signing import generate_secret, parse_secret, verify_headers  # noqa: E402
+from relay.core.domain import Snapshot, State  # noqa: E402
+from relay.core.signing import generate_secret, parse_secret, verify_headers  # noqa: E402
+from relay.outbox import admin as delivery_admin  # noqa: E402
+from relay.store import pipeline  # noqa: E402
+from relay.store.models import Delivery  # noqa: E402
+from relay.web.app import create_app  # noqa: E402
+from relay.web.appkeys import (  # noqa: E402
+    OUTBOX_KEY,  # noqa: E402
+    RUNTIME_KEY,
+    STORE_KEY,
+)
 
 SAMPLE_EVERY = 100
 
@@ -241,7 +245,7 @@ def _verify(samples: list[dict[str, Any]], secret: str) -> tuple[int, str]:
         key = parse_secret(secret)
         for s in samples:
             verify_headers(s["headers"], s["body"].encode(), [key], now_s=int(s["at"]))
-        return len(samples), "relay.webhook_signing"
+        return len(samples), "relay.core.signing"
     hook = Webhook(secret)
     for s in samples:
         assert hook.verify(s["body"], s["headers"])["id"] == s["headers"]["webhook-id"]

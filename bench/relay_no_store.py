@@ -14,8 +14,9 @@ from typing import Any
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/relay.py shadows relay
 
-from relay import inbox, store  # noqa: E402
-from relay.cli import main  # noqa: E402
+from relay.intake import inbox  # noqa: E402
+from relay.service.cli import main  # noqa: E402
+from relay.store import database as store  # noqa: E402
 
 _write_many = store.Store.write_many
 

@@ -48,9 +48,8 @@ def _sibling(name: str) -> ModuleType:
 
 async def _enqueue(bench: ModuleType, cfg: Any, events: int, per_subject: int) -> None:
     """Queue `events` (held: the endpoint is paused, and stays paused in the store)."""
-    from relay.app import create_app
-    from relay.appkeys import STORE_KEY
-    from relay.outbox import OUTBOX_KEY
+    from relay.web.app import create_app
+    from relay.web.appkeys import OUTBOX_KEY, STORE_KEY
 
     app = create_app(cfg)
     runner = web.AppRunner(app)

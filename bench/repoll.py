@@ -73,12 +73,12 @@ def _fill(path: Path, rows: int, now_ms: int) -> None:
 
 
 async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from relay.attesto import AttestoClient
+    from relay.attesto.client import AttestoClient
     from relay.config import Secret, StoreConfig, load_config
-    from relay.ratelimit import TokenBucket
-    from relay.repoll import Poller, attesto_fetcher, claim_due
     from relay.runtime import Runtime
-    from relay.store import Store
+    from relay.scheduler.ratelimit import TokenBucket
+    from relay.scheduler.repoll import Poller, attesto_fetcher, claim_due
+    from relay.store.database import Store
 
     db_path = work / "repoll.sqlite3"
     store = Store(StoreConfig(path=str(db_path)))

@@ -148,6 +148,20 @@ def _repoll(f: dict[str, Any]) -> list[Row]:
              f["rss_before_mb"], "MB")]
 
 
+def _console(f: dict[str, Any]) -> list[Row]:
+    pages, h, c = f["pages"], f["healthz"], f["write_cost"]
+    n = f["rows"]
+    where = f"{n['purchases']:,} purchases, {n['deliveries']:,} deliveries"
+    return [(f"console: slowest page, worst of each page's GETs ({where})",
+             f["worst_page_max_ms"], "GET /healthz p50", h["p50_ms"], "ms")] + [
+        (f"console: {name} p50", pages[name]["p50_ms"], "GET /healthz p50", h["p50_ms"], "ms")
+        for name in ("overview (6 h plots)", "endpoint, failed", "purchase (3 events)")] + [
+        ("insert 100 events + 200 deliveries, migration 7's index", c["insert_with_ms"],
+         "without it", c["insert_without_ms"], "ms"),
+        ("record 100 attempts, counted per minute", c["record_with_ms"], "not counted",
+         c["record_without_ms"], "ms")]
+
+
 BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[Row]]]] = {
     "verify": (["--duration", "5"], ["--duration", "2", "--requests", "300"], _verify),
     # With PostgreSQL on 127.0.0.1:5432, also two instances on one database (issue 9).
@@ -173,6 +187,9 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
     "ingest-writer": (["--duration", "10", "--ingest-writer"],
                       ["--duration", "3", "--warmup", "1", "--ingest-writer"], _ingest_writer),
     "repoll": (["--polls", "10000"], ["--rows", "300000", "--polls", "2000"], _repoll),
+    # Every console page on 1M purchases and ~100k deliveries (issue 20: under 100 ms).
+    "console": ([], ["--rows", "200000", "--events", "12000", "--requests", "5",
+                     "--cost-rounds", "40"], _console),
 }
 OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
 # bench name -> bench/<module>.py

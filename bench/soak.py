@@ -46,7 +46,7 @@ import ingest  # noqa: E402
 from receiver_proc import start_receiver, stop_receiver  # noqa: E402
 from run import machine  # noqa: E402
 
-from relay.webhook_signing import generate_secret  # noqa: E402
+from relay.core.signing import generate_secret  # noqa: E402
 
 ENDPOINT = "soak"
 CHUNK = 5000

@@ -1,5 +1,5 @@
 """`python -m relay`: the same entry point as the `relay` console script."""
 
-from relay.cli import main
+from relay.service.cli import main
 
 raise SystemExit(main())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 CREDENTIAL_ENV_PREFIX = "RELAY_CREDENTIAL_"
 _CREDENTIAL_NAME = re.compile(r"^[\w.-]+$")
+MIN_PASSWORD_CHARS = 12  # console-password: sign-ins are rate-limited, guesses still count
 
 
 class Secret:
@@ -46,10 +47,13 @@ class Credentials:
     attesto_webhook_secrets: tuple[Secret, ...] = ()
     api_keys: tuple[tuple[str, str], ...] = ()  # (name, sha256 hex of the key)
     admin_token: Secret | None = None
+    console_password: Secret | None = None  # a second way to sign in to the console
     jwt_key: Secret | None = None
     downstream_secrets: Mapping[str, tuple[Secret, ...]] = field(
         default_factory=lambda: types.MappingProxyType({})
     )
+    database_url: Secret | None = None  # wins over [store] url: the password stays out
+    metrics_token: Secret | None = None  # reads /metrics only (a Prometheus scraper)
 
 
 def read_credential(name: str, credentials_dir: str | Path | None,
@@ -97,6 +101,11 @@ def load_credentials(downstream_names: Sequence[str], credentials_dir: str | Pat
                 problems.append(f"credential downstream-{ds}-secret: each line must be a "
                                 "whsec_… (HMAC) or whsk_… (Ed25519) key")
         downstream[ds] = secrets
+    console_password = one("console-password")
+    if console_password is not None and len(console_password.reveal()) < MIN_PASSWORD_CHARS:
+        problems.append(f"credential console-password: must be at least {MIN_PASSWORD_CHARS} "
+                        "characters (use `relay gen-secret` or a passphrase)")
+        console_password = None
     webhook_secrets = tuple(
         Secret(s) for s in _lines(read_credential("attesto-webhook-secret", credentials_dir,
                                                   environ)))
@@ -105,7 +114,10 @@ def load_credentials(downstream_names: Sequence[str], credentials_dir: str | Pat
         attesto_webhook_secrets=webhook_secrets,
         api_keys=tuple(api_keys),
         admin_token=one("admin-token"),
+        console_password=console_password,
         jwt_key=Secret(raw.strip()) if (raw := read_credential("jwt-key", credentials_dir,
                                                                environ)) else None,
         downstream_secrets=types.MappingProxyType(downstream),
+        database_url=one("database-url"),
+        metrics_token=one("metrics-token"),
     )

@@ -1,13 +1,24 @@
-"""Logging set-up: plain (journald-aware) or JSON lines, written off the event loop."""
+"""Logging set-up: plain (journald-aware) or JSON lines, written off the event loop.
+
+Every record is one line: the plain formatter escapes control characters in the message
+(`escape_controls`), so a caller-supplied value (a path, a user id, a header) can never
+start a line of its own, nor set a journald priority with a leading `<N>`; a traceback
+follows on lines indented by two spaces. JSON lines escape them by construction.
+
+Logger names appear in every line, so they are fixed names (`relay.outbox`,
+`relay.repoll`, ...) that predate the package layout, not module paths.
+"""
 
 from __future__ import annotations
 
 import atexit
+import copy
 import json
 import logging
 import logging.handlers
 import os
 import queue
+import re
 import sys
 import threading
 from collections.abc import Mapping
@@ -24,18 +35,41 @@ LINGER_S = 0.02  # after a write, let records gather: fewer wake-ups, each one a
 WRITE_MAX_BYTES = 4096
 _IMMUTABLE = (str, int, float, bool, type(None))
 _writer: LogWriter | None = None
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as a visible escape (`\\n`, `\\x1b`,
+    `\\u2028`): one logged value can never make a second log line or move a terminal."""
+    return _CONTROLS.sub(_escaped, text)
 
 
 class _Enqueue(logging.handlers.QueueHandler):
     """Hand records to the writer thread as they are: formatting happens there, not on
-    the event loop. Records whose args could still change are frozen first (the base
-    class's `prepare`)."""
+    the event loop. A record whose args could still change is frozen first (its message
+    made now), and an exception is made text now (its traceback objects stay here)."""
+
+    _exceptions = logging.Formatter()
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         args = record.args
         if record.exc_info or (args and not (isinstance(args, tuple)
                                              and all(isinstance(a, _IMMUTABLE) for a in args))):
-            frozen: logging.LogRecord = super().prepare(record)
+            frozen = copy.copy(record)
+            frozen.msg, frozen.args = record.getMessage(), None
+            if record.exc_info:
+                frozen.exc_text = self._exceptions.formatException(record.exc_info)
+                frozen.exc_info = None
             return frozen
         return record
 
@@ -109,6 +143,27 @@ def _chunks(lines: list[str], limit: int) -> list[str]:
     return chunks
 
 
+class LineFormatter(logging.Formatter):
+    """The plain format: the message escaped (`escape_controls`), so a record is one
+    line; a traceback or stack follows with each of its lines indented by two spaces."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        extra = []
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            extra.append(record.exc_text)
+        if record.stack_info:
+            extra.append(self.formatStack(record.stack_info))
+        for text in extra:
+            line += "".join("\n  " + escape_controls(part) for part in text.splitlines())
+        return line
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any `extra` ids."""
 
@@ -123,8 +178,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in self._skip:
                 out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exception"] = record.exc_text
         return json.dumps(out, default=str)
 
 
@@ -138,9 +195,9 @@ def configure_logging(level: str = "info", fmt: str = "plain",
     if fmt == "json":
         formatter = JsonFormatter()
     elif env.get("JOURNAL_STREAM"):
-        formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+        formatter = LineFormatter("%(levelname)s %(name)s: %(message)s")
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        formatter = LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -149,6 +206,10 @@ def configure_logging(level: str = "info", fmt: str = "plain",
     _writer = LogWriter(sys.stderr, formatter)
     root.addHandler(_Enqueue(_writer.queue))
     root.setLevel(level.upper())
+    # APScheduler logs two INFO lines per job run (every tick: ~35,000 a day); relay logs
+    # what its jobs did. Its warnings and errors still show; everything at debug level.
+    logging.getLogger("apscheduler").setLevel(
+        logging.DEBUG if level.lower() == "debug" else logging.WARNING)
     # No format here uses the caller's file and line, thread or process: do not collect
     # them for every record (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None

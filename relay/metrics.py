@@ -110,3 +110,17 @@ class _AcrossWorkers:
         files = glob.glob(os.path.join(self._path, "*.db"))
         summed = MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
         return mine + [m for m in summed if m.type in ("counter", "histogram")]
+
+
+def counter_totals(metrics: Metrics, sample: str, label: str) -> dict[str, float]:
+    """Counter sample `sample` (e.g. relay_webhooks_total) summed per value of `label`, as a
+    scrape sees it: with workers, across every worker's file (file I/O: off the loop)."""
+    source = (metrics.registry if metrics.shared_dir is None
+              else _AcrossWorkers(metrics.registry, metrics.shared_dir))
+    out: dict[str, float] = {}
+    for family in source.collect():
+        for s in family.samples:
+            if s.name == sample:
+                key = s.labels.get(label, "")
+                out[key] = out.get(key, 0.0) + s.value
+    return out

@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 
 from relay.config import Config
-from relay.domain import EntitlementPolicy
-from relay.pipeline import Route, Rules
-from relay.poll_policy import PollPolicy
+from relay.core.domain import EntitlementPolicy
+from relay.core.poll_policy import PollPolicy
+from relay.core.rules import Route, Rules
 
 
 def rules_from(config: Config, paused: frozenset[str] = frozenset()) -> Rules:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,16 +13,25 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import settings
 
-from relay.app import create_app
+from relay.attesto.simulator import AttestoSimulator
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
-from relay.receiver import DownstreamReceiver
-from relay.simulator import AttestoSimulator
-from tests.store_support import (  # noqa: F401
+from relay.outbox.receiver import DownstreamReceiver
+from relay.web.app import create_app
+from tests.support.store import (  # noqa: F401
     _drop_remaining_databases,
     _drop_test_databases,
     store_config,
 )
+
+# Hypothesis: in CI (CI set, or HYPOTHESIS_PROFILE=ci) every run draws the same examples
+# (derandomize; no example database carried between runs), so a red build replays as it
+# failed; elsewhere examples stay random (and failures are saved locally) to find new cases.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("ci" if os.environ.get("CI") else "dev"))
 
 API_KEY = "relay-test-service-key"
 ADMIN_TOKEN = "relay-test-admin-token"
@@ -119,3 +129,13 @@ def relay_factory(aiohttp_client: Any, tmp_path: Path, clock: Clock) -> RelayFac
 
 def auth(token: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (`item.rep_setup`, `rep_call`, ...):
+    fixtures that leave evidence behind on failure (browser screenshots) read it."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

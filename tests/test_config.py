@@ -196,3 +196,111 @@ def test_ingest_writer_is_for_sqlite(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "[server]\nworkers = 1\n"),
                       environ={"RELAY_SERVER__INGEST_WRITER": "true"})
     assert cfg.server.ingest_writer and cfg.server.supervised
+
+
+@pytest.mark.parametrize("url", ["http://attesto.example.com", "http://10.0.0.5:8000",
+                                 "http://localhost.example.com", "http://127.0.0.1.nip.io",
+                                 "http://[::ffff:10.0.0.1]"])
+def test_plain_http_attesto_is_refused_off_loopback(url: str) -> None:
+    """The API key travels in the Authorization header: never in clear off this host."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_ATTESTO__BASE_URL": url})
+    assert f"[attesto] base_url {url!r} is plain http" in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://127.8.9.10", "http://[::1]:80",
+                                 "http://localhost:8000", "https://attesto.example.com",
+                                 "https://10.0.0.5"])
+def test_https_or_loopback_attesto_is_accepted(url: str) -> None:
+    assert load_config(None, environ={"RELAY_ATTESTO__BASE_URL": url}).attesto.base_url == url
+
+
+# ---- credentials in URLs (issue 16 item 9) -----------------------------------------------
+
+DB_PASSWORD = "pa@ss:w/rd"
+DB_URL = "postgresql://relay:pa%40ss%3Aw%2Frd@db.internal:5432/relay?sslmode=verify-full"
+
+
+def test_database_url_credential_wins_over_the_file_and_is_never_shown(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "database-url").write_text(DB_URL + "\n")
+    path = write(tmp_path, "[store]\nurl = 'postgresql://other@elsewhere/x'\n")
+    cfg = load_config(path, environ={}, credentials_dir=creds)
+    assert cfg.store.url == DB_URL
+    shown = redacted(cfg)
+    assert shown["store"]["url"] == ("postgresql://relay:***@db.internal:5432/relay"
+                                     "?sslmode=verify-full")
+    assert shown["credentials"]["database-url"] == "set"
+    for text in (repr(cfg), str(shown)):
+        assert "pa%40ss" not in text and DB_PASSWORD not in text
+
+
+def test_a_bad_database_url_credential_is_reported_without_its_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_CREDENTIAL_DATABASE_URL": "mysql://u:hunter2@h/d"})
+    assert "credential database-url must start with postgresql://" in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://u:secret@h:5/d", "postgresql://u:***@h:5/d"),
+    ("postgresql://u@h/d", "postgresql://u@h/d"),
+    ("postgresql://h/d?sslmode=require&password=x&sslpassword=y",
+     "postgresql://h/d?sslmode=require&password=***&sslpassword=***"),
+    ("https://user:tok@hooks.example/x?token=abc&id=7", "https://user:***@hooks.example/x?token=***&id=7"),
+    ("https://hooks.example/path", "https://hooks.example/path"),
+    ("not a url", "not a url"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    from relay.config import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_every_url_check_config_prints_is_redacted(tmp_path: Path) -> None:
+    path = write(tmp_path, "[attesto]\nbase_url = 'https://u:attesto-pw@attesto.example'\n"
+                           "[[downstream]]\nname = 'billing'\n"
+                           "url = 'https://hook:hook-pw@hooks.example/in?token=hook-token'\n")
+    shown = str(redacted(load_config(path, environ={
+        "RELAY_STORE__URL": "postgresql://u:store-pw@h/d"})))
+    for secret in ("attesto-pw", "hook-pw", "hook-token", "store-pw"):
+        assert secret not in shown
+
+
+def test_metrics_token_credential(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={"RELAY_CREDENTIAL_METRICS_TOKEN": "scrape-me"})
+    assert cfg.credentials.metrics_token == Secret("scrape-me")
+    assert redacted(cfg)["credentials"]["metrics-token"] == "set"
+    assert "scrape-me" not in str(redacted(cfg))
+
+
+def test_header_timeout(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).server.header_timeout_s == 15.0
+    cfg = load_config(write(tmp_path, "[server]\nheader_timeout_s = 5\n"), environ={})
+    assert cfg.server.header_timeout_s == 5.0
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_SERVER__HEADER_TIMEOUT_S": "0"})
+    assert "[server] header_timeout_s must be > 0" in str(err.value)
+
+
+def test_limits_section(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[limits]\nuser_rate_per_s = 5\nuser_burst = 10\n"
+                                      "restore_timeout_s = 12.5\n"), environ={})
+    assert (cfg.limits.user_rate_per_s, cfg.limits.user_burst,
+            cfg.limits.restore_timeout_s) == (5.0, 10.0, 12.5)
+    assert cfg.limits.service_key_rate_per_s == 500.0
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_LIMITS__USER_BURST": "0.5",
+                                   "RELAY_LIMITS__SERVICE_KEY_RATE_PER_S": "0"})
+    assert "[limits] user_burst must be >= 1" in str(err.value)
+    assert "[limits] service_key_rate_per_s must be > 0" in str(err.value)
+
+
+def test_input_log_retention_defaults_to_keep_and_is_checked() -> None:
+    assert Config().input_log.retention_s == 0  # kept for ever unless configured
+    cfg = load_config(None, environ={"RELAY_INPUT_LOG__RETENTION_S": "7776000"})
+    assert cfg.input_log.retention_s == 7_776_000
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RELAY_INPUT_LOG__RETENTION_S": "-1"})
+    assert any("[input_log] retention_s" in line for line in err.value.problems)

@@ -41,6 +41,24 @@ def test_json_lines_carry_the_ids() -> None:
     assert doc["level"] == "info" and doc["logger"] == "relay.x"
 
 
+APSCHEDULER = ("import logging,sys; from relay.log import configure_logging; "
+               "configure_logging(sys.argv[1], 'plain'); "
+               "logging.getLogger('apscheduler.executors.default').info('Running job tick'); "
+               "logging.getLogger('apscheduler.scheduler').warning('Run time was missed')")
+
+
+def test_apscheduler_job_lines_only_at_debug() -> None:
+    def lines(level: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", APSCHEDULER, level], capture_output=True,
+                             text=True, env={"PYTHONPATH": str(ROOT), "JOURNAL_STREAM": "8:1"},
+                             timeout=30)
+        return out.stderr.splitlines()
+
+    assert lines("info") == ["WARNING apscheduler.scheduler: Run time was missed"]
+    assert lines("debug") == ["INFO apscheduler.executors.default: Running job tick",
+                              "WARNING apscheduler.scheduler: Run time was missed"]
+
+
 def test_access_log_is_quiet_for_health(caplog) -> None:  # type: ignore[no-untyped-def]
     logger = logging.getLogger("test.access")
     access = AccessLogger(logger, "")
@@ -110,3 +128,40 @@ def test_writes_are_whole_lines_of_at_most_pipe_buf_bytes() -> None:
     for text in stream.writes:
         assert text.endswith("\n")
         assert len(text.encode()) <= WRITE_MAX_BYTES or text.count("\n") == 1
+
+
+# ---- every logged value escaped (issue 16 item 4) ----------------------------------------
+
+INJECT = ("import logging,sys; from relay.log import configure_logging; "
+          "configure_logging('info', sys.argv[1]); log = logging.getLogger('relay.x'); "
+          "log.info('path=%s user=%r', '/a\\n<0>forged', 'u\\r\\n<1>x'); "
+          "exec('try:\\n raise ValueError(\"bad\\\\n<0>from an exception\")\\n"
+          "except ValueError:\\n log.exception(\"failed on %s\", \"p\\\\x1b[2J\")')")
+
+
+def test_a_logged_value_cannot_start_a_line_or_set_a_journal_priority() -> None:
+    out = subprocess.run([sys.executable, "-c", INJECT, "plain"], capture_output=True,
+                         text=True, env={"PYTHONPATH": str(ROOT), "JOURNAL_STREAM": "8:1"},
+                         timeout=30).stderr
+    lines = out.splitlines()
+    assert lines[0] == "INFO relay.x: path=/a\\n<0>forged user='u\\r\\n<1>x'"
+    assert lines[1] == "ERROR relay.x: failed on p\\x1b[2J"
+    assert lines[2:] and all(line.startswith("  ") for line in lines[2:])  # the traceback
+    assert "  ValueError: bad" in lines and "  <0>from an exception" in lines
+    assert "\x1b" not in out
+
+
+def test_json_lines_stay_one_line_per_record() -> None:
+    out = subprocess.run([sys.executable, "-c", INJECT, "json"], capture_output=True,
+                         text=True, env={"PYTHONPATH": str(ROOT)}, timeout=30).stderr
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert docs[0]["message"] == "path=/a\n<0>forged user='u\\r\\n<1>x'"
+    assert len(docs) == 2 and "from an exception" in docs[1]["exception"]
+
+
+def test_escape_controls() -> None:
+    from relay.log import escape_controls
+
+    assert escape_controls("a\nb\rc\td\x00e\x1bf\x7fg\x85h\u2028i\u2029j") == (
+        "a\\nb\\rc\\td\\x00e\\x1bf\\x7fg\\x85h\\u2028i\\u2029j")
+    assert escape_controls("plain text, ünïcode ✓") == "plain text, ünïcode ✓"

@@ -1,0 +1,1 @@
+"""The clock (APScheduler ticks), the re-polls it feeds through Attesto, and their rate limit."""

@@ -1,0 +1,243 @@
+"""Re-polling due purchases through Attesto: claim, fetch, apply, reschedule.
+
+Every claim and every result is its own transaction, so a cancelled or crashed
+poll leaves the row due again (after its claim lapses), never half-applied. A
+failed call changes no state: the row is rescheduled with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from relay.attesto.client import AttestoClient
+from relay.core.domain import PurchaseView, Snapshot
+from relay.core.errors import RelayError, UpstreamError
+from relay.core.poll_policy import clock_input, next_poll_ms
+from relay.core.verify_snapshot import (
+    AttestoResponseError,
+    apple_snapshot,
+    google_snapshot,
+    reconcile_apple,
+    reconcile_google,
+)
+from relay.runtime import Runtime
+from relay.scheduler.ratelimit import TokenBucket
+from relay.store import pipeline
+from relay.store.database import Store
+from relay.store.input_log import fold_repeat
+from relay.store.models import Purchase
+from relay.store.pipeline import Applied, view_of
+
+log = logging.getLogger("relay.repoll")
+
+# Returns what Attesto says now (a Snapshot, observed at poll time), or None when
+# Attesto gave a verdict with no usable state (e.g. not found). Raises UpstreamError
+# (with retry_after_s on 429) when the call failed.
+Fetcher = Callable[[PurchaseView], Awaitable[Snapshot | None]]
+
+CLAIM_MS = 300_000  # a claimed row is not re-claimed for 5 minutes
+CLAIM_CHUNK = 500  # keys per UPDATE (2 parameters each: well under SQLite's limit)
+MAX_BACKOFF_MS = 6 * 3_600_000
+
+
+class Outcome(StrEnum):
+    """What one re-poll did (a metric label)."""
+
+    CHANGED = "changed"  # new state or events stored
+    UNCHANGED = "unchanged"  # Attesto agrees with the stored row
+    EXPIRED_NO_RENEWAL = "expired_renewal_not_seen"  # Apple grace over, no renewal seen
+    NO_STATE = "no_state"  # Attesto answered without a usable state (not found)
+    FAILED = "failed"  # the call failed; rescheduled with backoff
+    GONE = "gone"  # the row changed or vanished since it was claimed
+
+
+_VIEW_COLUMNS = [getattr(Purchase, f.name) for f in dataclasses.fields(PurchaseView)]
+
+
+def claim_due(now_ms: int, limit: int) -> list[PurchaseView]:
+    """Select up to `limit` due rows, oldest first, and push them out of the due window."""
+    # Plain tuples straight into views: hydrating 500 models costs more than the query.
+    views = [PurchaseView(*row) for row in  # type: ignore[misc]
+             Purchase.select(*_VIEW_COLUMNS)
+             .where(Purchase.next_poll_ms <= now_ms)
+             .order_by(Purchase.next_poll_ms)
+             .limit(limit).tuples()]
+    by_platform: dict[str, list[str]] = {}
+    for v in views:
+        by_platform.setdefault(v.platform, []).append(v.subject_key)
+    for platform, keys in by_platform.items():  # equality + IN: stays on the primary key
+        for start in range(0, len(keys), CLAIM_CHUNK):
+            Purchase.update(next_poll_ms=now_ms + CLAIM_MS).where(
+                (Purchase.platform == platform)
+                & Purchase.subject_key.in_(keys[start:start + CLAIM_CHUNK])).execute()
+    return views
+
+
+def due_stats(now_ms: int) -> tuple[int, int | None]:
+    """(number of rows due now, next_poll_ms of the oldest due row)."""
+    due = Purchase.select().where(Purchase.next_poll_ms <= now_ms)
+    oldest = (Purchase.select(Purchase.next_poll_ms).where(Purchase.next_poll_ms <= now_ms)
+              .order_by(Purchase.next_poll_ms).limit(1).scalar())
+    return due.count(), oldest
+
+
+def _reschedule_failure(platform: str, subject_key: str, now_ms: int, base_ms: int,
+                        retry_after_ms: int | None) -> None:
+    row = Purchase.get_or_none((Purchase.platform == platform)
+                               & (Purchase.subject_key == subject_key))
+    if row is None:
+        return
+    failures = row.poll_failures + 1
+    delay = min(MAX_BACKOFF_MS, base_ms * 2 ** min(failures - 1, 16))
+    if retry_after_ms is not None:
+        delay = max(delay, retry_after_ms)
+    Purchase.update(next_poll_ms=now_ms + delay, poll_failures=failures).where(
+        (Purchase.platform == platform) & (Purchase.subject_key == subject_key)).execute()
+
+
+def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
+                now_ms: int) -> tuple[Outcome, Applied | None]:
+    """Apply a poll result in one transaction (store thread)."""
+    row = Purchase.get_or_none((Purchase.platform == view.platform)
+                               & (Purchase.subject_key == view.subject_key))
+    if row is None:
+        return Outcome.GONE, None
+    rules = runtime.rules
+    outcome = Outcome.UNCHANGED
+    applied = None
+    if snap is not None:
+        stored = view_of(row)
+        if snap.platform == "apple":
+            snap = reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000)
+        else:
+            # Only the purchase's current token may set it: a poll of the root token that
+            # raced an upgrade (the row moved on to the new token meanwhile) does not.
+            snap = reconcile_google(snap, stored, current=snap.latest_ref == (
+                stored.latest_ref or stored.subject_key))
+        applied = pipeline.apply(replace(snap, source="poll", subject_key=stored.subject_key),
+                                 rules, now_ms)
+        if applied.events:
+            outcome = Outcome.CHANGED
+        else:
+            fold_repeat(view.platform, view.subject_key)  # the same answer again: counted
+    else:
+        outcome = Outcome.NO_STATE
+    current = view_of(Purchase.get((Purchase.platform == view.platform)
+                                   & (Purchase.subject_key == view.subject_key)))
+    lapsed = clock_input(current, now_ms, rules.entitlement_policy)
+    if lapsed is not None:
+        applied = pipeline.apply(lapsed, rules, now_ms)
+        outcome = Outcome.EXPIRED_NO_RENEWAL
+    elif outcome is not Outcome.CHANGED:
+        # No events: still move the row to its next due time by policy.
+        Purchase.update(next_poll_ms=next_poll_ms(current, now_ms, rules.poll),
+                        poll_failures=0).where(
+            (Purchase.platform == view.platform)
+            & (Purchase.subject_key == view.subject_key)).execute()
+    if outcome is Outcome.CHANGED:
+        Purchase.update(poll_failures=0).where(
+            (Purchase.platform == view.platform)
+            & (Purchase.subject_key == view.subject_key)).execute()
+    return outcome, applied
+
+
+@dataclass
+class Poller:
+    """Runs re-polls: rate-limited, bounded concurrency, results stored one by one."""
+
+    store: Store
+    runtime: Runtime
+    fetch: Fetcher
+    bucket: TokenBucket
+    on_outcome: Callable[[PurchaseView, Outcome], None] = lambda view, outcome: None
+    _sem: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._sem = asyncio.Semaphore(self.runtime.config.scheduler.max_concurrent_polls)
+
+    async def poll_one(self, view: PurchaseView) -> Outcome:
+        async with self._sem:
+            await self.bucket.acquire()
+            now_ms = self.runtime.now_ms()
+            try:
+                snap = await self.fetch(view) if self._needs_fetch(view) else None
+            except RelayError as exc:
+                retry_ms = exc.retry_after_s * 1000 if exc.retry_after_s else None
+                if retry_ms:
+                    self.bucket.pause(retry_ms / 1000)
+                base_ms = self.runtime.config.scheduler.poll_after_expiry_s * 100
+                await self.store.write(lambda: _reschedule_failure(
+                    view.platform, view.subject_key, now_ms, max(base_ms, 30_000), retry_ms))
+                log.warning("re-poll failed platform=%s subject=%s code=%s", view.platform,
+                            view.subject_key[:32], exc.code)
+                self.on_outcome(view, Outcome.FAILED)
+                return Outcome.FAILED
+            outcome, applied = await self.store.write(
+                lambda: _apply_poll(view, snap, self.runtime, now_ms))
+        log.info("re-poll platform=%s subject=%s outcome=%s events=%d", view.platform,
+                 view.subject_key[:32], outcome, len(applied.events) if applied else 0)
+        self.on_outcome(view, outcome)
+        return outcome
+
+    @staticmethod
+    def _needs_fetch(view: PurchaseView) -> bool:
+        return view.latest_ref is not None or view.platform == "google"
+
+    async def run_due(self, limit: int) -> list[Outcome]:
+        """Claim up to `limit` due rows and poll them; return the outcomes."""
+        now_ms = self.runtime.now_ms()
+        views = await self.store.write(lambda: claim_due(now_ms, limit))
+        if not views:
+            return []
+        results = await asyncio.gather(*(self.poll_one(v) for v in views),
+                                       return_exceptions=True)
+        outcomes: list[Outcome] = []
+        for view, result in zip(views, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                log.error("re-poll crashed platform=%s subject=%s: %r", view.platform,
+                          view.subject_key[:32], result)
+                outcomes.append(Outcome.FAILED)
+            else:
+                outcomes.append(result)
+        return outcomes
+
+
+def attesto_fetcher(attesto: AttestoClient, runtime: Runtime) -> Fetcher:
+    """Ask Attesto about a stored purchase: the newest Apple transaction or Google token."""
+
+    async def fetch(view: PurchaseView) -> Snapshot | None:
+        now_ms = runtime.now_ms()
+        try:
+            if view.platform == "apple":
+                if not view.latest_ref:
+                    return None
+                verdict = await attesto.verify_apple(view.latest_ref, view.environment)
+                return apple_snapshot(verdict.body, None, now_ms, "poll") \
+                    if verdict.valid else None
+            token = view.latest_ref or view.subject_key
+            if not view.package_name or not view.product_id:
+                log.warning("re-poll skipped: google row without package or product "
+                            "subject=%s", view.subject_key[:32])
+                return None
+            verdict = await attesto.verify_google(view.package_name, view.product_id, token,
+                                                  "product" if view.kind == "product"
+                                                  else "subscription")
+            if not verdict.valid:
+                return None
+            snap, _linked = google_snapshot(verdict.body, token, None, now_ms, "poll")
+            return snap
+        except AttestoResponseError as exc:
+            raise UpstreamError(f"Attesto answered a body relay cannot read: {exc}",
+                                code="attesto_bad_response") from None
+
+    return fetch
+
+
+__all__ = ["Fetcher", "Outcome", "Poller", "UpstreamError", "claim_due", "due_stats"]

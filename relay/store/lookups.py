@@ -1,0 +1,110 @@
+"""Store-thread queries of the verify API: purchase and user views, entitlements, the Google
+token chain and the appUserId binding. Every function here runs inside `store.read/write`.
+
+The hot reads are plain SQL with fixed text: building them through the ORM on every
+verify cost more than running them (they are on the path of every verify).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Any
+
+from relay.core import ids
+from relay.core.domain import Entitlement, PurchaseView, entitlements_of
+from relay.core.rules import Rules
+from relay.store.models import AppUser, Event, Purchase, database
+
+_COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
+            "base_plan_id", "state", "state_reason", "environment", "expires_ms", "auto_renew",
+            "latest_ref", "package_name", "store_time_ms", "sequence", "created_ms",
+            "updated_ms", "next_poll_ms", "period_pending", "grace_expires_ms", "period_start_ms",
+            "voided_ms")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM purchase WHERE "
+
+
+def _views(where: str, params: tuple[Any, ...]) -> list[PurchaseView]:
+    sql = _SELECT + where.replace("?", database.param)
+    out = []
+    for row in database.execute_sql(sql, params).fetchall():
+        values = dict(zip(_COLUMNS, row, strict=True))
+        if values["auto_renew"] is not None:  # SQLite stores booleans as 0/1
+            values["auto_renew"] = bool(values["auto_renew"])
+        values["period_pending"] = bool(values["period_pending"])
+        out.append(PurchaseView(**values))
+    return out
+
+
+def purchase_view(platform: str, subject_key: str) -> PurchaseView | None:
+    found = _views("platform = ? AND subject_key = ?", (platform, subject_key))
+    return found[0] if found else None
+
+
+def user_purchases(user_id: str) -> list[PurchaseView]:
+    return _views("user_id = ? ORDER BY created_ms, subject_key", (user_id,))
+
+
+def purchases_by_user(user_ids: Collection[str]) -> dict[str, list[PurchaseView]]:
+    """`user_purchases` for several users in one query (each list in the same order)."""
+    out: dict[str, list[PurchaseView]] = {u: [] for u in user_ids}
+    users = sorted(out)
+    for i in range(0, len(users), 500):
+        part = users[i:i + 500]
+        where = f"user_id IN ({', '.join('?' * len(part))}) ORDER BY created_ms, subject_key"
+        for view in _views(where, tuple(part)):
+            out[view.user_id or ""].append(view)
+    return out
+
+
+def events_by_id(ids: Collection[str]) -> list[dict[str, Any]]:
+    """These events (by relay's event id), newest first, bodies parsed."""
+    if not ids:
+        return []
+    rows: Any = (Event.select(Event.cursor, Event.id, Event.type, Event.source, Event.sequence,
+                              Event.occurred_ms, Event.received_ms, Event.stale, Event.body)
+                 .where(Event.id.in_(list(ids))).order_by(Event.cursor.desc()).dicts())
+    return [{**r, "body": json.loads(r["body"])} for r in rows]
+
+
+def user_entitlements(user_id: str, rules: Rules, now_ms: int) -> list[Entitlement]:
+    """What `user_id` is entitled to now, from every purchase bound to them."""
+    return entitlements_of(user_purchases(user_id), rules.entitlements, now_ms,
+                           rules.entitlement_policy)
+
+
+def google_row(token: str) -> Purchase | None:
+    """The Google purchase `token` names: as its key (root token), else as its newest token."""
+    row = Purchase.get_or_none((Purchase.platform == "google") & (Purchase.subject_key == token))
+    if row is None:
+        row = (Purchase.select().where((Purchase.platform == "google")
+                                       & (Purchase.latest_ref == token)).first())
+    return row
+
+
+def resolve_google_key(token: str, linked: str | None) -> tuple[str, bool]:
+    """The row key for a verified subscription token, and whether it is the newest known.
+
+    Webhooks key a subscription on the ROOT token of its `linkedPurchaseToken` chain, so
+    an upgrade keeps one row: a token that is a row's key or newest ref maps to that row;
+    else its linked token's row; else the linked token itself (the root after one
+    upgrade), else the token. The token is not the newest when the row already knows a
+    newer one (its key is the root and `latest_ref` moved on).
+    """
+    row = google_row(token)
+    if row is not None:
+        return row.subject_key, row.latest_ref in (None, token)
+    if linked:
+        row = google_row(linked)
+        return (row.subject_key if row is not None else linked), True
+    return token, True
+
+
+def app_user_id_for(user_id: str, now_ms: int) -> str:
+    """The user's appUserId (UUID v4): minted on the first call, the same ever after."""
+    bound = AppUser.get_or_none(AppUser.user_id == user_id)
+    if bound is not None:
+        return str(bound.app_user_id)
+    value = ids.app_user_uuid()
+    AppUser.insert(user_id=user_id, app_user_id=value, created_ms=now_ms).execute()
+    return value

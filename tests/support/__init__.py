@@ -1,0 +1,1 @@
+"""Helpers the tests share: loopback peers, stores, signed deliveries, live processes."""
