@@ -68,7 +68,35 @@ def _ingest(f: dict[str, Any]) -> list[Row]:
             ("webhook ingest p50", r["p50_ms"], "ceiling", c["p50_ms"], "ms"),
             ("webhook ingest p99", r["p99_ms"], "ceiling", c["p99_ms"], "ms")] + [
             ("webhook ingest, store bypassed (the front alone)", b["accepted_per_s"],
-             "ceiling", c["accepted_per_s"], "deliveries/s") for b in [f.get("bypassed")] if b]
+             "ceiling", c["accepted_per_s"], "deliveries/s") for b in [f.get("bypassed")] if b] + [
+            ("relay CPU per accepted delivery (target <= 0.6)", r["cpu_us_per_delivery"],
+             f"today's ({t['commit']}, PERF-NOTES.md)", t["cpu_us_per_delivery"], "µs")
+            for t in [f.get("today")] if t]
+
+
+def _ingest_pinned(f: dict[str, Any]) -> list[Row]:
+    """Issue 19's ingest targets: relay and every receiver pinned to one core, wrk on the
+    other; throughput, p99 and CPU per accepted delivery, each beside its baseline."""
+    c, r = f["ceiling"], f["relay"]
+    receivers = f.get("receivers", {})
+    labels, targets = _load("fastapi_receiver").LABELS, _load("fastapi_receiver").TARGETS
+    rows: list[Row] = [
+        (f"webhook ingest, 1 core (target >= {targets[n]})", r["accepted_per_s"],
+         f"{labels[n]}, same core", b["accepted_per_s"], "deliveries/s")
+        for n, b in receivers.items()]
+    rows += [("webhook ingest, 1 core (target >= 0.4)", r["accepted_per_s"],
+              "aiohttp HMAC+JSON ceiling, same core", c["accepted_per_s"], "deliveries/s"),
+             ("webhook ingest p99, 1 core (target <= 30 ms)", r["p99_ms"], "ceiling",
+              c["p99_ms"], "ms")]
+    rows += [("relay CPU per accepted delivery, 1 core", r["cpu_us_per_delivery"],
+              f"{labels[n]} CPU per request", b["cpu_us_per_delivery"], "µs")
+             for n, b in receivers.items()]
+    today = f.get("today")
+    if today:
+        rows.append(("relay CPU per accepted delivery, 1 core (target <= 0.6)",
+                     r["cpu_us_per_delivery"], f"today's ({today['commit']}, PERF-NOTES.md)",
+                     today["cpu_us_per_delivery"], "µs"))
+    return rows
 
 
 def _verify_workers(f: dict[str, Any]) -> list[Row]:
@@ -148,6 +176,12 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
               + (["--store", "postgres"] if _pg() else []),
               ["--events", "4000"], _relay),
     # [server] workers = 2: the same benches with relay's worker processes (README Workers).
+    # Issue 19: relay and FastAPI receivers (their own venvs) pinned to one core, wrk on
+    # the other; two rounds, each row its best.
+    "ingest-pinned": (["--duration", "10", "--pin", "--receivers", "fastapi,fastapi-standard",
+                       "--rounds", "2", "--no-bypassed"],
+                      ["--duration", "3", "--warmup", "1", "--pin", "--receivers",
+                       "fastapi,fastapi-standard", "--no-bypassed"], _ingest_pinned),
     "verify-workers": (["--duration", "5", "--workers", "2"],
                        ["--duration", "2", "--requests", "300", "--workers", "2"],
                        _verify_workers),
@@ -156,7 +190,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
     # [server] ingest_writer = true: webhooks stored by a writer process (README).
     "ingest-writer": (["--duration", "10", "--ingest-writer"],
                       ["--duration", "3", "--warmup", "1", "--ingest-writer"], _ingest_writer),
-    "repoll": (["--polls", "10000"], ["--rows", "200000", "--polls", "2000"], _repoll),
+    "repoll": (["--polls", "10000"], ["--rows", "300000", "--polls", "2000"], _repoll),
     # Every console page on 1M purchases and ~100k deliveries (issue 20: under 100 ms).
     "console": ([], ["--rows", "200000", "--events", "12000", "--requests", "5",
                      "--cost-rounds", "40"], _console),
@@ -166,7 +200,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict[str, Any]], list[R
 OPTIONAL: tuple[str, ...] = ()  # run if present; its main() must return `rows`
 # bench name -> bench/<module>.py
 MODULE = {"verify-workers": "verify", "ingest-workers": "ingest",
-          "ingest-writer": "ingest"}
+          "ingest-writer": "ingest", "ingest-pinned": "ingest"}
 
 
 def machine() -> dict[str, str]:

@@ -8,7 +8,8 @@ the floor: a bare aiohttp proxy to the fake that commits one row to SQLite with 
 same pragmas before it answers (what any durable verify proxy on aiohttp costs here).
 Every relay verify is a new Apple transaction, so each one writes a purchase row and its event.
 Latency is measured with one request in flight (so it is relay's own cost, not
-queueing); throughput with `--concurrency` in flight for `--duration` seconds.
+queueing), in blocks that alternate direct, floor and relay (a noisy neighbour slows all
+three); throughput with `--concurrency` in flight for `--duration` seconds.
 """
 
 from __future__ import annotations
@@ -265,12 +266,22 @@ async def _measure(sim_url: str, relay_url: str, floor_url: str, args: argparse.
         await _wait_up(session, f"{sim_url}/health")
         await _wait_up(session, f"{relay_url}/healthz")
         out: dict[str, Any] = {}
-        for name, (url, headers, body) in (("direct", direct), ("floor", floor),
-                                           ("relay", relayed)):
+        sides = (("direct", direct), ("floor", floor), ("relay", relayed))
+        for _, (url, headers, body) in sides:
             await _sequential(session, url, body, headers, ids, 200)  # warm up
-            lat, err = await _sequential(session, url, body, headers, ids, args.requests)
+        # Interleaved blocks: a neighbour's burst slows all three sides, not one of them.
+        blocks = max(1, min(10, args.requests // 50))
+        lats: dict[str, list[float]] = {name: [] for name, _ in sides}
+        errs = dict.fromkeys(lats, 0)
+        for block in range(blocks):
+            n = args.requests // blocks + (block < args.requests % blocks)
+            for name, (url, headers, body) in sides:
+                lat, err = await _sequential(session, url, body, headers, ids, n)
+                lats[name] += lat
+                errs[name] += err
+        for name, lat in lats.items():
             out[name] = {"p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
-                         "mean_ms": statistics.fmean(lat) * 1000, "errors": err}
+                         "mean_ms": statistics.fmean(lat) * 1000, "errors": errs[name]}
         for name, (url, headers, body) in (("direct", direct), ("relay", relayed)):
             cpu0 = cpu_s(relay_pid)
             n, elapsed, lat, err = await _closed_loop(session, url, body, headers, ids,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,12 @@ def available() -> bool:
 
 
 def run(url: str, script: Path, threads: int, connections: int, duration_s: float,
-        *script_args: str) -> dict[str, Any]:
-    """Run wrk with `script` (which must include SUMMARY_LUA); return its WRK_JSON figures."""
+        *script_args: str, prefix: Sequence[str] = ()) -> dict[str, Any]:
+    """Run wrk with `script` (which must include SUMMARY_LUA); return its WRK_JSON figures.
+
+    `prefix` goes before the command (`taskset -c 1` to pin wrk to a core)."""
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
+        [*prefix, "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
          "--timeout", "10s", "-s", str(script), url, "--", *script_args],
         capture_output=True, text=True, timeout=duration_s + 60, check=True)
     for line in out.stdout.splitlines():
