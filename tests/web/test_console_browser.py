@@ -2,7 +2,8 @@
 
 An operator signs in, finds an endpoint's failing delivery, retries it and sees it
 delivered, pauses and resumes the endpoint, looks up a purchase (its history and explain)
-and a user, and signs out; a `<script>` in a purchase or its history shows as text; an action without its CSRF token is refused.
+and a user, and signs out; a `<script>` in a purchase or its history shows as text; an
+action without its CSRF token is refused.
 The browser runs with JavaScript off (the console serves none), except where a test
 needs it on to show that nothing would run. Every page the test saw is written as a PNG
 under the test's tmp folder if it fails.
