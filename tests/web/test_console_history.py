@@ -19,9 +19,10 @@ from relay.store import pipeline
 from relay.store.models import InputLog
 from relay.web.appkeys import RUNTIME_KEY, STORE_KEY
 from relay.web.console.plumbing import PAGE_SIZE
+from relay.web.console.queries import TRANSACTIONS_SHOWN
 from tests.conftest import Clock, RelayFactory, make_config
 from tests.support.console import BASE, parse, signed_in, text_of, verified
-from tests.support.outbox import App, now_clock
+from tests.support.outbox import App, emit, now_clock
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 DAY_MS = 86_400_000
@@ -81,12 +82,14 @@ async def test_purchase_page_shows_history_transactions_and_explain(
         relay_factory: RelayFactory, tmp_path: Path) -> None:
     client = await start(relay_factory, tmp_path)
     await inputs(client, "2000000111", 2)
+    await emit(client, "2000000111")  # a webhook: DID_RENEW, through the transition table
     await signed_in(client)
     page = await (await client.get(purchase_url("2000000111"))).text()
     history = section(page, "history")
     assert "verify" in history and "subscription.purchased" in history
     assert "new → active" in history and "active → active" in history
     assert "the store's answer" in history
+    assert "webhook" in history and "transition table; state unchanged" in history
     assert "Next inputs" not in history and "From the first input" not in history
     txns = section(page, "transactions")
     assert "2000000111-t0" in txns and "2000000111-t1" in txns and "9.99 USD" in txns
@@ -111,6 +114,18 @@ async def test_history_is_paged_with_the_routes_cursor(relay_factory: RelayFacto
     assert "Next inputs" not in second and "From the first input" in second
     past = await (await client.get(purchase_url("2000000222", after=ids[-1]))).text()
     assert f"No input after #{ids[-1]}" in section(past, "history")
+
+
+async def test_transactions_are_the_newest_ones(relay_factory: RelayFactory,
+                                                tmp_path: Path) -> None:
+    client = await start(relay_factory, tmp_path)
+    await inputs(client, "2000000999", TRANSACTIONS_SHOWN + 2)
+    await signed_in(client)
+    txns = section(await (await client.get(purchase_url("2000000999"))).text(),
+                   "transactions")
+    shown = [int(n) for n in re.findall(r"2000000999-t(\d+)", txns)]
+    assert shown == list(range(2, TRANSACTIONS_SHOWN + 2))  # oldest first, the newest 100
+    assert f"The newest {TRANSACTIONS_SHOWN}" in txns
 
 
 async def test_empty_history_and_no_transactions(relay_factory: RelayFactory,
