@@ -8,9 +8,10 @@
    (3 per purchase for the first ones), ~1.7 deliveries per event on three endpoints
    (billing: almost all delivered; analytics: failing, 10 % dead after 12 attempts;
    crm: paused, its rows held), their attempts, and one inbox row per event; and
-   bench/history.py's purchase with `--inputs` inputs (a verify, then DID_RENEW
-   webhooks with their inbox bodies) and a ledger row per third input, for the purchase
-   page's history, transactions and explain, and its user's page.
+   bench/history.py's input log and ledger: one input and one ledger row per purchase,
+   and its target purchase with `--inputs` inputs (a verify, then DID_RENEW webhooks with
+   their inbox bodies) and a ledger row per third input, for the purchase page's history,
+   transactions and explain, and its user's page.
 2. Serves relay (the real app: outbox, console) on 127.0.0.1, signs in to the console,
    and times `--requests` GETs of each page from a client on the same loop, after two
    warm-ups; the baseline is `GET /healthz` on the same server in the same run.
@@ -153,16 +154,17 @@ COLUMNS = {
 }
 
 
-def history_rows(inputs: int, now_ms: int) -> dict[str, list[tuple[Any, ...]]]:
-    """bench/history.py's purchase with `inputs` inputs (and its user, inbox bodies and
-    ledger rows), alone: its rows per table (columns: bench.history._TABLES)."""
+def history_rows(purchases: int, inputs: int, now_ms: int) -> dict[str, Iterator[Any]]:
+    """bench/history.py's rows per table (columns: bench.history._TABLES): one input and
+    one ledger row per purchase (o0, o1, ...: the purchases bench/repoll.py fills), and
+    its target purchase with `inputs` inputs, their inbox bodies and its ledger rows."""
     answer = json.dumps({"valid": True, "transaction": {"transactionId": "x" * 16,
                                                          "padding": "p" * 1200}})
     webhook = b'{"signedPayload":"%s"}' % (b"e" * 1500)
-    return {"purchase": list(history_purchase(0, now_ms)),
-            "input_log": list(history_inputs(0, inputs, now_ms, answer)),
-            "inbox": list(history_inbox(inputs, now_ms, webhook)),
-            "ledger": list(history_ledger(0, inputs, now_ms))}
+    return {"purchase": history_purchase(0, now_ms),  # the target alone
+            "input_log": history_inputs(purchases, inputs, now_ms, answer),
+            "inbox": history_inbox(inputs, now_ms, webhook),
+            "ledger": history_ledger(purchases, inputs, now_ms)}
 
 
 def _history_sql(table: str, marks: str) -> str:
@@ -176,7 +178,7 @@ def _chunks(items: list[tuple[Any, ...]], n: int = 5000) -> Iterator[list[tuple[
 
 
 def fill_sqlite(path: Path, purchases: int, rows: Rows, now_ms: int,
-                history: dict[str, list[tuple[Any, ...]]]) -> None:
+                history: dict[str, Iterator[Any]]) -> None:
     import sqlite3
 
     fill_purchases(path, purchases, now_ms)
@@ -197,7 +199,7 @@ def fill_sqlite(path: Path, purchases: int, rows: Rows, now_ms: int,
 
 
 def fill_postgres(url: str, purchases: int, rows: Rows, now_ms: int,
-                  history: dict[str, list[tuple[Any, ...]]]) -> None:
+                  history: dict[str, Iterator[Any]]) -> None:
     import psycopg2
     from psycopg2.extras import execute_values
 
@@ -343,7 +345,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     now = int(time.time() * 1000)
     t0 = time.perf_counter()
     rows = make_rows(args.events, now)
-    history = history_rows(args.inputs, now)
+    history = history_rows(args.rows, args.inputs, now)
     if sqlite:
         fill_sqlite(Path(store_cfg.path), args.rows, rows, now, history)
     else:
@@ -351,9 +353,11 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     fill_s = time.perf_counter() - t0
     counts = {"purchases": args.rows, "events": len(rows.events),
               "deliveries": len(rows.deliveries), "attempts": len(rows.attempts),
-              "inbox": len(rows.inbox) + len(history["inbox"]),
+              "inbox": len(rows.inbox) + args.inputs - 1,
+              "input log": args.rows + args.inputs,
+              "ledger": args.rows + (args.inputs + 2) // 3,
               "inputs of one purchase": args.inputs,
-              "ledger rows of it": len(history["ledger"])}
+              "ledger rows of it": (args.inputs + 2) // 3}
     dead = next(d[0] for d in rows.deliveries if d[2] == "analytics" and d[5] == "dead")
     billing = [d[0] for d in rows.deliveries if d[2] == "billing"]
     pages = dict(PAGES)
@@ -540,8 +544,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n = r["rows"]
     print(f"console bench ({r['store']}): {n['purchases']:,} purchases, {n['events']:,} "
           f"events, {n['deliveries']:,} deliveries, {n['attempts']:,} attempts, "
-          f"{n['inbox']:,} inbox rows, one purchase with {n['inputs of one purchase']:,} "
-          f"inputs and {n['ledger rows of it']:,} ledger rows (filled in {r['fill_s']} s); "
+          f"{n['inbox']:,} inbox rows, {n['input log']:,} inputs, {n['ledger']:,} ledger "
+          f"rows, one purchase with {n['inputs of one purchase']:,} inputs and "
+          f"{n['ledger rows of it']:,} ledger rows (filled in {r['fill_s']} s); "
           f"{args.requests} GETs per page")
     h = r["healthz"]
     print(f"  {'GET /healthz (baseline)':30} p50 {h['p50_ms']:7.2f} ms  p95 {h['p95_ms']:7.2f}"
