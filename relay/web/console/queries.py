@@ -111,8 +111,10 @@ class PurchasePage:
 def purchase_page(platform: str, subject_key: str, now_ms: int, rules: Rules,
                   after: int = 0, inputs: int = 50) -> PurchasePage | None:
     """The stored row, its newest deliveries and the events they relay (from the events
-    table), `inputs` of its history after the cursor `after`, its newest transactions,
-    and explain for its user and each key its product grants (none without a user)."""
+    table: an event no endpoint took, or whose delivered rows were pruned, is not listed;
+    the history names every input's events), `inputs` of its history after the cursor
+    `after`, its newest transactions, and explain for its user and each key its product
+    grants (none without a user)."""
     view = lookups.purchase_view(platform, subject_key)
     if view is None:
         return None
