@@ -7,7 +7,11 @@
    rows: 50,000 users, 10 % due for a re-poll), `--events` events over the last 24 h
    (3 per purchase for the first ones), ~1.7 deliveries per event on three endpoints
    (billing: almost all delivered; analytics: failing, 10 % dead after 12 attempts;
-   crm: paused, its rows held), their attempts, and one inbox row per event.
+   crm: paused, its rows held), their attempts, and one inbox row per event; and
+   bench/history.py's input log and ledger: one input and one ledger row per purchase,
+   and its target purchase with `--inputs` inputs (a verify, then DID_RENEW webhooks with
+   their inbox bodies) and a ledger row per third input, for the purchase page's history,
+   transactions and explain, and its user's page.
 2. Serves relay (the real app: outbox, console) on 127.0.0.1, signs in to the console,
    and times `--requests` GETs of each page from a client on the same loop, after two
    warm-ups; the baseline is `GET /healthz` on the same server in the same run.
@@ -40,6 +44,13 @@ if sys.path[:1] != [str(ROOT)]:  # ahead of bench/: bench/relay.py must not shad
 
 import aiohttp  # noqa: E402
 
+from bench.history import _TABLES as HISTORY_COLUMNS  # noqa: E402
+from bench.history import TARGET  # noqa: E402
+from bench.history import USER as TARGET_USER  # noqa: E402
+from bench.history import _inbox as history_inbox  # noqa: E402
+from bench.history import _inputs as history_inputs  # noqa: E402
+from bench.history import _ledger as history_ledger  # noqa: E402
+from bench.history import _purchases as history_purchase  # noqa: E402
 from bench.repoll import _fill as fill_purchases  # noqa: E402
 from relay.store.migrations import COUNT_ATTEMPTS_PER_MINUTE  # noqa: E402
 
@@ -58,6 +69,10 @@ PAGES = {  # name -> path under the console
     "delivery (12 attempts)": None,  # filled in: a dead analytics delivery
     "purchase (3 events)": "/purchase?platform=apple&key=o7",
     "purchases of a user (20)": "/purchases?user=u7",
+    "purchase (1,000 inputs), history p1": f"/purchase?platform=apple&key={TARGET}",
+    "purchase (1,000 inputs), last page": None,  # filled in: ?after= the last page's
+    "input with its raw body": None,  # filled in: a webhook input of the target
+    "user of the 1,000-input purchase": f"/purchases?user={TARGET_USER}",
 }
 
 
@@ -139,12 +154,31 @@ COLUMNS = {
 }
 
 
+def history_rows(purchases: int, inputs: int, now_ms: int) -> dict[str, Iterator[Any]]:
+    """bench/history.py's rows per table (columns: bench.history._TABLES): one input and
+    one ledger row per purchase (o0, o1, ...: the purchases bench/repoll.py fills), and
+    its target purchase with `inputs` inputs, their inbox bodies and its ledger rows."""
+    answer = json.dumps({"valid": True, "transaction": {"transactionId": "x" * 16,
+                                                         "padding": "p" * 1200}})
+    webhook = b'{"signedPayload":"%s"}' % (b"e" * 1500)
+    return {"purchase": history_purchase(0, now_ms),  # the target alone
+            "input_log": history_inputs(purchases, inputs, now_ms, answer),
+            "inbox": history_inbox(inputs, now_ms, webhook),
+            "ledger": history_ledger(purchases, inputs, now_ms)}
+
+
+def _history_sql(table: str, marks: str) -> str:
+    cols = HISTORY_COLUMNS[table]
+    return f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES {marks}'
+
+
 def _chunks(items: list[tuple[Any, ...]], n: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
 
 
-def fill_sqlite(path: Path, purchases: int, rows: Rows, now_ms: int) -> None:
+def fill_sqlite(path: Path, purchases: int, rows: Rows, now_ms: int,
+                history: dict[str, Iterator[Any]]) -> None:
     import sqlite3
 
     fill_purchases(path, purchases, now_ms)
@@ -155,13 +189,17 @@ def fill_sqlite(path: Path, purchases: int, rows: Rows, now_ms: int) -> None:
         cols = COLUMNS[table]
         marks = ", ".join("?" * len(cols.split(",")))
         db.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values)
+    for table, values in history.items():
+        marks = "(" + ", ".join("?" * len(HISTORY_COLUMNS[table])) + ")"
+        db.executemany(_history_sql(table, marks), values)
     _fill_state(db.execute, "?", now_ms)
     db.execute(COUNT_ATTEMPTS_PER_MINUTE)
     db.commit()
     db.close()
 
 
-def fill_postgres(url: str, purchases: int, rows: Rows, now_ms: int) -> None:
+def fill_postgres(url: str, purchases: int, rows: Rows, now_ms: int,
+                  history: dict[str, Iterator[Any]]) -> None:
     import psycopg2
     from psycopg2.extras import execute_values
 
@@ -192,6 +230,8 @@ def fill_postgres(url: str, purchases: int, rows: Rows, now_ms: int) -> None:
         for part in _chunks(values):
             execute_values(cur, f"INSERT INTO {table} ({COLUMNS[table]}) VALUES %s", part,
                            page_size=5000)
+    for table, values in history.items():
+        execute_values(cur, _history_sql(table, "%s"), values, page_size=5000)
     cur.execute("SELECT setval(pg_get_serial_sequence('event', 'cursor'), "
                 "(SELECT MAX(cursor) FROM event))")
     for table in ("delivery", "attempt"):
@@ -275,7 +315,7 @@ def _config(store: Any, tmp: Path) -> Any:
         base, store=store,
         scheduler=dataclasses.replace(base.scheduler, enabled=False),
         outbox=dataclasses.replace(base.outbox, allow_networks=("127.0.0.0/8",)),
-        entitlements={"premium.monthly": ("premium",)},
+        entitlements={"premium.monthly": ("premium",), "com.example.premium": ("premium",)},
         downstream=tuple(DownstreamConfig(name=n, url=f"http://127.0.0.1:9/{n}")
                          for n in ENDPOINTS),
         credentials=Credentials(admin_token=Secret(ADMIN_TOKEN),
@@ -305,20 +345,30 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     now = int(time.time() * 1000)
     t0 = time.perf_counter()
     rows = make_rows(args.events, now)
+    history = history_rows(args.rows, args.inputs, now)
     if sqlite:
-        fill_sqlite(Path(store_cfg.path), args.rows, rows, now)
+        fill_sqlite(Path(store_cfg.path), args.rows, rows, now, history)
     else:
-        fill_postgres(store_cfg.url, args.rows, rows, now)
+        fill_postgres(store_cfg.url, args.rows, rows, now, history)
     fill_s = time.perf_counter() - t0
     counts = {"purchases": args.rows, "events": len(rows.events),
               "deliveries": len(rows.deliveries), "attempts": len(rows.attempts),
-              "inbox": len(rows.inbox)}
+              "inbox": len(rows.inbox) + args.inputs - 1,
+              "input log": args.rows + args.inputs,
+              "ledger": args.rows + (args.inputs + 2) // 3,
+              "inputs of one purchase": args.inputs,
+              "ledger rows of it": (args.inputs + 2) // 3}
     dead = next(d[0] for d in rows.deliveries if d[2] == "analytics" and d[5] == "dead")
     billing = [d[0] for d in rows.deliveries if d[2] == "billing"]
     pages = dict(PAGES)
     pages["delivery (12 attempts)"] = f"/deliveries/{dead}"
     pages["endpoint, page 20"] = f"/endpoints/billing?before={billing[-1 - 50 * 19]}"
-    del rows
+    del rows, history
+    first_input = await _first_input(store_cfg)
+    pages["purchase (1,000 inputs), last page"] = (
+        f"/purchase?platform=apple&key={TARGET}&after={first_input + args.inputs - 51}")
+    pages["input with its raw body"] = (
+        f"/purchase/input?platform=apple&key={TARGET}&id={first_input + 1}")
 
     app = create_app(_config(store_cfg, tmp))
     server = TestServer(app, host="127.0.0.1")
@@ -358,6 +408,21 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "healthz": _stats(health), "pages": results, "plans": plans,
             "worst_page_max_ms": round(worst, 1),
             "worst_page_p50_ms": round(max(r["p50_ms"] for r in results.values()), 1)}
+
+
+async def _first_input(store_cfg: Any) -> int:
+    """The id of the target purchase's first input (its inputs' ids follow it)."""
+    from relay.store.database import Store
+    from relay.store.models import database
+
+    store = Store(store_cfg)
+    await store.open()
+    try:
+        return int(await store.read(lambda: database.execute_sql(
+            "SELECT MIN(id) FROM input_log WHERE platform = 'apple' AND subject_key = "
+            f"'{TARGET}'").fetchone()[0]))
+    finally:
+        await store.close()
 
 
 def write_cost(tmp: Path, rounds: int) -> dict[str, float]:
@@ -464,6 +529,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=1_000_000, help="purchases")
     parser.add_argument("--events", type=int, default=60_000,
                         help="events; deliveries are about 1.7 times as many")
+    parser.add_argument("--inputs", type=int, default=1000,
+                        help="inputs of the purchase whose history the page shows")
     parser.add_argument("--requests", type=int, default=20, help="timed GETs per page")
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -477,7 +544,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n = r["rows"]
     print(f"console bench ({r['store']}): {n['purchases']:,} purchases, {n['events']:,} "
           f"events, {n['deliveries']:,} deliveries, {n['attempts']:,} attempts, "
-          f"{n['inbox']:,} inbox rows (filled in {r['fill_s']} s); "
+          f"{n['inbox']:,} inbox rows, {n['input log']:,} inputs, {n['ledger']:,} ledger "
+          f"rows, one purchase with {n['inputs of one purchase']:,} inputs and "
+          f"{n['ledger rows of it']:,} ledger rows (filled in {r['fill_s']} s); "
           f"{args.requests} GETs per page")
     h = r["healthz"]
     print(f"  {'GET /healthz (baseline)':30} p50 {h['p50_ms']:7.2f} ms  p95 {h['p95_ms']:7.2f}"

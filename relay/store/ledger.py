@@ -178,11 +178,21 @@ def page(after: int, limit: int, user_id: str | None = None) -> list[LedgerEntry
     return [_entry(r) for r in rows]
 
 
-def of_purchase(platform: str, subject_key: str) -> list[LedgerEntry]:
-    """A purchase's transactions, in the order relay recorded them."""
-    return [_entry(r) for r in statements.execute(
-        "ledger_purchase", _SELECT + 'WHERE "platform" = {p} AND "subject_key" = {p} '
-        'ORDER BY "created_ms", "cursor"', (platform, subject_key)).fetchall()]
+def of_purchase(platform: str, subject_key: str,
+                newest: int | None = None) -> list[LedgerEntry]:
+    """A purchase's transactions, in the order relay recorded them; only the `newest` ones
+    when given (a page that must stay bounded: a weekly subscription renews 52 times a
+    year)."""
+    if newest is None:
+        rows = statements.execute(
+            "ledger_purchase", _SELECT + 'WHERE "platform" = {p} AND "subject_key" = {p} '
+            'ORDER BY "created_ms", "cursor"', (platform, subject_key)).fetchall()
+    else:
+        rows = statements.execute(
+            "ledger_purchase_newest", _SELECT + 'WHERE "platform" = {p} AND "subject_key" = '
+            '{p} ORDER BY "created_ms" DESC, "cursor" DESC LIMIT {p}',
+            (platform, subject_key, newest)).fetchall()[::-1]
+    return [_entry(r) for r in rows]
 
 
 # ---- what a write group records (store.pipeline.apply_many) -------------------------------

@@ -406,7 +406,8 @@ async def test_purchase_lookup_by_key_and_by_user(relay_factory: RelayFactory,
     for e in events:
         assert e.id in text  # each relayed event, from the events table
     assert text.count("subscription.renewed") >= 4  # 2 events + their 2 deliveries
-    assert "History" not in text  # issue 18 adds it as a section
+    for section in ("History", "Transactions", "Explain"):  # issue 18's, in the console
+        assert f"{section}</h2>" in await page.text()
     missing = await client.get(f"{BASE}/purchase", params={"platform": "apple", "key": "x"})
     assert missing.status == 404
     # By user id: the purchases bound to the user.

@@ -1,8 +1,9 @@
 """The admin console in a real browser: headless Chromium (Debian's) driven by Playwright.
 
 An operator signs in, finds an endpoint's failing delivery, retries it and sees it
-delivered, pauses and resumes the endpoint, looks up a purchase and signs out; a
-`<script>` in a purchase shows as text; an action without its CSRF token is refused.
+delivered, pauses and resumes the endpoint, looks up a purchase (its history and explain)
+and a user, and signs out; a `<script>` in a purchase or its history shows as text; an
+action without its CSRF token is refused.
 The browser runs with JavaScript off (the console serves none), except where a test
 needs it on to show that nothing would run. Every page the test saw is written as a PNG
 under the test's tmp folder if it fails.
@@ -19,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from relay.config import DownstreamConfig
+from relay.core.domain import InputNote
 from relay.outbox.receiver import DownstreamReceiver
 from relay.web.appkeys import RUNTIME_KEY
 from tests.conftest import ADMIN_TOKEN, Clock, RelayFactory, make_config
@@ -148,11 +150,23 @@ async def test_operator_signs_in_retries_a_failing_delivery_pauses_looks_up_and_
     await expect(page.locator("#purchase")).to_contain_text("user-7")
     await expect(page.locator("#entitlements")).to_contain_text("entitled now")
     await expect(page.locator("#events")).to_contain_text("subscription.purchased")
+    history = page.locator("#history table.grid tbody tr")
+    await expect(history).to_have_count(1)  # the verify
+    await expect(history).to_contain_text("verify")
+    await expect(history).to_contain_text("new → active")
+    await expect(page.locator("#explain")).to_contain_text(
+        "user-7 has premium: apple purchase 2000000111 (premium.monthly) is active")
+    await expect(page.locator("#transactions")).to_contain_text("No transaction")
+    await click(page, shots, "#history tbody td.num a", "input")
+    await expect(page.locator("h1")).to_contain_text("verify")
+    await page.go_back()
 
     await click(page, shots, "header nav a:text-is('Purchases')", "lookup by user")
     await page.fill("#user", "user-7")
     await click(page, shots, "form:has(#user) button", "user purchases")
     await expect(page.locator("table.grid")).to_contain_text("apple:2000000111")
+    await expect(page.locator("#explain .explain")).to_contain_text("granted")
+    await expect(page.locator("#explain")).to_contain_text("user-7 has premium")
 
     await click(page, shots, "button:has-text('Sign out')", "signed out")
     await expect(page.locator(".flash")).to_contain_text("Signed out")
@@ -171,16 +185,25 @@ async def test_a_script_in_a_purchase_shows_as_text(
 
     client = await start(relay_factory, tmp_path, "http://127.0.0.1:9/hook")
     await verified(client, "google", "tok" + HOSTILE, user_id="u" + HOSTILE,
-                   product_id="p" + HOSTILE, package_name=HOSTILE)
+                   product_id="p" + HOSTILE, package_name=HOSTILE,
+                   note=InputNote(store_type=HOSTILE, raw='{"p": "' + HOSTILE + '"}'))
     await sign_in(page, client, shots, "/purchases")
     await page.fill("#user", "u" + HOSTILE)
     await click(page, shots, "form:has(#user) button", "user purchases")
+    explain = page.locator("#explain")  # the product maps to no key: explain says so
+    await expect(explain).to_contain_text("u" + HOSTILE + " does not have premium")
+    await expect(explain).to_contain_text("p" + HOSTILE + " grants []")
+    assert await page.evaluate("document.scripts.length") == 0
     await click(page, shots, "table.grid tbody a", "hostile purchase")
     facts = page.locator("#purchase dl")
     await expect(facts).to_contain_text("u" + HOSTILE)  # shown as the text it is
     await expect(facts).to_contain_text("p" + HOSTILE)
     body = page.locator("#events pre").first  # the event body, JSON-encoded
     await expect(body).to_contain_text('"p<script>alert(\\"pwned', use_inner_text=False)
+    await expect(page.locator("#history tbody")).to_contain_text(HOSTILE)  # the store's word
+    assert await page.evaluate("document.scripts.length") == 0
+    await click(page, shots, "#history tbody td.num a", "hostile input")
+    await expect(page.locator("pre.json")).to_contain_text('{"p": "' + HOSTILE + '"}')
     assert await page.evaluate("document.scripts.length") == 0
     assert await page.evaluate("document.images.length") == 0
     assert await page.title() != "pwned"

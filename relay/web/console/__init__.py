@@ -3,8 +3,9 @@
 Server-rendered HTML (Jinja2, autoescaped), inline SVG plots, one stylesheet; no script
 and no asset from elsewhere, so it works with JavaScript off under a strict CSP. Mounted
 as a sub-application at `[console] path`; it answers only while credential admin-token
-is set. Sign-in, sessions and CSRF: `security`; pages and actions: `pages`; store
-reads: `queries`; plots: `plots`; refused webhooks per minute: `sampler`.
+is set. Sign-in, sessions and CSRF: `security`; pages and actions: `pages`; the purchase
+lookup (history, transactions, explain): `lookup`; store reads: `queries`; plots:
+`plots`; refused webhooks per minute: `sampler`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,16 @@
 """The console's pages (GET) and its route table. Each page reads the store through
 `queries` (one `store.read` each) and renders a template; what every handler shares is in
-`plumbing`, sign-in and sign-out in `signin`, the actions (POST) in `actions`.
+`plumbing`, sign-in and sign-out in `signin`, the purchase lookup in `lookup`, the actions
+(POST) in `actions`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from urllib.parse import urlencode
 
 from aiohttp import web
 
-from relay.core.domain import PLATFORMS, entitlement_keys, is_entitled
 from relay.outbox import admin as delivery_admin
-from relay.store import lookups
 from relay.web.appkeys import ATTESTO_KEY, METRICS_KEY, OUTBOX_KEY, RUNTIME_KEY, STORE_KEY
 from relay.web.console import plots, queries, render
 from relay.web.console.actions import (
@@ -24,6 +21,7 @@ from relay.web.console.actions import (
     handle_resume,
     handle_retry,
 )
+from relay.web.console.lookup import handle_input, handle_purchase, handle_purchases
 from relay.web.console.plumbing import (
     HOUR_MS,
     MINUTE_MS,
@@ -35,7 +33,6 @@ from relay.web.console.plumbing import (
     flash_message,
     int_param,
     page,
-    redirect,
     render_page,
 )
 from relay.web.console.sampler import webhook_totals
@@ -129,65 +126,6 @@ async def handle_delivery(request: web.Request, signed: Signed) -> web.StreamRes
                  delivery=row)
 
 
-@page
-async def handle_purchases(request: web.Request, signed: Signed) -> web.StreamResponse:
-    """The lookup form; by user id it lists the user's purchases."""
-    state, store = console_state(request), request.config_dict[STORE_KEY]
-    q = request.query
-    platform, key, user = q.get("platform", ""), q.get("key", "").strip(), q.get("user", "")
-    if key:
-        if platform not in PLATFORMS:
-            return render_page(request, "purchases.html", status=400, signed=signed, message=None,
-                         error="Choose apple or google.", platform=platform, key=key,
-                         user="", purchases=None)
-        return redirect(f"{state.base}/purchase?{urlencode({'platform': platform, 'key': key})}")
-    purchases = None
-    user = user.strip()
-    if user:
-        purchases = await store.read(lambda: lookups.user_purchases(user))
-    return render_page(request, "purchases.html", signed=signed, message=None, error=None,
-                 platform=platform, key=key, user=user, purchases=purchases)
-
-
-@dataclass(frozen=True, slots=True)
-class PurchaseSection:
-    """One section of the purchase page: its title and template. A section with data of
-    its own (issue 18's history and explain) adds a loader to `queries.purchase_page`."""
-
-    id: str
-    title: str
-    template: str
-
-
-PURCHASE_SECTIONS: tuple[PurchaseSection, ...] = (
-    PurchaseSection("purchase", "Stored row", "purchase_row.html"),
-    PurchaseSection("entitlements", "Entitlements", "purchase_entitlements.html"),
-    PurchaseSection("events", "Relayed events", "purchase_events.html"),
-    PurchaseSection("deliveries", "Deliveries", "purchase_deliveries.html"),
-)
-
-
-@page
-async def handle_purchase(request: web.Request, signed: Signed) -> web.StreamResponse:
-    app = request.config_dict
-    runtime, store = app[RUNTIME_KEY], app[STORE_KEY]
-    platform, key = request.query.get("platform", ""), request.query.get("key", "")
-    if platform not in PLATFORMS or not key:
-        raise web.HTTPNotFound(reason="Give a platform (apple or google) and a subject key.")
-    now_ms = runtime.now_ms()
-    data = await store.read(lambda: queries.purchase_page(platform, key, now_ms))
-    if data is None:
-        return render_page(request, "purchases.html", status=404, signed=signed, message=None,
-                     error="No purchase with that platform and subject key.",
-                     platform=platform, key=key, user="", purchases=None)
-    rules = runtime.rules
-    view = data.purchase
-    return render_page(request, "purchase.html", signed=signed, message=flash_message(request),
-                 p=view, data=data, sections=PURCHASE_SECTIONS,
-                 keys=entitlement_keys(rules.entitlements, view.product_id, view.base_plan_id),
-                 entitled=is_entitled(view, now_ms, rules.entitlement_policy))
-
-
 async def handle_static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     body = console_state(request).static.get(name)
@@ -211,5 +149,6 @@ def routes() -> list[web.RouteDef]:
         web.post(r"/deliveries/{id:\d{1,18}}/retry", handle_retry),
         web.get("/purchases", handle_purchases),
         web.get("/purchase", handle_purchase),
+        web.get("/purchase/input", handle_input),
         web.get("/static/{name}", handle_static),
     ]

@@ -1,8 +1,10 @@
 """Store-thread reads behind the console pages, one `store.read` per page.
 
 Questions the admin API or the verify API already answer are asked through their
-functions (`delivery_admin`, `lookups`, `repoll`, `outbox_db`); only the per-minute
-series are this module's own SQL (the index on inbox.received_ms; delivery_minute).
+functions (`delivery_admin`, `lookups`, `repoll`, `outbox_db`; a purchase's history, its
+transactions and explain through `relay.store.history` and `relay.store.ledger`, as the
+history routes and `relay explain` do); only the per-minute series are this module's own
+SQL (the index on inbox.received_ms; delivery_minute).
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.core.domain import PurchaseView
+from relay.core.domain import PurchaseView, entitlement_keys
+from relay.core.explain import Explanation
+from relay.core.history import InputView
+from relay.core.ledger import LedgerEntry
+from relay.core.rules import Rules
 from relay.outbox import admin as delivery_admin
 from relay.outbox import queue as outbox_db
 from relay.scheduler.repoll import due_stats
-from relay.store import lookups
+from relay.store import history, ledger, lookups
 from relay.store.models import database
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DELIVERIES_SHOWN = 100
+TRANSACTIONS_SHOWN = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +101,20 @@ class PurchasePage:
     purchase: PurchaseView
     events: list[dict[str, Any]] = field(default_factory=list)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[InputView] = field(default_factory=list)  # a page of its history
+    more_inputs: bool = False  # the history goes on after this page
+    transactions: list[LedgerEntry] = field(default_factory=list)  # the newest
+    more_transactions: bool = False  # older ones are not shown
+    explained: list[Explanation] = field(default_factory=list)  # its user, its keys
 
 
-def purchase_page(platform: str, subject_key: str, now_ms: int) -> PurchasePage | None:
+def purchase_page(platform: str, subject_key: str, now_ms: int, rules: Rules,
+                  after: int = 0, inputs: int = 50) -> PurchasePage | None:
     """The stored row, its newest deliveries and the events they relay (from the events
-    table). Until the history of issue 18, events are found through their deliveries:
-    an event no endpoint took, or whose delivered rows were pruned, is not listed."""
+    table: an event no endpoint took, or whose delivered rows were pruned, is not listed;
+    the history names every input's events), `inputs` of its history after the cursor
+    `after`, its newest transactions, and explain for its user and each key its product
+    grants (none without a user)."""
     view = lookups.purchase_view(platform, subject_key)
     if view is None:
         return None
@@ -107,4 +122,29 @@ def purchase_page(platform: str, subject_key: str, now_ms: int) -> PurchasePage 
         delivery_admin.Filters(subject=f"{platform}:{subject_key}", limit=DELIVERIES_SHOWN),
         now_ms)
     events = lookups.events_by_id({d["event_id"] for d in deliveries})
-    return PurchasePage(view, events, deliveries)
+    page = history.inputs_page(platform, subject_key, after, inputs + 1)
+    txns = ledger.of_purchase(platform, subject_key, newest=TRANSACTIONS_SHOWN + 1)
+    keys = entitlement_keys(rules.entitlements, view.product_id, view.base_plan_id)
+    user = view.user_id
+    explained = [history.explain(user, k, rules, now_ms) for k in keys] if user else []
+    return PurchasePage(view, events, deliveries, page[:inputs], len(page) > inputs,
+                        txns[-TRANSACTIONS_SHOWN:], len(txns) > TRANSACTIONS_SHOWN, explained)
+
+
+def purchase_input(platform: str, subject_key: str, input_id: int) -> InputView | None:
+    """One input of the purchase's history with its exact body (the history route's
+    `?raw=1` page of one, starting just before it)."""
+    found = history.inputs_page(platform, subject_key, input_id - 1, 1, raw=True)
+    return found[0] if found and found[0].id == input_id else None
+
+
+@dataclass(frozen=True, slots=True)
+class UserPage:
+    purchases: list[PurchaseView]  # every purchase bound to the user, or verified by it
+    explained: list[Explanation]  # every key [entitlements] names
+
+
+def user_page(user_id: str, rules: Rules, now_ms: int) -> UserPage:
+    """What `GET /v1/users/{id}/purchases` and `relay explain USER` answer."""
+    return UserPage(history.purchases_ever(user_id),
+                    history.explain_all(user_id, rules, now_ms))
