@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from relay.core.domain import InputNote, Snapshot, parse_time_ms
 from relay.core.errors import BadRequestError
+from relay.core.json_codec import loads
 from relay.core.ledger import apple_fact, void_fact
 from relay.core.transitions import resolve_state, transition_for
 
@@ -70,7 +70,7 @@ def decode_jws_payload(token: Any) -> dict[str, Any]:
     segment = token.split(".")[1]
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw)
+        value = loads(raw)
     except (binascii.Error, ValueError, RecursionError):  # RecursionError: nested too deep
         return {}
     return value if isinstance(value, dict) else {}

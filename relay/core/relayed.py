@@ -3,11 +3,11 @@ and the endpoints an event goes to. Pure."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from relay.core.domain import PurchaseView, iso
+from relay.core.json_codec import dumps
 from relay.core.rules import Route, Rules
 
 
@@ -33,10 +33,6 @@ def routes_for(rules: Rules, event_type: str, platform: str | None,
     return [r for r in rules.routes if r.matches(event_type, platform, environment)]
 
 
-# One encoder for every event body: json.dumps() with arguments builds a new one per call.
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def event_body(event_id: str, event_type: str, reason: str | None, source: str,
                occurred_ms: int, received_ms: int, platform: str | None,
                subject_key: str | None, after: PurchaseView | None,
@@ -58,4 +54,4 @@ def event_body(event_id: str, event_type: str, reason: str | None, source: str,
         "attesto_event_id": attesto_event_id,
     }
     body.update(extra)
-    return _compact_json(body)
+    return dumps(body)

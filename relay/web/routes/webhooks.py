@@ -23,6 +23,7 @@ from relay.core.errors import (
     StoreUnavailableError,
     UnauthorizedError,
 )
+from relay.core.json_codec import dumps
 from relay.core.json_object import parse_json_object
 from relay.core.normalizer import envelope_ids, normalize
 from relay.intake.inbox import Delivered, Inbound, ingest_many
@@ -83,8 +84,9 @@ async def handle_attesto(request: web.Request) -> web.Response:
                                   code="event_id_mismatch")
     except BadRequestError as exc:
         raise _rejected(counter, exc, header_id) from None
-    inbound = Inbound(event_id, event, now_ms, t, json.dumps(
-        {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}), raw)
+    headers = request.headers
+    inbound = Inbound(event_id, event, now_ms, t, dumps(
+        {h: headers[h] for h in KEPT_HEADERS if h in headers}, ascii_fallback=True), raw)
     try:
         if link is not None:
             outcome = await link.ingest(inbound)
