@@ -18,9 +18,7 @@ def route(rules: Rules, event_type: str, platform: str | None,
     notification before any re-verify), gets an `unrouted` row: kept, not sent, until
     the environment is known (`store.pipeline` releases them)."""
     out = []
-    for r in rules.routes:
-        if not r.matches_event(event_type, platform):
-            continue
+    for r in rules.routes_for_event(event_type, platform):
         if r.environments and environment is None:
             out.append((r.name, "unrouted"))
         elif not r.environments or environment in r.environments:
@@ -30,7 +28,8 @@ def route(rules: Rules, event_type: str, platform: str | None,
 
 def routes_for(rules: Rules, event_type: str, platform: str | None,
                environment: str | None) -> list[Route]:
-    return [r for r in rules.routes if r.matches(event_type, platform, environment)]
+    return [r for r in rules.routes_for_event(event_type, platform)
+            if not r.environments or environment in r.environments]
 
 
 def event_body(event_id: str, event_type: str, reason: str | None, source: str,
