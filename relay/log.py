@@ -28,6 +28,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Set by a handler whose 2xx is its own record (the webhook receiver: the inbox row is the
+# audit trail): its access line is at DEBUG. Errors and rejections still log at INFO.
+ROUTINE_KEY = web.RequestKey("access_routine", bool)
 BATCH = 64  # records per write() and flush: bounds how long one batch holds the GIL
 LINGER_S = 0.02  # after a write, let records gather: fewer wake-ups, each one a GIL handoff
 # Worker processes share one stderr pipe (journald's stream): a write() of at most
@@ -220,10 +223,13 @@ def configure_logging(level: str = "info", fmt: str = "plain",
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request; health checks and metrics scrapes at DEBUG only."""
+    """One line per request; health checks, metrics scrapes and routine 2xx (`ROUTINE_KEY`)
+    at DEBUG only."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+        quiet = request.path in QUIET_PATHS or (
+            response.status < 300 and request.get(ROUTINE_KEY, False))
+        level = logging.DEBUG if quiet else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
         self.logger.log(level, "%s %s %d %.1fms request_id=%s", request.method, request.path,

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Response
 
-from relay.log import AccessLogger
+from relay.log import ROUTINE_KEY, AccessLogger
 
 ROOT = Path(__file__).resolve().parent.parent
 SNIPPET = ("import logging,sys; from relay.log import configure_logging; "
@@ -66,6 +66,19 @@ def test_access_log_is_quiet_for_health(caplog) -> None:  # type: ignore[no-unty
         access.log(make_mocked_request("GET", "/healthz"), Response(), 0.001)
         access.log(make_mocked_request("GET", "/v1/events"), Response(), 0.001)
     assert [r.getMessage().split()[1] for r in caplog.records] == ["/v1/events"]
+
+
+def test_access_log_is_quiet_for_a_routine_2xx_only(caplog) -> None:  # type: ignore[no-untyped-def]
+    logger = logging.getLogger("test.access")
+    access = AccessLogger(logger, "")
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        for status in (202, 200, 401, 503):
+            request = make_mocked_request("POST", f"/hook/{status}")
+            request[ROUTINE_KEY] = True
+            access.log(request, Response(status=status), 0.001)
+        access.log(make_mocked_request("POST", "/hook/plain"), Response(status=202), 0.001)
+    assert [r.getMessage().split()[1] for r in caplog.records] == [
+        "/hook/401", "/hook/503", "/hook/plain"]
 
 
 class _Stream:

@@ -31,6 +31,7 @@ from relay.core.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from relay.core.json_codec import loads
 from relay.core.retry_policy import delay_seconds
 from relay.metrics import Metrics
 
@@ -277,7 +278,7 @@ class AttestoClient:
             raw = await _read_capped(resp)
             parsed = None
             try:
-                parsed = json.loads(raw) if raw is not None else None
+                parsed = loads(raw) if raw is not None else None
             except (ValueError, RecursionError):  # not JSON, or nested too deep
                 pass
             body = parsed if isinstance(parsed, dict) else None

@@ -14,6 +14,7 @@ from typing import Any
 
 from relay.core.domain import ENTITLED_STATES, PurchaseView, Snapshot, State
 from relay.core.errors import ConflictError
+from relay.core.frozen import evolve
 from relay.core.rules import Rules
 
 # Derived event names for inputs that carry no event (verify, restore, poll).
@@ -126,7 +127,7 @@ def decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rul
         # Identity fields fill in whatever the order; state fields only move forward, and
         # only with an input about the purchase's current transaction or token. A newer
         # transaction or token a late input names is still news (`newer_reference`).
-        after = replace(
+        after = evolve(
             newer_reference(snap, before) if stale and not record_only else before,
             user_id=_coalesce(snap.user_id, before.user_id or user_id),
             app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
@@ -147,7 +148,7 @@ def decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rul
                 # Play shows a revoked or refunded subscription as EXPIRED: say which.
                 state, reason = State(before.state), before.state_reason
             voided_ms = None
-        after = replace(
+        after = evolve(
             before,
             user_id=_coalesce(snap.user_id, before.user_id or user_id),
             app_user_id=_coalesce(snap.app_user_id, before.app_user_id),

@@ -5,10 +5,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from relay.core.errors import BadRequestError
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)  # the fast path; what it refuses gets json's verdict
+    except orjson.JSONDecodeError:
+        value = _parse_slowly(raw)
+    if not isinstance(value, dict):
+        raise BadRequestError("body must be a JSON object", code="invalid_json")
+    return value
+
+
+def _parse_slowly(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -21,6 +33,4 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except (RecursionError, ValueError):  # nested too deep; an integer of >4,300 digits
         raise BadRequestError("body is not valid JSON: nested too deeply or a number too "
                               "long", code="invalid_json") from None
-    if not isinstance(value, dict):
-        raise BadRequestError("body must be a JSON object", code="invalid_json")
     return value

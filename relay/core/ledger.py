@@ -20,13 +20,13 @@ What a transaction is, per store (the ledger's key is (platform, transaction id)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from relay.core.domain import MAX_TIME_MS, PurchaseView, TxnFact, iso, parse_time_ms
+from relay.core.json_codec import dumps
 
 # Event types, relayed only to endpoints whose `events` name them (core.rules: opt-in).
 FAMILY = "transaction."
@@ -211,15 +211,12 @@ def change_events(entry: LedgerEntry) -> list[tuple[str, int]]:
     return [(event, entry.version)] if event else []
 
 
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def event_body(event_id: str, event_type: str, source: str, occurred_ms: int,
                received_ms: int, entry: LedgerEntry, sequence: int,
                attesto_event_id: str | None) -> str:
     """The relayed body of a `transaction.*` event: the fields every event has, and the
     ledger row as `transaction`. `sequence` counts per transaction."""
-    return _compact_json({
+    return dumps({
         "id": event_id, "type": event_type, "reason": None,
         "occurred_at": iso(occurred_ms), "received_at": iso(received_ms), "source": source,
         "platform": entry.platform, "subject_key": entry.subject_key,

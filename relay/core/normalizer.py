@@ -7,14 +7,13 @@ that cannot be read is treated as absent, never as a crash.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from relay.core.domain import InputNote, Snapshot, parse_time_ms
+from relay.core.domain import InputNote, Snapshot, State, parse_time_ms
 from relay.core.errors import BadRequestError
+from relay.core.json_codec import loads
 from relay.core.ledger import apple_fact, void_fact
 from relay.core.transitions import resolve_state, transition_for
 
@@ -63,14 +62,20 @@ def _str(doc: dict[str, Any], key: str, *, max_len: int, nullable: bool,
     return value
 
 
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def decode_jws_payload(token: Any) -> dict[str, Any]:
     """The payload of a compact JWS, not verified (Attesto verified the outer one); {} if bad."""
     if not isinstance(token, str) or token.count(".") != 2:
         return {}
     segment = token.split(".")[1]
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw)
+        # base64.urlsafe_b64decode without its Python wrappers (same result, same errors:
+        # a non-ASCII segment is a ValueError, bad padding a binascii.Error).
+        raw = binascii.a2b_base64(segment.encode("ascii").translate(_URLSAFE)
+                                  + b"=" * (-len(segment) % 4))
+        value = loads(raw)
     except (binascii.Error, ValueError, RecursionError):  # RecursionError: nested too deep
         return {}
     return value if isinstance(value, dict) else {}
@@ -155,16 +160,10 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
     kind = subject.get("type") or "subscription"
     tid = _text(txn.get("transactionId")) or _str_of(txn.get("transactionId"))
     fact = apple_fact(txn, occurred_ms, revoke=data.get("notificationType") == "REVOKE")
-    fields: dict[str, Any] = dict(
-        note=InputNote(_text(data.get("notificationType")), _text(data.get("subtype")), tid),
-        platform="apple", subject_key=subject["key"], source="webhook",
-        observed_ms=occurred_ms, received_ms=received_ms, kind=kind,
-        product_id=_text(subject.get("productId")) or _text(txn.get("productId")),
-        environment=environment, app_user_id=app_user_id, event_type=event,
-        event_reason=reason, attesto_event_id=event_id,
-        # The newest transaction: what a re-poll must ask for (attesto-contract §3).
-        latest_ref=tid, period_start_ms=_int(txn.get("purchaseDate")),
-        transactions=(fact,) if fact is not None else ())
+    state: State | None = None
+    state_reason: str | None = None
+    expires_ms = grace_expires_ms = None
+    auto_renew: bool | None = None
     row = transition_for(event)
     if row.touches:
         renewal = decode_jws_payload(inner.get("signedRenewalInfo"))
@@ -176,11 +175,22 @@ def _apple(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str,
         state = resolve_state(event, kind, auto_renew=auto_renew,
                               apple_status=_int(inner.get("status")),
                               revoked=txn.get("revocationDate") is not None)
-        fields.update(state=state, state_reason=reason if state is not None else None,
-                      expires_ms=_int(txn.get("expiresDate")), auto_renew=auto_renew,
-                      grace_expires_ms=_int(renewal.get("gracePeriodExpiresDate")))
-    return Normalized(event_id, event, reason, "apple", occurred_ms, environment,
-                      app_user_id, Snapshot(**fields))
+        state_reason = reason if state is not None else None
+        expires_ms = _int(txn.get("expiresDate"))
+        grace_expires_ms = _int(renewal.get("gracePeriodExpiresDate"))
+    return Normalized(event_id, event, reason, "apple", occurred_ms, environment, app_user_id,
+                      Snapshot(
+        note=InputNote(_text(data.get("notificationType")), _text(data.get("subtype")), tid),
+        platform="apple", subject_key=subject["key"], source="webhook",
+        observed_ms=occurred_ms, received_ms=received_ms, kind=kind,
+        product_id=_text(subject.get("productId")) or _text(txn.get("productId")),
+        environment=environment, app_user_id=app_user_id, event_type=event,
+        event_reason=reason, attesto_event_id=event_id,
+        # The newest transaction: what a re-poll must ask for (attesto-contract §3).
+        latest_ref=tid, period_start_ms=_int(txn.get("purchaseDate")),
+        transactions=(fact,) if fact is not None else (), state=state,
+        state_reason=state_reason, expires_ms=expires_ms, auto_renew=auto_renew,
+        grace_expires_ms=grace_expires_ms))
 
 
 def _str_of(value: Any) -> str | None:
@@ -203,7 +213,10 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
     product_id = (_text(subject.get("productId")) or _text(note.get("subscriptionId"))
                   or _text(note.get("sku")) or _text(note.get("productId")))
     code = note.get("notificationType")
-    fields: dict[str, Any] = dict(
+    row = transition_for(event)
+    state = resolve_state(event, kind, auto_renew=row.auto_renew) if row.touches else None
+    return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id,
+                      Snapshot(
         note=InputNote(f"{kind}.{code}" if isinstance(code, int) else None, None,
                        _text(note.get("purchaseToken"))),
         platform="google", subject_key=subject["key"], source="webhook",
@@ -212,14 +225,9 @@ def _google(doc: dict[str, Any], data: dict[str, Any], event_id: str, event: str
         event_type=event, event_reason=reason, attesto_event_id=event_id,
         latest_ref=_text(note.get("purchaseToken")) or subject["key"],
         # Google notifications carry no expiry: re-verify the newest token at once.
-        poll_now=True, announces_period=event in PERIOD_EVENTS)
-    row = transition_for(event)
-    if row.touches:
-        state = resolve_state(event, kind, auto_renew=row.auto_renew)
-        fields.update(state=state, state_reason=reason if state is not None else None,
-                      auto_renew=row.auto_renew if kind == "subscription" else None)
-    return Normalized(event_id, event, reason, "google", occurred_ms, None, app_user_id,
-                      Snapshot(**fields))
+        poll_now=True, announces_period=event in PERIOD_EVENTS, state=state,
+        state_reason=reason if state is not None else None,
+        auto_renew=row.auto_renew if row.touches and kind == "subscription" else None))
 
 
 # Google events that begin a new paid period: its expiry comes with the re-verify, which

@@ -3,11 +3,11 @@ and the endpoints an event goes to. Pure."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from relay.core.domain import PurchaseView, iso
+from relay.core.json_codec import dumps
 from relay.core.rules import Route, Rules
 
 
@@ -18,9 +18,7 @@ def route(rules: Rules, event_type: str, platform: str | None,
     notification before any re-verify), gets an `unrouted` row: kept, not sent, until
     the environment is known (`store.pipeline` releases them)."""
     out = []
-    for r in rules.routes:
-        if not r.matches_event(event_type, platform):
-            continue
+    for r in rules.routes_for_event(event_type, platform):
         if r.environments and environment is None:
             out.append((r.name, "unrouted"))
         elif not r.environments or environment in r.environments:
@@ -30,11 +28,8 @@ def route(rules: Rules, event_type: str, platform: str | None,
 
 def routes_for(rules: Rules, event_type: str, platform: str | None,
                environment: str | None) -> list[Route]:
-    return [r for r in rules.routes if r.matches(event_type, platform, environment)]
-
-
-# One encoder for every event body: json.dumps() with arguments builds a new one per call.
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    return [r for r in rules.routes_for_event(event_type, platform)
+            if not r.environments or environment in r.environments]
 
 
 def event_body(event_id: str, event_type: str, reason: str | None, source: str,
@@ -58,4 +53,4 @@ def event_body(event_id: str, event_type: str, reason: str | None, source: str,
         "attesto_event_id": attesto_event_id,
     }
     body.update(extra)
-    return _compact_json(body)
+    return dumps(body)

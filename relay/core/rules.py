@@ -54,3 +54,21 @@ class Rules:
     owner_conflict: str = "transfer"
     entitlement_policy: EntitlementPolicy = field(default_factory=EntitlementPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
+    # (event type, platform) -> the routes that take it, environment aside: worked out
+    # once per pair (the patterns are fixed with the rules) instead of per event.
+    _by_event: dict[tuple[str, str | None], tuple[Route, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def routes_for_event(self, event_type: str, platform: str | None) -> tuple[Route, ...]:
+        """The routes whose filters take `event_type` on `platform`, the environment's
+        aside (`Route.matches_event`), in configuration order."""
+        key = (event_type, platform)
+        found = self._by_event.get(key)
+        if found is None:
+            found = tuple(r for r in self.routes if r.matches_event(event_type, platform))
+            if len(self._by_event) < _MAX_MEMO:  # event types are Attesto's: a few dozen
+                self._by_event[key] = found
+        return found
+
+
+_MAX_MEMO = 4096

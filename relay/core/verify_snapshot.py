@@ -7,11 +7,11 @@ Google verify sees the live subscription: authoritative for the newest known tok
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
 from relay.core.domain import InputNote, PurchaseView, Snapshot, State, parse_time_ms
+from relay.core.json_codec import dumps
 from relay.core.ledger import apple_fact, google_facts, google_product_fact
 
 
@@ -100,7 +100,7 @@ def apple_snapshot(body: dict[str, Any], user_id: str | None, now_ms: int,
 
 def _raw(body: dict[str, Any]) -> str:
     """The answer as the input log keeps it (compact JSON)."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return dumps(body)
 
 
 def google_snapshot(body: dict[str, Any], purchase_token: str, user_id: str | None,

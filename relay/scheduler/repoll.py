@@ -11,13 +11,15 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from relay.attesto.client import AttestoClient
 from relay.core.domain import PurchaseView, Snapshot
 from relay.core.errors import RelayError, UpstreamError
+from relay.core.frozen import evolve
 from relay.core.poll_policy import clock_input, next_poll_ms
+from relay.core.rules import Rules
 from relay.core.verify_snapshot import (
     AttestoResponseError,
     apple_snapshot,
@@ -27,11 +29,11 @@ from relay.core.verify_snapshot import (
 )
 from relay.runtime import Runtime
 from relay.scheduler.ratelimit import TokenBucket
-from relay.store import pipeline
+from relay.store import pipeline, statements
 from relay.store.database import Store
 from relay.store.input_log import fold_repeat
 from relay.store.models import Purchase
-from relay.store.pipeline import Applied, view_of
+from relay.store.pipeline import Applied
 
 log = logging.getLogger("relay.repoll")
 
@@ -100,50 +102,89 @@ def _reschedule_failure(platform: str, subject_key: str, now_ms: int, base_ms: i
         (Purchase.platform == platform) & (Purchase.subject_key == subject_key)).execute()
 
 
-def _apply_poll(view: PurchaseView, snap: Snapshot | None, runtime: Runtime,
-                now_ms: int) -> tuple[Outcome, Applied | None]:
-    """Apply a poll result in one transaction (store thread)."""
-    row = Purchase.get_or_none((Purchase.platform == view.platform)
-                               & (Purchase.subject_key == view.subject_key))
-    if row is None:
-        return Outcome.GONE, None
-    rules = runtime.rules
-    outcome = Outcome.UNCHANGED
-    applied = None
-    if snap is not None:
-        stored = view_of(row)
-        if snap.platform == "apple":
-            snap = reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000)
+_RESCHEDULE = ('UPDATE "purchase" SET "next_poll_ms" = {p}, "poll_failures" = 0 '
+               'WHERE "platform" = {p} AND "subject_key" = {p}')
+_RESET_FAILURES = ('UPDATE "purchase" SET "poll_failures" = 0 '
+                   'WHERE "platform" = {p} AND "subject_key" = {p}')
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """One poll result to store (`apply_polls`): the claimed row, what Attesto said
+    (None: no usable state), and when."""
+
+    view: PurchaseView
+    snap: Snapshot | None
+    runtime: Runtime
+    now_ms: int
+
+
+def apply_polls(items: list[Polled]) -> list[tuple[Outcome, Applied | None]]:
+    """Apply poll results in the current transaction (store thread, `Store.write_many`):
+    one read of the rows and one `apply_many` for all of them, as each alone would
+    (distinct purchases; a purchase named twice is applied item by item)."""
+    keys = [(i.view.platform, i.view.subject_key) for i in items]
+    if len(set(keys)) != len(keys) or len({id(i.runtime) for i in items}) != 1:
+        return [apply_polls([item])[0] for item in items]
+    rules = items[0].runtime.rules
+    now_ms = max(i.now_ms for i in items)
+    rows = statements.load_purchases(keys)
+    out: list[tuple[Outcome, Applied | None]] = []
+    polled: list[tuple[int, Snapshot]] = []
+    for n, item in enumerate(items):
+        stored = rows.get(keys[n])
+        if stored is None:
+            out.append((Outcome.GONE, None))
+        elif item.snap is None:
+            out.append((Outcome.NO_STATE, None))
         else:
-            # Only the purchase's current token may set it: a poll of the root token that
-            # raced an upgrade (the row moved on to the new token meanwhile) does not.
-            snap = reconcile_google(snap, stored, current=snap.latest_ref == (
-                stored.latest_ref or stored.subject_key))
-        applied = pipeline.apply(replace(snap, source="poll", subject_key=stored.subject_key),
-                                 rules, now_ms)
-        if applied.events:
-            outcome = Outcome.CHANGED
-        else:
-            fold_repeat(view.platform, view.subject_key)  # the same answer again: counted
+            out.append((Outcome.UNCHANGED, None))
+            polled.append((n, _reconciled(item.snap, stored, rules)))
+    if polled:
+        applied = pipeline.apply_many([snap for _, snap in polled], rules, now_ms,
+                                      known={keys[n]: rows[keys[n]] for n, _ in polled})
+        for (n, _), a in zip(polled, applied, strict=True):
+            out[n] = (Outcome.CHANGED if a.events else Outcome.UNCHANGED, a)
+            if not a.events:
+                fold_repeat(*keys[n])  # the same answer again: counted
+            after = a.purchase  # the row as the apply left it
+            if after is None or (after.platform, after.subject_key) != keys[n]:
+                after = statements.load_purchase(*keys[n])
+            assert after is not None
+            rows[keys[n]] = after
+    # The clock's say, on each row as the poll left it.
+    lapsed = [(n, snap) for n, (outcome, _) in enumerate(out) if outcome is not Outcome.GONE
+              and (snap := clock_input(rows[keys[n]], now_ms, rules.entitlement_policy))]
+    if lapsed:
+        applied = pipeline.apply_many([snap for _, snap in lapsed], rules, now_ms,
+                                      known={keys[n]: rows[keys[n]] for n, _ in lapsed})
+        for (n, _), a in zip(lapsed, applied, strict=True):
+            out[n] = (Outcome.EXPIRED_NO_RENEWAL, a)
+    for n, (outcome, _) in enumerate(out):
+        if outcome in (Outcome.UNCHANGED, Outcome.NO_STATE):
+            # No events: still move the row to its next due time by policy.
+            statements.execute("poll_reschedule", _RESCHEDULE,
+                               (next_poll_ms(rows[keys[n]], now_ms, rules.poll), *keys[n]))
+        elif outcome is Outcome.CHANGED:
+            statements.execute("poll_reset_failures", _RESET_FAILURES, keys[n])
+    return out
+
+
+def _reconciled(snap: Snapshot, stored: PurchaseView, rules: Rules) -> Snapshot:
+    if snap.platform == "apple":
+        snap = reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000)
     else:
-        outcome = Outcome.NO_STATE
-    current = view_of(Purchase.get((Purchase.platform == view.platform)
-                                   & (Purchase.subject_key == view.subject_key)))
-    lapsed = clock_input(current, now_ms, rules.entitlement_policy)
-    if lapsed is not None:
-        applied = pipeline.apply(lapsed, rules, now_ms)
-        outcome = Outcome.EXPIRED_NO_RENEWAL
-    elif outcome is not Outcome.CHANGED:
-        # No events: still move the row to its next due time by policy.
-        Purchase.update(next_poll_ms=next_poll_ms(current, now_ms, rules.poll),
-                        poll_failures=0).where(
-            (Purchase.platform == view.platform)
-            & (Purchase.subject_key == view.subject_key)).execute()
-    if outcome is Outcome.CHANGED:
-        Purchase.update(poll_failures=0).where(
-            (Purchase.platform == view.platform)
-            & (Purchase.subject_key == view.subject_key)).execute()
-    return outcome, applied
+        # Only the purchase's current token may set it: a poll of the root token that
+        # raced an upgrade (the row moved on to the new token meanwhile) does not.
+        snap = reconcile_google(snap, stored, current=snap.latest_ref == (
+            stored.latest_ref or stored.subject_key))
+    return evolve(snap, source="poll", subject_key=stored.subject_key)
+
+
+_RESCHEDULE = ('UPDATE "purchase" SET "next_poll_ms" = {p}, "poll_failures" = 0 '
+               'WHERE "platform" = {p} AND "subject_key" = {p}')
+_RESET_FAILURES = ('UPDATE "purchase" SET "poll_failures" = 0 '
+                   'WHERE "platform" = {p} AND "subject_key" = {p}')
 
 
 @dataclass
@@ -177,8 +218,8 @@ class Poller:
                             view.subject_key[:32], exc.code)
                 self.on_outcome(view, Outcome.FAILED)
                 return Outcome.FAILED
-            outcome, applied = await self.store.write(
-                lambda: _apply_poll(view, snap, self.runtime, now_ms))
+            outcome, applied = await self.store.write_many(
+                apply_polls, Polled(view, snap, self.runtime, now_ms))
         log.info("re-poll platform=%s subject=%s outcome=%s events=%d", view.platform,
                  view.subject_key[:32], outcome, len(applied.events) if applied else 0)
         self.on_outcome(view, outcome)

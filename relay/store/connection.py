@@ -82,6 +82,9 @@ def make_database(cfg: StoreConfig, environ: Mapping[str, str] | None = None,
         "foreign_keys": 1,
         "cache_size": -16000,
         "busy_timeout": int(cfg.busy_timeout_s * 1000),
+        # The statement journal of a savepoint (a group commit's per-item savepoint) and
+        # temporary indexes in memory, not in a file created and deleted per commit.
+        "temp_store": "memory",
     }
     all_pragmas.update(pragmas or {})
     # Multi-row statements have one text per row count (statements.py); keep them all

@@ -22,6 +22,7 @@ from relay.core.domain import (
     entitlement_keys,
     is_entitled,
 )
+from relay.core.frozen import evolve
 from relay.core.ledger import lane
 from relay.core.poll_policy import next_poll_ms
 from relay.core.rules import Rules
@@ -99,7 +100,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         named.extend(ledger.Named(slot, snap, before, after, fact) for fact in snap.transactions)
         if before is not None and after == before and not events:
             if snap.poll_now:
-                after = replace(before, next_poll_ms=now_ms)
+                after = evolve(before, next_poll_ms=now_ms)
                 current[key] = dirty[key] = after
             decided.append((after, [], stale))
             inputs.append((snap, before, after, []))
@@ -122,8 +123,8 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
                                seq, after.user_id, snap.observed_ms, snap.received_ms,
                                snap.attesto_event_id, stale, body))
             made.append((eid, event_type, body, seq, subject, None))
-        after = replace(after, sequence=seq, updated_ms=now_ms,
-                        next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
+        after = evolve(after, sequence=seq, updated_ms=now_ms,
+                       next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
                                                   updated_ms=now_ms))
         current[key] = dirty[key] = after
         decided.append((after, made, stale))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from relay.core.errors import UpstreamUnavailableError
 from relay.runtime import Runtime
 from relay.scheduler.clock import Scheduler
 from relay.scheduler.ratelimit import TokenBucket
-from relay.scheduler.repoll import Outcome, Poller, claim_due, due_stats
+from relay.scheduler.repoll import Outcome, Polled, Poller, apply_polls, claim_due, due_stats
 from relay.store import pipeline
 from relay.store.database import Store
 from relay.store.housekeeping import prune
@@ -108,6 +109,32 @@ async def test_refund_found_by_poll_revokes_at_once(env: tuple[Store, Runtime]) 
     r = await row(store)
     assert r.state == "refunded" and r.next_poll_ms is None  # terminal: never polled again
     assert fetch.calls[0].latest_ref == "t1"
+
+
+async def test_poll_results_stored_together_are_applied_as_one_by_one(
+        env: tuple[Store, Runtime]) -> None:
+    store, runtime = env
+    now = runtime.now_ms()
+    for key in ("o1", "o2", "o3"):
+        await store.write(lambda key=key: pipeline.apply(  # type: ignore[misc]
+            snap(now, subject_key=key), runtime.rules, now))
+    views = {r.subject_key: r for r in await store.read(
+        lambda: [pipeline.view_of(p) for p in Purchase.select()])}
+    gone = dataclasses.replace(views["o1"], subject_key="gone")
+    items = [Polled(views["o1"], snap(now, source="poll", state=State.REFUNDED), runtime, now),
+             Polled(views["o2"], snap(now, source="poll", subject_key="o2"), runtime, now),
+             Polled(views["o3"], None, runtime, now), Polled(gone, None, runtime, now)]
+    assert [o for o, _ in await store.write(lambda: apply_polls(items))] == [
+        Outcome.CHANGED, Outcome.UNCHANGED, Outcome.NO_STATE, Outcome.GONE]
+    rows = {r.subject_key: r for r in await store.read(lambda: list(Purchase.select()))}
+    assert rows["o1"].state == "refunded" and rows["o1"].next_poll_ms is None
+    assert rows["o2"].state == rows["o3"].state == "active"
+    assert rows["o2"].next_poll_ms == rows["o3"].next_poll_ms is not None
+    # The same purchase twice in one batch: item by item, the second sees the first.
+    again = [Polled(views["o2"], snap(now, source="poll", subject_key="o2"), runtime, now)] * 2
+    assert [o for o, _ in await store.write(lambda: apply_polls(again))] == [
+        Outcome.UNCHANGED, Outcome.UNCHANGED]
+    assert await store.read(lambda: Event.select().count()) == 4  # 3 purchases, 1 refund
 
 
 async def test_failed_call_changes_nothing_and_backs_off(env: tuple[Store, Runtime]) -> None:

@@ -119,6 +119,15 @@ async def test_one_failing_write_in_a_group_rolls_back_alone(tmp_path: Path) -> 
 
 
 @sqlite_only
+async def test_sqlite_keeps_temporary_files_in_memory(tmp_path: Path) -> None:
+    # A savepoint's statement journal would otherwise be a file made per group commit.
+    store = await open_store(tmp_path)
+    mode = await store.read(lambda: store.db.execute_sql("PRAGMA temp_store").fetchone()[0])
+    assert mode == 2  # MEMORY
+    await store.close()
+
+
+@sqlite_only
 async def test_disk_full_fails_the_write_and_recovers(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     pages = await store.read(lambda: store.db.execute_sql("PRAGMA page_count").fetchone()[0])

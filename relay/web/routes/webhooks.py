@@ -23,9 +23,11 @@ from relay.core.errors import (
     StoreUnavailableError,
     UnauthorizedError,
 )
+from relay.core.json_codec import dumps
 from relay.core.json_object import parse_json_object
 from relay.core.normalizer import envelope_ids, normalize
 from relay.intake.inbox import Delivered, Inbound, ingest_many
+from relay.log import ROUTINE_KEY
 from relay.web.appkeys import INGEST_LINK_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.web.bodies import read_capped
 
@@ -83,8 +85,9 @@ async def handle_attesto(request: web.Request) -> web.Response:
                                   code="event_id_mismatch")
     except BadRequestError as exc:
         raise _rejected(counter, exc, header_id) from None
-    inbound = Inbound(event_id, event, now_ms, t, json.dumps(
-        {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}), raw)
+    headers = request.headers
+    inbound = Inbound(event_id, event, now_ms, t, dumps(
+        {h: headers[h] for h in KEPT_HEADERS if h in headers}, ascii_fallback=True), raw)
     try:
         if link is not None:
             outcome = await link.ingest(inbound)
@@ -103,12 +106,13 @@ async def handle_attesto(request: web.Request) -> web.Response:
         log.error("webhook not stored event_id=%s: %s", event_id, exc)
         raise StoreUnavailableError("the delivery could not be stored; retry later",
                                     retry_after_s=30) from None
+    request[ROUTINE_KEY] = True  # a 2xx: no access line at INFO (the inbox row is the record)
     if outcome.duplicate:
         counter.labels("duplicate", "").inc()
         log.info("webhook duplicate event_id=%s", event_id)
         return _answer(_DUPLICATE)
     counter.labels("accepted", "stale" if outcome.stale else "").inc()
-    # Routine deliveries are in the access log and the inbox; a stale one is news.
+    # Routine deliveries are in the inbox (and the metrics); a stale one is news.
     level = logging.INFO if outcome.stale else logging.DEBUG
     if log.isEnabledFor(level):
         p = outcome.purchase
