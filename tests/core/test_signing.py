@@ -1,6 +1,8 @@
 """Tests for relay.core.signing, cross-checked against the `standardwebhooks` package."""
 
 import base64
+import hashlib
+import hmac
 import time
 
 import pytest
@@ -46,6 +48,17 @@ def test_oracle_single_key() -> None:
     secret = generate_secret()
     headers = sign_headers("msg_1", int(time.time()), BODY, [parse_secret(secret)])
     assert Webhook(secret).verify(BODY, headers, json_parse=False) is None
+
+
+def test_repeated_signatures_with_one_key_stay_independent() -> None:
+    # The keyed HMAC is copied per signature: no content may leak into the next one.
+    secret = generate_secret()
+    key = parse_secret(secret)
+    for n, body in enumerate([BODY, b"{}", BODY + b" ", BODY]):
+        headers = sign_headers(f"msg_r{n}", SPEC_TS, body, [key])
+        expected = hmac.new(key, f"msg_r{n}.{SPEC_TS}.".encode() + body, hashlib.sha256)
+        assert headers["webhook-signature"] == f"v1,{base64.b64encode(expected.digest()).decode()}"
+        verify_headers(headers, body, [key], now_s=SPEC_TS)
 
 
 def test_oracle_rotation_either_secret_alone() -> None:
