@@ -63,6 +63,17 @@ async def signed_in(client: App, secret: str = ADMIN_TOKEN) -> str:
     return str(form(await page.text(), f"{BASE}/signout")["csrf"])
 
 
+async def shown_as_text(resp: ClientResponse) -> str:
+    """The page's HTML after checking that a planted `<script>`/`<img>` reached it as text:
+    a 200, no script element, no img tag, the escaped `&lt;script&gt;` present."""
+    assert resp.status == 200
+    text = await resp.text()
+    assert parse(text).scripts == 0
+    assert "<img" not in text
+    assert "&lt;script&gt;" in text
+    return text
+
+
 def text_of(html: str) -> str:
     """The page's visible text, roughly (tags dropped, entities kept as written)."""
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
