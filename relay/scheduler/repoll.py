@@ -199,8 +199,12 @@ class Poller:
             outcome, applied = await self.store.write_many(
                 apply_polls, Polled(view, snap, self.runtime, now_ms))
             self.claims.release(view)
-        log.info("re-poll platform=%s subject=%s outcome=%s events=%d", view.platform,
-                 view.subject_key[:32], outcome, len(applied.events) if applied else 0)
+        # Attesto agreeing with the row is routine (relay_repoll_total counts it): DEBUG.
+        level = logging.DEBUG if outcome is Outcome.UNCHANGED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "re-poll platform=%s subject=%s outcome=%s events=%d",
+                    view.platform, view.subject_key[:32], outcome,
+                    len(applied.events) if applied else 0)
         self.on_outcome(view, outcome)
         return outcome
 
