@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from relay.attesto.client import AttestoClient
 from relay.core.domain import PurchaseView, Snapshot
@@ -33,7 +34,7 @@ from relay.scheduler.ratelimit import TokenBucket
 from relay.store import pipeline, statements
 from relay.store.database import Store
 from relay.store.input_log import fold_repeat
-from relay.store.models import Purchase
+from relay.store.models import Purchase, database
 from relay.store.pipeline import Applied
 
 log = logging.getLogger("relay.repoll")
@@ -82,7 +83,7 @@ def _reschedule_failure(platform: str, subject_key: str, now_ms: int, base_ms: i
 _RESCHEDULE = ('UPDATE "purchase" SET "next_poll_ms" = {p}, "poll_failures" = 0 '
                'WHERE "platform" = {p} AND "subject_key" = {p}')
 _RESET_FAILURES = ('UPDATE "purchase" SET "poll_failures" = 0 '
-                   'WHERE "platform" = {p} AND "subject_key" = {p}')
+                   'WHERE "platform" = {p} AND "subject_key" = {p} AND "poll_failures" <> 0')
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,14 +138,20 @@ def apply_polls(items: list[Polled]) -> list[tuple[Outcome, Applied | None]]:
                                       known={keys[n]: rows[keys[n]] for n, _ in lapsed})
         for (n, _), a in zip(lapsed, applied, strict=True):
             out[n] = (Outcome.EXPIRED_NO_RENEWAL, a)
-    for n, (outcome, _) in enumerate(out):
-        if outcome in (Outcome.UNCHANGED, Outcome.NO_STATE):
-            # No events: still move the row to its next due time by policy.
-            statements.execute("poll_reschedule", _RESCHEDULE,
-                               (next_poll_ms(rows[keys[n]], now_ms, rules.poll), *keys[n]))
-        elif outcome is Outcome.CHANGED:
-            statements.execute("poll_reset_failures", _RESET_FAILURES, keys[n])
+    # No events: still move the row to its next due time by policy. Events: the row's
+    # next time is set; only its failure count is reset. One prepared statement each.
+    _execute_many(_RESCHEDULE, [
+        (next_poll_ms(rows[keys[n]], now_ms, rules.poll), *keys[n])
+        for n, (outcome, _) in enumerate(out)
+        if outcome in (Outcome.UNCHANGED, Outcome.NO_STATE)])
+    _execute_many(_RESET_FAILURES, [keys[n] for n, (outcome, _) in enumerate(out)
+                                    if outcome is Outcome.CHANGED])
     return out
+
+
+def _execute_many(template: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        database.cursor().executemany(template.replace("{p}", database.param), rows)
 
 
 def _reconciled(snap: Snapshot, stored: PurchaseView, rules: Rules) -> Snapshot:

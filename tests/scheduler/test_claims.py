@@ -1,14 +1,16 @@
-"""Re-poll claims: in memory when the process owns the SQLite file, durable otherwise."""
+"""Re-poll claims (in memory when the process owns the SQLite file, durable otherwise)
+and the re-poll log line."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from relay.core.domain import PurchaseView, Snapshot
+from relay.core.domain import PurchaseView, Snapshot, State
 from relay.runtime import Runtime
 from relay.scheduler.claims import CLAIM_MS
 from relay.scheduler.ratelimit import TokenBucket
@@ -17,7 +19,7 @@ from relay.store import pipeline
 from relay.store.database import Store
 from relay.store.models import Purchase
 from tests.conftest import Clock, make_config
-from tests.scheduler.test_repoll import snap
+from tests.scheduler.test_repoll import ScriptedFetch, snap
 from tests.support.store import sqlite_only
 
 
@@ -143,3 +145,19 @@ async def test_shared_file_or_postgres_keeps_the_durable_claim(
         assert await p.claim(now, 10) == []
     finally:
         await store.close()
+
+
+async def test_an_unchanged_poll_logs_at_debug_a_change_at_info(
+        owned: tuple[Store, Runtime], caplog: pytest.LogCaptureFixture) -> None:
+    store, runtime = owned
+    now = await _seed(store, runtime, ["o1", "o2"])
+    fetch = ScriptedFetch()
+    fetch.results += [snap(now, source="poll"), snap(now, source="poll", subject_key="o2",
+                                                     state=State.REFUNDED)]
+    p = Poller(store, runtime, fetch, TokenBucket(1000, 1000))
+    with caplog.at_level(logging.DEBUG, logger="relay.repoll"):
+        assert await p.run_due(1) == [Outcome.UNCHANGED]
+        assert await p.run_due(1) == [Outcome.CHANGED]
+    lines = [(r.levelno, r.getMessage().split()[-2]) for r in caplog.records
+             if r.name == "relay.repoll"]
+    assert lines == [(logging.DEBUG, "outcome=unchanged"), (logging.INFO, "outcome=changed")]
