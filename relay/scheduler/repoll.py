@@ -186,26 +186,30 @@ class Poller:
         return await self.claims.take(now_ms, limit)
 
     async def poll_one(self, view: PurchaseView) -> Outcome:
-        async with self._sem:
+        async with self._sem:  # bounds the calls in flight; storing a result is outside
             await self.bucket.acquire()
             now_ms = self.runtime.now_ms()
             try:
                 snap = await self.fetch(view) if self._needs_fetch(view) else None
             except RelayError as exc:
+                failure: RelayError | None = exc
                 retry_ms = exc.retry_after_s * 1000 if exc.retry_after_s else None
                 if retry_ms:
                     self.bucket.pause(retry_ms / 1000)
-                base_ms = self.runtime.config.scheduler.poll_after_expiry_s * 100
-                await self.store.write(lambda: _reschedule_failure(
-                    view.platform, view.subject_key, now_ms, max(base_ms, 30_000), retry_ms))
-                self.claims.release(view)
-                log.warning("re-poll failed platform=%s subject=%s code=%s", view.platform,
-                            view.subject_key[:32], exc.code)
-                self.on_outcome(view, Outcome.FAILED)
-                return Outcome.FAILED
-            outcome, applied = await self.store.write_many(
-                apply_polls, Polled(view, snap, self.runtime, now_ms))
+            else:
+                failure = None
+        if failure is not None:
+            base_ms = self.runtime.config.scheduler.poll_after_expiry_s * 100
+            await self.store.write(lambda: _reschedule_failure(
+                view.platform, view.subject_key, now_ms, max(base_ms, 30_000), retry_ms))
             self.claims.release(view)
+            log.warning("re-poll failed platform=%s subject=%s code=%s", view.platform,
+                        view.subject_key[:32], failure.code)
+            self.on_outcome(view, Outcome.FAILED)
+            return Outcome.FAILED
+        outcome, applied = await self.store.write_many(
+            apply_polls, Polled(view, snap, self.runtime, now_ms))
+        self.claims.release(view)
         # Attesto agreeing with the row is routine (relay_repoll_total counts it): DEBUG.
         level = logging.DEBUG if outcome is Outcome.UNCHANGED else logging.INFO
         if log.isEnabledFor(level):
