@@ -162,6 +162,8 @@ def _reconciled(snap: Snapshot, stored: PurchaseView, rules: Rules) -> Snapshot:
         # raced an upgrade (the row moved on to the new token meanwhile) does not.
         snap = reconcile_google(snap, stored, current=snap.latest_ref == (
             stored.latest_ref or stored.subject_key))
+    if snap.source == "poll" and snap.subject_key == stored.subject_key:
+        return snap  # as the fetcher made it: no copy
     return evolve(snap, source="poll", subject_key=stored.subject_key)
 
 
