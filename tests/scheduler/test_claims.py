@@ -161,3 +161,14 @@ async def test_an_unchanged_poll_logs_at_debug_a_change_at_info(
     lines = [(r.levelno, r.getMessage().split()[-2]) for r in caplog.records
              if r.name == "relay.repoll"]
     assert lines == [(logging.DEBUG, "outcome=unchanged"), (logging.INFO, "outcome=changed")]
+
+
+@sqlite_only
+async def test_after_a_crash_rows_in_flight_are_due_at_once(
+        owned: tuple[Store, Runtime]) -> None:
+    store, runtime = owned
+    now = await _seed(store, runtime, ["o1", "o2"])
+    crashed = Poller(store, runtime, GatedFetch(), TokenBucket(1000, 1000))
+    assert len(await crashed.claim(now, 10)) == 2  # its polls never finish
+    restarted = Poller(store, runtime, GatedFetch(), TokenBucket(1000, 1000))
+    assert [v.subject_key for v in await restarted.claim(now, 10)] == ["o1", "o2"]
