@@ -10,7 +10,6 @@ open, and while a Retry-After is pending, calls fail fast with 503 and Retry-Aft
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -31,7 +30,7 @@ from relay.core.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from relay.core.json_codec import loads
+from relay.core.json_codec import dumps, loads
 from relay.core.retry_policy import delay_seconds
 from relay.metrics import Metrics
 
@@ -122,10 +121,12 @@ def map_error(answer: _Answer) -> RelayError:
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
     """The answer's body, or None (logged) once it passes MAX_ANSWER_BYTES."""
-    if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
-        log.warning("attesto answered %d bytes (more than %d): not read", resp.content_length,
-                    MAX_ANSWER_BYTES)
-        return None
+    if resp.content_length is not None:
+        if resp.content_length > MAX_ANSWER_BYTES:
+            log.warning("attesto answered %d bytes (more than %d): not read",
+                        resp.content_length, MAX_ANSWER_BYTES)
+            return None
+        return await resp.read()  # no more than Content-Length is read
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(65_536):
@@ -175,6 +176,9 @@ class AttestoClient:
         self.config = config
         self._api_key = api_key
         self._base = config.base_url.rstrip("/")
+        self._headers = {  # every call's (aiohttp copies them into each request)
+            "Authorization": f"Bearer {api_key.reveal() if api_key else ''}",
+            "Content-Type": "application/json", "Accept": "application/json"}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
 
     async def verify_apple(self, transaction_id: str, environment: str | None = None, *,
@@ -209,11 +213,10 @@ class AttestoClient:
 
     async def _attempts(self, path: str, body: dict[str, Any], request_id: str | None,
                         deadline: float) -> Verdict:
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Authorization": f"Bearer {self._api_key.reveal() if self._api_key else ''}",
-                   "Content-Type": "application/json", "Accept": "application/json"}
+        payload = dumps(body, ascii_fallback=True).encode()
+        headers = self._headers
         if request_id:
-            headers["X-Request-Id"] = request_id
+            headers = {**headers, "X-Request-Id": request_id}
         seen_500 = False
         last: RelayError | None = None
         for attempt in range(1, self.config.max_attempts + 1):
@@ -282,7 +285,8 @@ class AttestoClient:
             except (ValueError, RecursionError):  # not JSON, or nested too deep
                 pass
             body = parsed if isinstance(parsed, dict) else None
-            return _Answer(resp.status, body, _retry_after(resp.headers, body))
+            return _Answer(resp.status, body, None if resp.status == 200
+                           else _retry_after(resp.headers, body))
 
     def _verdict(self, answer: _Answer) -> Verdict:
         body = answer.body

@@ -19,7 +19,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from relay.runtime import Runtime
-from relay.scheduler.repoll import Poller, claim_due
+from relay.scheduler.repoll import Poller
 from relay.store.database import Store
 from relay.store.housekeeping import prune
 from relay.store.leases import take_lease
@@ -94,7 +94,7 @@ class Scheduler:
         if room <= 0 or not await self._lease("repoll", max(cfg.tick_s * 2, 10.0)):
             return 0
         now_ms = self.runtime.now_ms()
-        views = await self.store.write(lambda: claim_due(now_ms, room))
+        views = await poller.claim(now_ms, room)
         for view in views:
             task = asyncio.create_task(poller.poll_one(view), name=f"repoll:{view.platform}")
             self._tasks.add(task)

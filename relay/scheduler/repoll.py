@@ -1,18 +1,19 @@
 """Re-polling due purchases through Attesto: claim, fetch, apply, reschedule.
 
-Every claim and every result is its own transaction, so a cancelled or crashed
-poll leaves the row due again (after its claim lapses), never half-applied. A
+A claim (`relay.scheduler.claims`) keeps a row from being polled twice at once; every
+result is stored in its own transaction (grouped with others), so a cancelled or
+crashed poll leaves the row due again (after its claim lapses), never half-applied. A
 failed call changes no state: the row is rescheduled with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from relay.attesto.client import AttestoClient
 from relay.core.domain import PurchaseView, Snapshot
@@ -28,11 +29,12 @@ from relay.core.verify_snapshot import (
     reconcile_google,
 )
 from relay.runtime import Runtime
+from relay.scheduler.claims import CLAIM_MS, Claims, claim_due
 from relay.scheduler.ratelimit import TokenBucket
 from relay.store import pipeline, statements
 from relay.store.database import Store
 from relay.store.input_log import fold_repeat
-from relay.store.models import Purchase
+from relay.store.models import Purchase, database
 from relay.store.pipeline import Applied
 
 log = logging.getLogger("relay.repoll")
@@ -42,8 +44,6 @@ log = logging.getLogger("relay.repoll")
 # (with retry_after_s on 429) when the call failed.
 Fetcher = Callable[[PurchaseView], Awaitable[Snapshot | None]]
 
-CLAIM_MS = 300_000  # a claimed row is not re-claimed for 5 minutes
-CLAIM_CHUNK = 500  # keys per UPDATE (2 parameters each: well under SQLite's limit)
 MAX_BACKOFF_MS = 6 * 3_600_000
 
 
@@ -56,28 +56,6 @@ class Outcome(StrEnum):
     NO_STATE = "no_state"  # Attesto answered without a usable state (not found)
     FAILED = "failed"  # the call failed; rescheduled with backoff
     GONE = "gone"  # the row changed or vanished since it was claimed
-
-
-_VIEW_COLUMNS = [getattr(Purchase, f.name) for f in dataclasses.fields(PurchaseView)]
-
-
-def claim_due(now_ms: int, limit: int) -> list[PurchaseView]:
-    """Select up to `limit` due rows, oldest first, and push them out of the due window."""
-    # Plain tuples straight into views: hydrating 500 models costs more than the query.
-    views = [PurchaseView(*row) for row in  # type: ignore[misc]
-             Purchase.select(*_VIEW_COLUMNS)
-             .where(Purchase.next_poll_ms <= now_ms)
-             .order_by(Purchase.next_poll_ms)
-             .limit(limit).tuples()]
-    by_platform: dict[str, list[str]] = {}
-    for v in views:
-        by_platform.setdefault(v.platform, []).append(v.subject_key)
-    for platform, keys in by_platform.items():  # equality + IN: stays on the primary key
-        for start in range(0, len(keys), CLAIM_CHUNK):
-            Purchase.update(next_poll_ms=now_ms + CLAIM_MS).where(
-                (Purchase.platform == platform)
-                & Purchase.subject_key.in_(keys[start:start + CLAIM_CHUNK])).execute()
-    return views
 
 
 def due_stats(now_ms: int) -> tuple[int, int | None]:
@@ -105,7 +83,7 @@ def _reschedule_failure(platform: str, subject_key: str, now_ms: int, base_ms: i
 _RESCHEDULE = ('UPDATE "purchase" SET "next_poll_ms" = {p}, "poll_failures" = 0 '
                'WHERE "platform" = {p} AND "subject_key" = {p}')
 _RESET_FAILURES = ('UPDATE "purchase" SET "poll_failures" = 0 '
-                   'WHERE "platform" = {p} AND "subject_key" = {p}')
+                   'WHERE "platform" = {p} AND "subject_key" = {p} AND "poll_failures" <> 0')
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +138,20 @@ def apply_polls(items: list[Polled]) -> list[tuple[Outcome, Applied | None]]:
                                       known={keys[n]: rows[keys[n]] for n, _ in lapsed})
         for (n, _), a in zip(lapsed, applied, strict=True):
             out[n] = (Outcome.EXPIRED_NO_RENEWAL, a)
-    for n, (outcome, _) in enumerate(out):
-        if outcome in (Outcome.UNCHANGED, Outcome.NO_STATE):
-            # No events: still move the row to its next due time by policy.
-            statements.execute("poll_reschedule", _RESCHEDULE,
-                               (next_poll_ms(rows[keys[n]], now_ms, rules.poll), *keys[n]))
-        elif outcome is Outcome.CHANGED:
-            statements.execute("poll_reset_failures", _RESET_FAILURES, keys[n])
+    # No events: still move the row to its next due time by policy. Events: the row's
+    # next time is set; only its failure count is reset. One prepared statement each.
+    _execute_many(_RESCHEDULE, [
+        (next_poll_ms(rows[keys[n]], now_ms, rules.poll), *keys[n])
+        for n, (outcome, _) in enumerate(out)
+        if outcome in (Outcome.UNCHANGED, Outcome.NO_STATE)])
+    _execute_many(_RESET_FAILURES, [keys[n] for n, (outcome, _) in enumerate(out)
+                                    if outcome is Outcome.CHANGED])
     return out
+
+
+def _execute_many(template: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        database.cursor().executemany(template.replace("{p}", database.param), rows)
 
 
 def _reconciled(snap: Snapshot, stored: PurchaseView, rules: Rules) -> Snapshot:
@@ -178,13 +162,9 @@ def _reconciled(snap: Snapshot, stored: PurchaseView, rules: Rules) -> Snapshot:
         # raced an upgrade (the row moved on to the new token meanwhile) does not.
         snap = reconcile_google(snap, stored, current=snap.latest_ref == (
             stored.latest_ref or stored.subject_key))
+    if snap.source == "poll" and snap.subject_key == stored.subject_key:
+        return snap  # as the fetcher made it: no copy
     return evolve(snap, source="poll", subject_key=stored.subject_key)
-
-
-_RESCHEDULE = ('UPDATE "purchase" SET "next_poll_ms" = {p}, "poll_failures" = 0 '
-               'WHERE "platform" = {p} AND "subject_key" = {p}')
-_RESET_FAILURES = ('UPDATE "purchase" SET "poll_failures" = 0 '
-                   'WHERE "platform" = {p} AND "subject_key" = {p}')
 
 
 @dataclass
@@ -197,31 +177,47 @@ class Poller:
     bucket: TokenBucket
     on_outcome: Callable[[PurchaseView, Outcome], None] = lambda view, outcome: None
     _sem: asyncio.Semaphore = field(init=False)
+    claims: Claims = field(init=False)
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.runtime.config.scheduler.max_concurrent_polls)
+        self.claims = Claims(self.store)
+
+    async def claim(self, now_ms: int, limit: int) -> list[PurchaseView]:
+        """Claim up to `limit` due rows, oldest first, for `poll_one`."""
+        return await self.claims.take(now_ms, limit)
 
     async def poll_one(self, view: PurchaseView) -> Outcome:
-        async with self._sem:
+        async with self._sem:  # bounds the calls in flight; storing a result is outside
             await self.bucket.acquire()
             now_ms = self.runtime.now_ms()
             try:
                 snap = await self.fetch(view) if self._needs_fetch(view) else None
             except RelayError as exc:
+                failure: RelayError | None = exc
                 retry_ms = exc.retry_after_s * 1000 if exc.retry_after_s else None
                 if retry_ms:
                     self.bucket.pause(retry_ms / 1000)
-                base_ms = self.runtime.config.scheduler.poll_after_expiry_s * 100
-                await self.store.write(lambda: _reschedule_failure(
-                    view.platform, view.subject_key, now_ms, max(base_ms, 30_000), retry_ms))
-                log.warning("re-poll failed platform=%s subject=%s code=%s", view.platform,
-                            view.subject_key[:32], exc.code)
-                self.on_outcome(view, Outcome.FAILED)
-                return Outcome.FAILED
-            outcome, applied = await self.store.write_many(
-                apply_polls, Polled(view, snap, self.runtime, now_ms))
-        log.info("re-poll platform=%s subject=%s outcome=%s events=%d", view.platform,
-                 view.subject_key[:32], outcome, len(applied.events) if applied else 0)
+            else:
+                failure = None
+        if failure is not None:
+            base_ms = self.runtime.config.scheduler.poll_after_expiry_s * 100
+            await self.store.write(lambda: _reschedule_failure(
+                view.platform, view.subject_key, now_ms, max(base_ms, 30_000), retry_ms))
+            self.claims.release(view)
+            log.warning("re-poll failed platform=%s subject=%s code=%s", view.platform,
+                        view.subject_key[:32], failure.code)
+            self.on_outcome(view, Outcome.FAILED)
+            return Outcome.FAILED
+        outcome, applied = await self.store.write_many(
+            apply_polls, Polled(view, snap, self.runtime, now_ms))
+        self.claims.release(view)
+        # Attesto agreeing with the row is routine (relay_repoll_total counts it): DEBUG.
+        level = logging.DEBUG if outcome is Outcome.UNCHANGED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "re-poll platform=%s subject=%s outcome=%s events=%d",
+                    view.platform, view.subject_key[:32], outcome,
+                    len(applied.events) if applied else 0)
         self.on_outcome(view, outcome)
         return outcome
 
@@ -232,7 +228,7 @@ class Poller:
     async def run_due(self, limit: int) -> list[Outcome]:
         """Claim up to `limit` due rows and poll them; return the outcomes."""
         now_ms = self.runtime.now_ms()
-        views = await self.store.write(lambda: claim_due(now_ms, limit))
+        views = await self.claim(now_ms, limit)
         if not views:
             return []
         results = await asyncio.gather(*(self.poll_one(v) for v in views),
@@ -281,4 +277,5 @@ def attesto_fetcher(attesto: AttestoClient, runtime: Runtime) -> Fetcher:
     return fetch
 
 
-__all__ = ["Fetcher", "Outcome", "Poller", "UpstreamError", "claim_due", "due_stats"]
+__all__ = ["CLAIM_MS", "Fetcher", "Outcome", "Poller", "UpstreamError", "claim_due",
+           "due_stats"]

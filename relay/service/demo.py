@@ -22,7 +22,6 @@ from relay.attesto.simulator import AttestoSimulator
 from relay.config import Config, Credentials, DownstreamConfig, Secret, load_config
 from relay.core.signing import generate_secret
 from relay.outbox.receiver import DownstreamReceiver
-from relay.scheduler.repoll import claim_due
 from relay.store.models import Purchase
 from relay.web.app import create_app
 from relay.web.appkeys import OUTBOX_KEY, SCHEDULER_KEY, STORE_KEY
@@ -127,7 +126,7 @@ class Demo:
         poller = self.app[SCHEDULER_KEY].poller
         assert poller is not None
         now = self.clock.ms()
-        views = await self.app[STORE_KEY].write(lambda: claim_due(now, 100))
+        views = await poller.claim(now, 100)
         for view in views:
             await poller.poll_one(view)
         return len(views)

@@ -232,3 +232,22 @@ async def test_scheduler_starts_ticks_and_stops_cleanly(env: tuple[Store, Runtim
     await sched.stop()
     assert not sched.running
     assert len(fetch.calls) <= 1
+
+
+async def test_a_stored_answer_resets_the_failure_count(env: tuple[Store, Runtime]) -> None:
+    store, runtime = env
+    now = runtime.now_ms()
+    for key in ("o1", "o2"):
+        await store.write(lambda key=key: pipeline.apply(  # type: ignore[misc]
+            snap(now, subject_key=key), runtime.rules, now))
+    views = {r.subject_key: r for r in await store.read(
+        lambda: [pipeline.view_of(p) for p in Purchase.select()])}
+    await store.write(lambda: Purchase.update(poll_failures=3).execute())
+    items = [Polled(views["o1"], snap(now, source="poll"), runtime, now),
+             Polled(views["o2"], snap(now, source="poll", subject_key="o2",
+                                      state=State.REFUNDED), runtime, now)]
+    assert [o for o, _ in await store.write(lambda: apply_polls(items))] == [
+        Outcome.UNCHANGED, Outcome.CHANGED]
+    rows = {r.subject_key: r for r in await store.read(lambda: list(Purchase.select()))}
+    assert rows["o1"].poll_failures == rows["o2"].poll_failures == 0
+    assert rows["o1"].next_poll_ms is not None and rows["o1"].next_poll_ms > now
