@@ -140,5 +140,10 @@ class Claims:
         """How many claims are held in memory now."""
         return len(self._held)
 
+    def held_rowids(self, now_ms: int) -> frozenset[int]:
+        """The rows whose claim is held at `now_ms`: their poll is in flight, so they are
+        not due (what the durable claim says by moving `next_poll_ms`)."""
+        return frozenset(h.rowid for h in self._held.values() if h.until_ms > now_ms)
+
 
 __all__ = ["CLAIM_MS", "Claims", "claim_due", "select_due"]

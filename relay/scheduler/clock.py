@@ -41,6 +41,10 @@ class Scheduler:
         self._scheduler: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    def in_flight(self, now_ms: int) -> frozenset[int]:
+        """Rows claimed in memory whose poll is in flight (not due): for `due_stats`."""
+        return self.poller.claims.held_rowids(now_ms) if self.poller else frozenset()
+
     @property
     def running(self) -> bool:
         return self._scheduler is not None and bool(self._scheduler.running)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from peewee import SQL
 
 from relay.attesto.client import AttestoClient
 from relay.core.domain import PurchaseView, Snapshot
@@ -58,10 +60,14 @@ class Outcome(StrEnum):
     GONE = "gone"  # the row changed or vanished since it was claimed
 
 
-def due_stats(now_ms: int) -> tuple[int, int | None]:
-    """(number of rows due now, next_poll_ms of the oldest due row)."""
-    due = Purchase.select().where(Purchase.next_poll_ms <= now_ms)
-    oldest = (Purchase.select(Purchase.next_poll_ms).where(Purchase.next_poll_ms <= now_ms)
+def due_stats(now_ms: int, in_flight: Collection[int] = ()) -> tuple[int, int | None]:
+    """(number of rows due now, next_poll_ms of the oldest due row); `in_flight`: the
+    rowids of rows claimed in memory (`Claims.held_rowids`), which are not due."""
+    where = Purchase.next_poll_ms <= now_ms
+    if in_flight:  # SQLite only: in-memory claims exist when the process owns the file
+        where &= SQL("rowid").not_in(sorted(in_flight))
+    due = Purchase.select().where(where)
+    oldest = (Purchase.select(Purchase.next_poll_ms).where(where)
               .order_by(Purchase.next_poll_ms).limit(1).scalar())
     return due.count(), oldest
 

@@ -14,7 +14,7 @@ from relay.core.domain import PurchaseView, Snapshot, State
 from relay.runtime import Runtime
 from relay.scheduler.claims import CLAIM_MS
 from relay.scheduler.ratelimit import TokenBucket
-from relay.scheduler.repoll import Outcome, Poller
+from relay.scheduler.repoll import Outcome, Poller, due_stats
 from relay.store import pipeline
 from relay.store.database import Store
 from relay.store.models import Purchase
@@ -172,3 +172,21 @@ async def test_after_a_crash_rows_in_flight_are_due_at_once(
     assert len(await crashed.claim(now, 10)) == 2  # its polls never finish
     restarted = Poller(store, runtime, GatedFetch(), TokenBucket(1000, 1000))
     assert [v.subject_key for v in await restarted.claim(now, 10)] == ["o1", "o2"]
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_rows_in_flight_are_not_counted_as_due(
+        owned: tuple[Store, Runtime], durable: bool) -> None:
+    """`relay due`, /metrics and the console count what waits for a poll, as before the
+    in-memory claims: a claimed row whose poll is in flight is not due."""
+    store, runtime = owned
+    now = await _seed(store, runtime, ["d1", "d2", "d3"])
+    p = Poller(store, runtime, GatedFetch(), TokenBucket(1000, 1000))
+    if durable:
+        p.claims.in_memory = False  # what a shared file or PostgreSQL does
+    assert await store.read(lambda: due_stats(now, p.claims.held_rowids(now))) == (3, now - 3)
+    await p.claim(now, 2)  # d1 and d2, the oldest
+    assert await store.read(lambda: due_stats(now, p.claims.held_rowids(now))) == (1, now - 1)
+    later = now + CLAIM_MS  # the claims lapsed: due again
+    due_later = await store.read(lambda: due_stats(later, p.claims.held_rowids(later)))
+    assert due_later[0] == 3

@@ -11,7 +11,14 @@ import logging
 from aiohttp import web
 
 from relay.outbox import admin as delivery_admin
-from relay.web.appkeys import ATTESTO_KEY, METRICS_KEY, OUTBOX_KEY, RUNTIME_KEY, STORE_KEY
+from relay.web.appkeys import (
+    ATTESTO_KEY,
+    METRICS_KEY,
+    OUTBOX_KEY,
+    RUNTIME_KEY,
+    SCHEDULER_KEY,
+    STORE_KEY,
+)
 from relay.web.console import plots, queries, render
 from relay.web.console.actions import (
     _endpoint_name,
@@ -57,7 +64,8 @@ async def handle_overview(request: web.Request, signed: Signed) -> web.StreamRes
     hours = int_param(request, "hours", PLOT_HOURS, 1, 48)
     minutes = hours * 60
     start = (now_ms // MINUTE_MS + 1) * MINUTE_MS - minutes * MINUTE_MS
-    figures = await store.read(lambda: queries.overview(now_ms, start))
+    in_flight = app[SCHEDULER_KEY].in_flight(now_ms)
+    figures = await store.read(lambda: queries.overview(now_ms, start, in_flight))
     totals = await webhook_totals(app[METRICS_KEY])
     sampler = state.sampler
     rejected, rejected_since = sampler.since("rejected", totals, now_ms - HOUR_MS)

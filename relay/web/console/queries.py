@@ -62,8 +62,9 @@ def attempts_per_minute(since_ms: int, until_ms: int) -> dict[int, tuple[int, in
     return {int(m): (int(ok), int(bad)) for m, ok, bad in rows}
 
 
-def overview(now_ms: int, plot_since_ms: int) -> Overview:
-    due, oldest_due = due_stats(now_ms)
+def overview(now_ms: int, plot_since_ms: int,
+             in_flight: frozenset[int] = frozenset()) -> Overview:
+    due, oldest_due = due_stats(now_ms, in_flight)
     until = now_ms + MINUTE_MS
     return Overview(
         stats=delivery_admin.endpoint_stats(now_ms),

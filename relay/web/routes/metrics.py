@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from relay.metrics import Metrics, exposition
 from relay.scheduler.repoll import due_stats
 from relay.store.models import Delivery
-from relay.web.appkeys import METRICS_KEY, RUNTIME_KEY, STORE_KEY
+from relay.web.appkeys import METRICS_KEY, RUNTIME_KEY, SCHEDULER_KEY, STORE_KEY
 from relay.web.auth import check_metrics_token
 
 
@@ -28,7 +28,7 @@ class QueueFigures:
     oldest_due_ms: int | None
 
 
-def read_queue_figures(now_ms: int) -> QueueFigures:
+def read_queue_figures(now_ms: int, in_flight: frozenset[int] = frozenset()) -> QueueFigures:
     """Runs on the store thread: outbox depth per endpoint and status, the due queue."""
     depth: dict[tuple[str, str], int] = {}
     oldest: dict[str, int] = {}
@@ -43,7 +43,7 @@ def read_queue_figures(now_ms: int) -> QueueFigures:
         depth[(endpoint, status)] = int(count)
         if status in ("pending", "held"):
             oldest[endpoint] = min(int(first_ms), oldest.get(endpoint, int(first_ms)))
-    due, oldest_due = due_stats(now_ms)
+    due, oldest_due = due_stats(now_ms, in_flight)
     return QueueFigures(depth, oldest, due, oldest_due)
 
 
@@ -68,7 +68,8 @@ async def handle_metrics(request: web.Request) -> web.Response:
     check_metrics_token(runtime.config, request)
     metrics = request.app[METRICS_KEY]
     now_ms = runtime.now_ms()
-    figures = await request.app[STORE_KEY].read(lambda: read_queue_figures(now_ms))
+    in_flight = request.app[SCHEDULER_KEY].in_flight(now_ms)
+    figures = await request.app[STORE_KEY].read(lambda: read_queue_figures(now_ms, in_flight))
     publish(metrics, figures, [d.name for d in runtime.config.downstream], now_ms)
     body = exposition(metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -23,7 +23,8 @@ async def handle_due(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     check_admin_token(runtime.config, request)
     now = runtime.now_ms()
-    due, oldest = await request.app[STORE_KEY].read(lambda: due_stats(now))
+    in_flight = request.app[SCHEDULER_KEY].in_flight(now)
+    due, oldest = await request.app[STORE_KEY].read(lambda: due_stats(now, in_flight))
     return web.json_response({
         "due": due, "oldest_due_at": iso(oldest),
         "overdue_s": (now - oldest) // 1000 if oldest is not None else None,
