@@ -106,7 +106,8 @@ def _time_sql(verifier: Any, totals: dict[str, list[float]]) -> None:
     verifier.apply_verifies = timed_apply
 
 
-def _run_relay(port: int, attesto_url: str, db_dir: str, detail: bool, sql_out: str) -> None:
+def _run_relay(port: int, attesto_url: str, db_dir: str, detail: bool, sql_out: str,
+               experiment: str) -> None:
     from relay.attesto.client import AttestoClient
     from relay.config import Credentials, Secret, load_config
     from relay.log import AccessLogger, configure_logging
@@ -142,6 +143,20 @@ def _run_relay(port: int, attesto_url: str, db_dir: str, detail: bool, sql_out: 
         route.outcome_json = _timed(phases, "d:outcome_json", route.outcome_json)
         web.json_response = _timed(phases, "d:json_response", web.json_response)  # type: ignore[assignment]
 
+    if experiment == "no-listeners":  # callers settled, commit listeners never called
+        from relay.store import database, jobs
+
+        def settle_only(js: Any, listeners: Any = ()) -> None:
+            jobs.settle_all(js)
+        database.settle_all = settle_only  # type: ignore[assignment]
+    elif experiment == "cycle-yield":  # the outbox worker lets the settled callers go first
+        from relay.outbox.worker import Outbox
+        cycle = Outbox._cycle
+
+        async def yielding_cycle(self: Outbox) -> bool:
+            await asyncio.sleep(0)
+            return await cycle(self)
+        Outbox._cycle = yielding_cycle  # type: ignore[method-assign]
     base = load_config(None, environ={})
     config = dataclasses.replace(
         base,
@@ -163,7 +178,7 @@ def _run_relay(port: int, attesto_url: str, db_dir: str, detail: bool, sql_out: 
         try:
             return await handler(request)
         finally:
-            if request.path != "/__split":
+            if not request.path.startswith("/__"):
                 phases["handler"].append(time.perf_counter() - t0)
 
     async def serve() -> None:
@@ -289,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--experiment", choices=("none", "no-listeners", "cycle-yield"),
+                        default="none", help="relay patched in its process: no commit "
+                        "listeners, or an outbox worker that yields once before a cycle")
     parser.add_argument("--sql", action="store_true",
                         help="also time each SQL statement of relay's verify write")
     parser.add_argument("--detail", action="store_true",
@@ -300,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="relay-vsplit-") as db_dir:
         procs = [ctx.Process(target=_run_sim, args=(sim_port,), daemon=True),
                  ctx.Process(target=_run_relay, args=(relay_port, sim_url, db_dir, args.detail,
-                                   str(Path(db_dir) / "sql.json") if args.sql else ""),
+                                   str(Path(db_dir) / "sql.json") if args.sql else "",
+                                   args.experiment),
                              daemon=True),
                  ctx.Process(target=_run_floor, args=(floor_port, sim_url, db_dir),
                              daemon=True)]
