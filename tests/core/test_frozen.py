@@ -21,6 +21,7 @@ from relay.core.domain import (
 )
 from relay.core.frozen import evolve, slot_init
 from relay.core.normalizer import Normalized
+from relay.intake.wire import Answer
 from relay.verify.verifier import AppleItem, GoogleItem, Outcome, VerifyWrite
 
 
@@ -63,7 +64,7 @@ def test_evolve_refuses_dataclasses_it_cannot_copy_positionally() -> None:
 
 @pytest.mark.parametrize("cls", [Snapshot, PurchaseView, TxnFact, InputNote, Entitlement,
                                  EventView, Normalized, AppleItem, GoogleItem, Outcome,
-                                 VerifyWrite])
+                                 VerifyWrite, Answer])
 def test_slot_init_classes_stay_frozen_dataclasses(cls: type) -> None:
     assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
