@@ -54,11 +54,11 @@ C = TypeVar("C", bound=type)
 
 
 def slot_init(cls: C) -> C:
-    """Give a frozen `slots=True` dataclass a cheaper `__init__` (Snapshot's 31 fields:
-    1.55 -> 0.67 µs): it turns the new instance into a mutable twin of the same slot
-    layout, fills the slots by plain assignment and turns it back, where the generated one
-    calls `object.__setattr__` per field. An instance of a subclass is filled through the
-    slot descriptors instead.
+    """Give a frozen `slots=True` dataclass a cheaper `__init__` (Snapshot, 31 fields, from
+    5 positional arguments: 3.3 -> 0.7 µs): it turns the new instance into a mutable twin
+    of the same slot layout, fills the slots by plain assignment and turns it back, where
+    the generated one calls `object.__setattr__` per field. An instance of a subclass is
+    filled through the slot descriptors instead.
 
     The class stays frozen to callers (assignment still raises `FrozenInstanceError`);
     signature, defaults, equality, hash, repr, `fields` and `replace` are unchanged. Only
