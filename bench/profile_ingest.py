@@ -148,10 +148,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--tools", default="pyspy,perf")
+    parser.add_argument("--keep-pyspy", metavar="PATH",
+                        help="copy py-spy's raw stacks there (for `--leaves PATH`)")
+    parser.add_argument("--leaves", metavar="PATH", help="no run: the leaf-most relay "
+                        "frames of each category in a kept py-spy file, and exit")
     parser.add_argument("--pin", default="0:1", help="SERVER:LOAD cores")
     parser.add_argument("--rate", type=int, default=6000,
                         help="unique deliveries signed per second of the run")
     args = parser.parse_args(argv)
+    if args.leaves:
+        with open(args.leaves, encoding="utf-8") as fh:
+            _print_leaves(fh)
+        return {}
     tools = set(args.tools.split(","))
     server, load_cpus = args.pin.split(":", 1)
     with tempfile.TemporaryDirectory(prefix="relay-profile-") as d:
@@ -192,7 +200,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          if k.startswith("libpython") or ".cpython-" in k)
             with open(tmp / "pyspy.txt", encoding="utf-8") as fh:
                 out["pyspy"] = _print_pyspy(pyspy_shares(fh), per_delivery * python)
+            if args.keep_pyspy:
+                shutil.copy(tmp / "pyspy.txt", args.keep_pyspy)
         return out
+
+
+def _print_leaves(lines: Iterable[str], top: int = 8) -> None:
+    """Per category, the frames that hold most of its samples: the leaf-most relay frame
+    and the leaf itself."""
+    per: dict[str, Counter[str]] = defaultdict(Counter)
+    for line in lines:
+        stack, _, n = line.rstrip("\n").rpartition(" ")
+        if not (stack and n.isdigit()):
+            continue
+        frames = stack.split(";")[1:]
+        mine = [f for f in frames if "relay/" in f and "site-packages" not in f]
+        where = f"{mine[-1] if mine else '-'} <- {frames[-1] if frames else '?'}"
+        per[classify(frames)][where] += int(n)
+    total = sum(sum(c.values()) for c in per.values())
+    for name, counts in sorted(per.items(), key=lambda kv: -sum(kv[1].values())):
+        print(f"{100 * sum(counts.values()) / total:5.1f}% {name}")
+        for where, n in counts.most_common(top):
+            print(f"       {100 * n / total:5.1f}% {where[:150]}")
 
 
 def _attach(pid: int, tools: set[str], seconds: int, tmp: Path,

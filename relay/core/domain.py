@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from relay.core.frozen import slot_init
+
 
 class State(StrEnum):
     """Normalized purchase state, one machine for both stores."""
@@ -94,6 +96,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_MS = dt.timedelta(milliseconds=1)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one input says about one purchase; `pipeline.apply` stores it.
@@ -139,6 +142,7 @@ class Snapshot:
     transactions: tuple[TxnFact, ...] = ()
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TxnFact:
     """What one input says about one paid store transaction: an Apple `transactionId` (one
@@ -163,6 +167,7 @@ class TxnFact:
     observed_ms: int = 0
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class InputNote:
     """One input as the input log keeps it: a one-line summary and where its raw body is.
@@ -180,6 +185,7 @@ class InputNote:
     linked: str | None = None  # Google: the linkedPurchaseToken of a verified token
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Entitlement:
     key: str
@@ -194,6 +200,7 @@ class Entitlement:
                 "subject_key": self.subject_key}
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PurchaseView:
     """A stored purchase as the API shows it."""
@@ -317,6 +324,7 @@ def entitlements_of(purchases: list[PurchaseView], mapping: Mapping[str, tuple[s
     return out
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class EventView:
     """A stored normalized event (the relayed body is `body`)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from relay.core.domain import InputNote, Snapshot, State, parse_time_ms
 from relay.core.errors import BadRequestError
+from relay.core.frozen import slot_init
 from relay.core.json_codec import loads
 from relay.core.ledger import apple_fact, void_fact
 from relay.core.transitions import resolve_state, transition_for
@@ -25,6 +26,7 @@ KINDS = ("subscription", "product")
 _ENVIRONMENTS = {"sandbox": "sandbox", "production": "production"}
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Normalized:
     """One delivery, read. Exactly one of `snapshot` / subject-less applies.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from relay.core.frozen import slot_init
 from relay.intake.inbox import Inbound
 
 SOCKET_ENV = "RELAY_INGEST_SOCKET"  # the writer's Unix socket, set by the supervisor
@@ -25,6 +26,7 @@ MAX_FRAME = 64 << 20
 ACCEPTED, DUPLICATE, STALE, FAILED, REJECTED = 0, 1, 2, 3, 4
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Answer:
     request_id: int

@@ -23,6 +23,7 @@ from relay.core.domain import (
     is_entitled,
 )
 from relay.core.errors import RateLimitedError, RelayError, UpstreamError, UpstreamTimeoutError
+from relay.core.frozen import slot_init
 from relay.core.rules import Rules
 from relay.core.verify_snapshot import (
     AttestoResponseError,
@@ -41,6 +42,7 @@ log = logging.getLogger("relay.verification")
 RESTORE_CONCURRENCY = 8
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class AppleItem:
     transaction_id: str
@@ -48,6 +50,7 @@ class AppleItem:
     product_id: str | None = None  # informational: grants follow the product Attesto reports
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class GoogleItem:
     package_name: str
@@ -59,6 +62,7 @@ class GoogleItem:
 Item = AppleItem | GoogleItem
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One verify's answer: Attesto's verdict and, when valid, the stored purchase."""
@@ -242,6 +246,7 @@ def _snapshot(item: Item, verdict: Verdict, user_id: str, now: int,
                             code="attesto_bad_response") from None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class VerifyWrite:
     """What one valid verify writes: its snapshot, applied in the store's transaction."""

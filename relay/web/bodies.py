@@ -24,6 +24,8 @@ async def read_capped(request: web.Request, server: ServerConfig) -> bytes:
         raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes",
                                    details={"max_bytes": max_bytes})
     try:
+        if request.content.is_eof():  # all of it has arrived: reading it cannot wait
+            return await request.read()
         async with asyncio.timeout(server.header_timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -112,3 +112,20 @@ def test_arbitrary_header_raises_only_signature_error(header: str) -> None:
 def test_sign_verify_round_trip(secret: str, body: bytes, t: int) -> None:
     header = sign_attesto(secret, t, body)
     assert verify_attesto(header, body, ["other", secret], now_s=t) == t
+
+
+@given(t=st.integers(0, 10**15 - 1), v1=st.from_regex(r"[0-9a-fA-F]{64}", fullmatch=True),
+       spaced=st.booleans())
+def test_canonical_header_parses_as_the_general_form(t: int, v1: str, spaced: bool) -> None:
+    from relay.attesto.signature import _parse
+
+    canonical = f"t={t},v1={v1}"
+    general = f" v1 = {v1} , t={t} " if spaced else f"v1={v1},t={t}"
+    assert _parse(canonical) == _parse(general) == (t, v1.lower())
+
+
+def test_one_secret_signs_many_bodies_independently() -> None:
+    first = sign_attesto(SECRET, T, BODY)
+    other = sign_attesto(SECRET, T, BODY + b" ")
+    assert sign_attesto(SECRET, T, BODY) == first == HEADER and other != first
+    assert verify_attesto(other, BODY + b" ", [SECRET], now_s=T) == T
