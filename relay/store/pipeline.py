@@ -78,6 +78,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     known = known or {}
     keys = {(s.platform, s.subject_key) for s in snaps}
     current = statements.load_purchases(keys - known.keys()) if keys - known.keys() else {}
+    stored = dict(current)  # the rows as the database holds them now
     current.update({k: v for k, v in known.items() if v is not None and k in keys})
     # appUserId -> user: whom a webhook belongs to, and whom a verified purchase is bound to.
     wanted = {s.app_user_id for s in snaps if s.app_user_id is not None}
@@ -158,7 +159,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     for view in located:
         _route_located(rules, view, now_ms)
     if dirty:
-        statements.upsert_purchases(list(dirty.values()))
+        statements.upsert_purchases(list(dirty.values()), stored)
     if inputs:
         statements.insert_inputs([input_row(*i) for i in inputs])
     return results
