@@ -88,8 +88,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "RELAY_CREDENTIAL_ATTESTO_WEBHOOK_SECRET": SECRET})
     rules = rules_from(config)
     pragmas: dict[str, Any] = {"wal_autocheckpoint": 0}
-    if args.page_size:
-        pragmas["page_size"] = args.page_size
+    if args.page_size:  # before WAL mode: a WAL file's page size is fixed at creation
+        import sqlite3
+
+        with sqlite3.connect(db_path) as pre:
+            pre.execute(f"PRAGMA page_size = {int(args.page_size)}")
+            pre.execute("PRAGMA journal_mode = wal")
+        pre.close()
     store = Store(config.store, pragmas=pragmas)
 
     def read(path: str) -> list[Delivered]:

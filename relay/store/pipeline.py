@@ -124,9 +124,9 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
                                seq, after.user_id, snap.observed_ms, snap.received_ms,
                                snap.attesto_event_id, stale, body))
             made.append((eid, event_type, body, seq, subject, None))
-        after = evolve(after, sequence=seq, updated_ms=now_ms,
-                       next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
-                                                  updated_ms=now_ms))
+        after = _stamped(after, before, seq, now_ms,
+                         next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
+                                      updated_ms=now_ms))
         current[key] = dirty[key] = after
         decided.append((after, made, stale))
         inputs.append((snap, before, after, [m[0] for m in made]))
@@ -163,6 +163,23 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     if inputs:
         statements.insert_inputs([input_row(*i) for i in inputs])
     return results
+
+
+_set = object.__setattr__
+
+
+def _stamped(after: PurchaseView, before: PurchaseView | None, sequence: int,
+             updated_ms: int, next_poll: int | None) -> PurchaseView:
+    """`after` with its new sequence, update time and next poll. `decide` made `after`
+    for this call alone (nothing else holds it yet), so it takes them in place: a copy
+    of its 23 fields costs ~3 µs per delivery. A row `decide` passed through unchanged
+    (`before` itself) is copied."""
+    if after is before:
+        return evolve(after, sequence=sequence, updated_ms=updated_ms, next_poll_ms=next_poll)
+    _set(after, "sequence", sequence)
+    _set(after, "updated_ms", updated_ms)
+    _set(after, "next_poll_ms", next_poll)
+    return after
 
 
 def _route_located(rules: Rules, view: PurchaseView, now_ms: int) -> None:
