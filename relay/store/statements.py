@@ -131,10 +131,13 @@ def many(name: str, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]
          width: int) -> list[Any]:
     """Run `head` + `row` x n + `tail` per chunk of `rows`; return the rows fetched, if any."""
     fetched: list[Any] = []
+    db = _db()
     for chunk in _chunks(rows, width):
-        template = head + ", ".join([row] * len(chunk)) + tail
-        params = tuple(chain.from_iterable(chunk))
-        cursor = execute(f"{name}/{len(chunk)}", template, params)
+        key = f"{name}/{len(chunk)}"
+        text = _texts.get((key, db.param))
+        if text is None:
+            text = _text(db, key, head + ", ".join([row] * len(chunk)) + tail)
+        cursor = db.execute_sql(text, tuple(chain.from_iterable(chunk)))  # type: ignore[no-untyped-call]
         if "RETURNING" in tail:
             fetched.extend(cursor.fetchall())
     return fetched
@@ -186,7 +189,8 @@ def users_of_app_users(app_user_ids: Collection[str]) -> dict[str, str]:
 # whenever an UPDATE sets one of its columns, even to the value it had (a leaf page more
 # in the WAL per index): an upsert sets these only for rows where they changed.
 _INDEXED = ("user_id", "app_user_id", "latest_ref", "next_poll_ms")
-_INDEXED_AT = tuple(_PURCHASE_COLUMNS.index(c) for c in _INDEXED)
+_indexed_of = operator.attrgetter(*_INDEXED)
+_indexed_at = operator.itemgetter(*(_PURCHASE_COLUMNS.index(c) for c in _INDEXED))
 _PLAIN = tuple(c for c in _MUTABLE if c != "created_ms" and c not in _INDEXED)
 _UPSERT_HEAD = ('INSERT INTO "purchase" (' + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
                 + ', "poll_failures") VALUES ')
@@ -216,7 +220,7 @@ def upsert_purchases(views: Sequence[PurchaseView],
         row[_STATE] = str(row[_STATE])
         old = stored.get((v.platform, v.subject_key)) if stored else None
         changed = _ALL_INDEXED if old is None else tuple(
-            getattr(old, c) != row[i] for c, i in zip(_INDEXED, _INDEXED_AT, strict=True))
+            map(operator.ne, _indexed_of(old), _indexed_at(row)))
         by_change.setdefault(changed, []).append(row)
     for changed, rows in by_change.items():
         tail = _UPSERT_TAILS.get(changed)
