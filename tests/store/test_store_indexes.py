@@ -117,3 +117,42 @@ def test_upsert_with_the_stored_rows_writes_the_whole_row(db: Database,
         statements.upsert_purchases(new, {(v.platform, v.subject_key): v for v in old})
         got = statements.load_purchases([(v.platform, v.subject_key) for v in new])
     assert [got[(v.platform, v.subject_key)] for v in new] == new
+
+
+def _event(eid: str) -> statements.EventRow:
+    return (eid, "test", "webhook", None, None, None, None, 1, 1, None, False, "{}")
+
+
+@pytest.mark.parametrize("top", [None, 2**63 - 1])
+def test_insert_events_returns_the_stored_cursors(db: Database, top: int | None) -> None:
+    """Without RETURNING on SQLite: the cursors are read from `lastrowid`, or read back
+    when the rowids are not consecutive (after the largest rowid, SQLite picks at random)."""
+    if top is not None and not isinstance(db, SqliteDatabase):
+        pytest.skip("SQLite's rowid (PostgreSQL's cursor is a serial)")
+    migrations.migrate(db)
+    with db.atomic():
+        if top is not None:
+            p = db.param
+            db.execute_sql(  # type: ignore[no-untyped-call]
+                'INSERT INTO "event" ("cursor", "id", "type", "source", "occurred_ms", '
+                f'"received_ms", "stale", "body") VALUES ({p}, {p}, {p}, {p}, 1, 1, FALSE, '
+                "'{}')", (top, "rly_top", "test", "webhook"))
+        got = statements.insert_events([_event(f"rly_{i}") for i in range(100)])
+        stored = dict(db.execute_sql(  # type: ignore[no-untyped-call]
+            'SELECT "id", "cursor" FROM "event" WHERE "id" <> \'rly_top\'').fetchall())
+    assert got == stored and len(got) == 100
+
+
+def test_insert_inbox_many_tells_the_new_ids(db: Database) -> None:
+    migrations.migrate(db)
+
+    def row(eid: str) -> statements.InboxRow:
+        return (eid, "test", 1, 1, "{}", b"raw")
+
+    with db.atomic():
+        assert statements.insert_inbox_many([row("evt_1"), row("evt_2")]) == {"evt_1", "evt_2"}
+        assert statements.insert_inbox_many(
+            [row("evt_2"), row("evt_3"), row("evt_1"), row("evt_4")]) == {"evt_3", "evt_4"}
+        assert statements.insert_inbox_many([row("evt_4")]) == set()
+        count = db.execute_sql('SELECT COUNT(*) FROM "inbox"').fetchone()[0]  # type: ignore[no-untyped-call]
+    assert count == 4
