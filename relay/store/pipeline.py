@@ -99,7 +99,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
             else bound.get(snap.app_user_id)
         after, events, stale = decide(snap, before, user_id, rules, now_ms, bound)
         named.extend(ledger.Named(slot, snap, before, after, fact) for fact in snap.transactions)
-        if before is not None and after == before and not events:
+        if before is not None and not events and after == before:
             if snap.poll_now:
                 after = evolve(before, next_poll_ms=now_ms)
                 current[key] = dirty[key] = after
