@@ -9,7 +9,7 @@ applies its answer (`relay.store.pipeline`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from relay.core.domain import ENTITLED_STATES, PurchaseView, Snapshot, State
@@ -64,6 +64,13 @@ def derive_event(before: PurchaseView | None, after: PurchaseView) -> str | None
         return ("subscription.cancellation_revoked" if after.auto_renew
                 else "subscription.cancellation_scheduled")
     return None
+
+
+# `decide` builds the common case's row field by field (the hot path), so a new
+# PurchaseView field must be set there too; this fails at import until it is.
+_FIELDS = 23
+if len(fields(PurchaseView)) != _FIELDS:
+    raise TypeError("PurchaseView changed: set its new field in decide() and update _FIELDS")
 
 
 def _later(after: PurchaseView, before: PurchaseView) -> bool:
@@ -148,26 +155,33 @@ def decide(snap: Snapshot, before: PurchaseView | None, user_id: str | None, rul
                 # Play shows a revoked or refunded subscription as EXPIRED: say which.
                 state, reason = State(before.state), before.state_reason
             voided_ms = None
-        after = evolve(
-            before,
-            user_id=_coalesce(snap.user_id, before.user_id or user_id),
-            app_user_id=_coalesce(snap.app_user_id, before.app_user_id),
-            product_id=_coalesce(snap.product_id, before.product_id),
-            base_plan_id=_coalesce(snap.base_plan_id, before.base_plan_id),
-            environment=_coalesce(snap.environment, before.environment),
-            package_name=before.package_name or snap.package_name,
-            kind=before.kind if snap.kind is None else snap.kind,
-            state=_coalesce(state, before.state),
-            state_reason=reason if state is not None else before.state_reason,
-            expires_ms=_coalesce(snap.expires_ms, before.expires_ms),
-            auto_renew=_coalesce(snap.auto_renew, before.auto_renew),
-            latest_ref=_coalesce(snap.latest_ref, before.latest_ref),
-            store_time_ms=max(snap.observed_ms, before.store_time_ms),
+        # Every field spelt out (the hot path: ~1.5 µs less than `evolve`); `_FIELDS`
+        # below fails at import if PurchaseView gains one this does not set.
+        b, s = before, snap
+        after = PurchaseView(
+            platform=b.platform, subject_key=b.subject_key,
+            kind=b.kind if s.kind is None else s.kind,
+            user_id=(b.user_id or user_id) if s.user_id is None else s.user_id,
+            app_user_id=b.app_user_id if s.app_user_id is None else s.app_user_id,
+            product_id=b.product_id if s.product_id is None else s.product_id,
+            base_plan_id=b.base_plan_id if s.base_plan_id is None else s.base_plan_id,
+            state=b.state if state is None else state,
+            state_reason=reason if state is not None else b.state_reason,
+            environment=b.environment if s.environment is None else s.environment,
+            expires_ms=b.expires_ms if s.expires_ms is None else s.expires_ms,
+            auto_renew=b.auto_renew if s.auto_renew is None else s.auto_renew,
+            latest_ref=b.latest_ref if s.latest_ref is None else s.latest_ref,
+            package_name=b.package_name or s.package_name,
+            store_time_ms=max(s.observed_ms, b.store_time_ms),
+            sequence=b.sequence, created_ms=b.created_ms, updated_ms=b.updated_ms,
+            next_poll_ms=b.next_poll_ms,
             # Announced by a webhook, until an input brings the period's expiry.
-            period_pending=snap.expires_ms is None and (snap.announces_period
-                                                        or before.period_pending),
-            grace_expires_ms=_coalesce(snap.grace_expires_ms, before.grace_expires_ms),
-            period_start_ms=_coalesce(snap.period_start_ms, before.period_start_ms),
+            period_pending=s.expires_ms is None and (s.announces_period
+                                                     or b.period_pending),
+            grace_expires_ms=(b.grace_expires_ms if s.grace_expires_ms is None
+                              else s.grace_expires_ms),
+            period_start_ms=(b.period_start_ms if s.period_start_ms is None
+                             else s.period_start_ms),
             voided_ms=voided_ms,
         )
 

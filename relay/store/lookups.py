@@ -11,6 +11,8 @@ import json
 from collections.abc import Collection
 from typing import Any
 
+from peewee import SQL
+
 from relay.core import ids
 from relay.core.domain import Entitlement, PurchaseView, entitlements_of
 from relay.core.rules import Rules
@@ -73,12 +75,16 @@ def user_entitlements(user_id: str, rules: Rules, now_ms: int) -> list[Entitleme
                            rules.entitlement_policy)
 
 
+# The condition of the partial index purchase_google_latest_ref (migration 11), as text: a
+# bound 'google' would not let SQLite use that index.
+GOOGLE = SQL("platform = 'google'")
+
+
 def google_row(token: str) -> Purchase | None:
     """The Google purchase `token` names: as its key (root token), else as its newest token."""
     row = Purchase.get_or_none((Purchase.platform == "google") & (Purchase.subject_key == token))
     if row is None:
-        row = (Purchase.select().where((Purchase.platform == "google")
-                                       & (Purchase.latest_ref == token)).first())
+        row = Purchase.select().where(GOOGLE & (Purchase.latest_ref == token)).first()
     return row
 
 

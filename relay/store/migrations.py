@@ -199,10 +199,22 @@ def _m10_ledger(db: Database) -> None:
     log.info("migration 10: %d transaction(s) recorded from the input log", written)
 
 
+def _m11_fewer_indexes(db: Database) -> None:
+    """Fewer index pages written per webhook: no index on `event.attesto_event_id` (no
+    query reads by it), none on `delivery.event_cursor` alone (the unique (event_cursor,
+    endpoint) index serves it), and the newest-token lookup indexes Google rows only
+    (Apple rows change `latest_ref` on every renewal; only `lookups.google_row` reads it)."""
+    db.execute_sql("DROP INDEX IF EXISTS event_attesto_event_id")  # type: ignore[no-untyped-call]
+    db.execute_sql("DROP INDEX IF EXISTS delivery_event_cursor")  # type: ignore[no-untyped-call]
+    db.execute_sql("CREATE INDEX IF NOT EXISTS purchase_google_latest_ref "  # type: ignore[no-untyped-call]
+                   "ON purchase (latest_ref) WHERE platform = 'google'")
+    db.execute_sql("DROP INDEX IF EXISTS purchase_platform_latest_ref")  # type: ignore[no-untyped-call]
+
+
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     _m1_core, _m2_attempts_users_leases, _m3_purchase_latest_ref_index, _m4_endpoint_state,
     _m5_delivery_claim_index, _m6_purchase_period_pending, _m7_input_log,
-    _m8_input_log_backfill, _m9_console, _m10_ledger,
+    _m8_input_log_backfill, _m9_console, _m10_ledger, _m11_fewer_indexes,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

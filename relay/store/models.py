@@ -24,7 +24,7 @@ from peewee import (
 database = DatabaseProxy()
 
 # Bumped with every migration in relay/store/migrations.py; serve refuses a newer database.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class BaseModel(Model):
@@ -174,7 +174,7 @@ class Event(BaseModel):
     user_id = CharField(max_length=256, null=True)
     occurred_ms = BigIntegerField()
     received_ms = BigIntegerField(index=True)
-    attesto_event_id = CharField(max_length=64, null=True, index=True)
+    attesto_event_id = CharField(max_length=64, null=True)  # no index: nothing reads by it
     stale = BooleanField(default=False)
     body = TextField()  # the exact JSON relayed, same bytes on every attempt
 
@@ -183,8 +183,9 @@ class Delivery(BaseModel):
     """Outbox: one row per (event, endpoint)."""
 
     id = AutoField()
+    # No index of its own: (event_cursor, endpoint), unique, serves it (migration 11).
     event = ForeignKeyField(Event, field=Event.cursor, column_name="event_cursor",
-                            on_delete="CASCADE")
+                            on_delete="CASCADE", index=False)
     endpoint = CharField(max_length=64)
     subject = CharField(max_length=4200)  # platform:subject_key, or the event id if none
     sequence = IntegerField(default=0)

@@ -78,6 +78,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     known = known or {}
     keys = {(s.platform, s.subject_key) for s in snaps}
     current = statements.load_purchases(keys - known.keys()) if keys - known.keys() else {}
+    stored = dict(current)  # the rows as the database holds them now
     current.update({k: v for k, v in known.items() if v is not None and k in keys})
     # appUserId -> user: whom a webhook belongs to, and whom a verified purchase is bound to.
     wanted = {s.app_user_id for s in snaps if s.app_user_id is not None}
@@ -98,7 +99,7 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
             else bound.get(snap.app_user_id)
         after, events, stale = decide(snap, before, user_id, rules, now_ms, bound)
         named.extend(ledger.Named(slot, snap, before, after, fact) for fact in snap.transactions)
-        if before is not None and after == before and not events:
+        if before is not None and not events and after == before:
             if snap.poll_now:
                 after = evolve(before, next_poll_ms=now_ms)
                 current[key] = dirty[key] = after
@@ -123,9 +124,9 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
                                seq, after.user_id, snap.observed_ms, snap.received_ms,
                                snap.attesto_event_id, stale, body))
             made.append((eid, event_type, body, seq, subject, None))
-        after = evolve(after, sequence=seq, updated_ms=now_ms,
-                       next_poll_ms=next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
-                                                  updated_ms=now_ms))
+        after = _stamped(after, before, seq, now_ms,
+                         next_poll_ms(after, now_ms, rules.poll, snap.poll_now,
+                                      updated_ms=now_ms))
         current[key] = dirty[key] = after
         decided.append((after, made, stale))
         inputs.append((snap, before, after, [m[0] for m in made]))
@@ -158,10 +159,27 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     for view in located:
         _route_located(rules, view, now_ms)
     if dirty:
-        statements.upsert_purchases(list(dirty.values()))
+        statements.upsert_purchases(list(dirty.values()), stored)
     if inputs:
         statements.insert_inputs([input_row(*i) for i in inputs])
     return results
+
+
+_set = object.__setattr__
+
+
+def _stamped(after: PurchaseView, before: PurchaseView | None, sequence: int,
+             updated_ms: int, next_poll: int | None) -> PurchaseView:
+    """`after` with its new sequence, update time and next poll. `decide` made `after`
+    for this call alone (nothing else holds it yet), so it takes them in place: a copy
+    of its 23 fields costs ~3 µs per delivery. A row `decide` passed through unchanged
+    (`before` itself) is copied."""
+    if after is before:
+        return evolve(after, sequence=sequence, updated_ms=updated_ms, next_poll_ms=next_poll)
+    _set(after, "sequence", sequence)
+    _set(after, "updated_ms", updated_ms)
+    _set(after, "next_poll_ms", next_poll)
+    return after
 
 
 def _route_located(rules: Rules, view: PurchaseView, now_ms: int) -> None:
