@@ -126,9 +126,11 @@ class WorkerState:
         """
         if self._urgent or self._to_release or not self._inflight:
             return True
-        names = self._hungry if endpoint is None else (endpoint,)
-        return any(name in self._hungry and len(self._ready[name])
-                   < max(self._per_endpoint, self._depth[name] // 2) for name in names)
+        if endpoint is not None:  # a lane, after every attempt: no generator
+            return endpoint in self._hungry and len(self._ready[endpoint]) < max(
+                self._per_endpoint, self._depth[endpoint] // 2)
+        return any(len(self._ready[name]) < max(self._per_endpoint, self._depth[name] // 2)
+                   for name in self._hungry)
 
     def _overall_bound(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
         """The overall bound; not needed (and not paid for) while the lanes cannot exceed it."""
