@@ -48,7 +48,7 @@ async def attempt(session: aiohttp.ClientSession, ep: Endpoint, c: Claimed,
     assert task is not None
     cancelling = task.cancelling()
     deadlines = _deadlines_of(loop)
-    slot = deadlines.enter(task, t0, ep.timeout_s)
+    slot = deadlines.enter(loop, task, t0, ep.timeout_s)
     timed_out = False
     try:
         try:
@@ -107,19 +107,19 @@ class Deadlines:
     (then `uncancel`ed by the caller) from any other.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:  # no reference to the loop: it keys `_deadlines` weakly
         self._slots: dict[float, set[asyncio.Task[Any]]] = {}
         self._expired: set[asyncio.Task[Any]] = set()
 
-    def enter(self, task: asyncio.Task[Any], now: float, timeout_s: float) -> float:
-        """Cancel `task` once `timeout_s` from loop time `now` have passed (its slot)."""
+    def enter(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], now: float,
+              timeout_s: float) -> float:
+        """Cancel `task` once `timeout_s` from `loop`'s time `now` have passed (its slot)."""
         when = now + timeout_s
         when = math.ceil(when) if timeout_s >= 5 else math.ceil(when * 100) / 100
         tasks = self._slots.get(when)
         if tasks is None:
             tasks = self._slots[when] = set()
-            self._loop.call_at(when, self._expire, when)
+            loop.call_at(when, self._expire, when)
         tasks.add(task)
         return when
 
@@ -147,7 +147,7 @@ _deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
 def _deadlines_of(loop: asyncio.AbstractEventLoop) -> Deadlines:
     deadlines = _deadlines.get(loop)
     if deadlines is None:
-        deadlines = _deadlines[loop] = Deadlines(loop)
+        deadlines = _deadlines[loop] = Deadlines()
     return deadlines
 
 

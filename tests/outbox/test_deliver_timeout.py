@@ -4,7 +4,9 @@ cancellation still cancels, and a finished attempt is never cancelled later."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -90,3 +92,13 @@ async def test_a_cancellation_at_the_deadline_is_not_taken_for_the_timeout(
     deadlines._expire(slot)
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_the_deadlines_of_a_closed_loop_are_not_kept() -> None:
+    loop = asyncio.new_event_loop()
+    deliver._deadlines_of(loop)
+    ref = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert ref() is None
