@@ -57,6 +57,20 @@ def thread_cpu() -> dict[str, float]:
     return dict(out)
 
 
+def switches() -> dict[str, tuple[int, int]]:
+    """Context switches so far of this process's threads: (voluntary, involuntary) by name."""
+    names = {str(t.native_id): t.name for t in threading.enumerate()}
+    out: dict[str, tuple[int, int]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+        name = names.get(tid, "other")
+        v, n = out.get(name, (0, 0))
+        out[name] = (v + int(fields["voluntary_ctxt_switches"]),
+                     n + int(fields["nonvoluntary_ctxt_switches"]))
+    return out
+
+
 def count_statements(acc: collections.Counter[str], calls: collections.Counter[str]) -> None:
     """Charge the store thread's CPU per statement (its first 60 characters) and COMMIT."""
     execute, commit = peewee.Database.execute_sql, peewee.Database.commit
@@ -123,10 +137,10 @@ async def drain(events: int, rounds: int, statements: bool) -> None:
                         assert await relay_bench._rearm(app) == events
                     sizes.clear()
                     durations.clear()
-                    before, t0 = thread_cpu(), time.perf_counter()
+                    sw0, before, t0 = switches(), thread_cpu(), time.perf_counter()
                     await outbox.resume("bench")
                     await outbox.settle()
-                    wall, after = time.perf_counter() - t0, thread_cpu()
+                    wall, after, sw1 = time.perf_counter() - t0, thread_cpu(), switches()
                     used = {name: after[name] - before.get(name, 0) for name in sorted(after)}
                     split = " ".join(f"{name}={cpu / events * 1e6:.0f}"
                                      for name, cpu in used.items() if cpu > 0)
@@ -135,6 +149,10 @@ async def drain(events: int, rounds: int, statements: bool) -> None:
                           f"{len(ms)} cycles, {statistics.mean(sizes or [0]):.0f} outcomes each, "
                           f"p50 {ms[len(ms) // 2]:.1f} ms, p90 {ms[int(len(ms) * 0.9)]:.1f} ms",
                           flush=True)
+                    print("  context switches per delivery (voluntary/involuntary): " + " ".join(
+                        f"{name}={(v - sw0.get(name, (0, 0))[0]) / events:.2f}/"
+                        f"{(n - sw0.get(name, (0, 0))[1]) / events:.2f}"
+                        for name, (v, n) in sorted(sw1.items()) if name in sw0), flush=True)
             finally:
                 await runner.cleanup()
     for key, seconds in acc.most_common(12):

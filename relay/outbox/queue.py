@@ -14,12 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.core.frozen import slot_init
 from relay.core.retry_policy import Verdict
 from relay.store.models import Delivery, EndpointState
 
 OPEN_STATUSES = ("pending", "held")  # rows that still block later sequences
 
 
+@slot_init  # built per claimed row (store thread) and per attempt (loop): a cheaper __init__
 @dataclass(frozen=True, slots=True)
 class Claimed:
     id: int
@@ -33,6 +35,7 @@ class Claimed:
     created_ms: int = 0  # when the row was written: receive-to-delivered latency
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     delivery_id: int

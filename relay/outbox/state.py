@@ -50,6 +50,7 @@ class WorkerState:
         self._stop_grace_s = cfg.stop_grace_s
         self._stopping = False  # lanes start nothing new, cycles claim nothing
         self._wake = asyncio.Event()
+        self._wake_soon = False  # wake() scheduled the event's set for the next turn
         self._urgent = True  # the next wake must run a cycle (new rows, a poke, a timer)
         self._hungry: set[str] = set()  # active endpoints whose last claim got all it asked
         self._idle = asyncio.Event()
@@ -79,8 +80,24 @@ class WorkerState:
         self.beat = 0.0  # loop time the worker last came round (idle or between cycles)
 
     def wake(self) -> None:
-        """Look for work at once (a commit listener: new rows may be due)."""
+        """Look for work on the loop's next turn (a commit listener: new rows may be due).
+
+        Not at once: the store calls its listeners before it settles the callers of the
+        same commit, so a worker woken at once would run its cycle before they resume
+        (verify and webhook answers would wait for it)."""
         self._urgent = True
+        if self._wake.is_set() or self._wake_soon:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running: nothing can be waiting for an answer
+            self._wake.set()
+            return
+        self._wake_soon = True
+        loop.call_soon(self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_soon = False
         self._wake.set()
 
     def active_endpoints(self) -> list[str]:
@@ -109,9 +126,11 @@ class WorkerState:
         """
         if self._urgent or self._to_release or not self._inflight:
             return True
-        names = self._hungry if endpoint is None else (endpoint,)
-        return any(name in self._hungry and len(self._ready[name])
-                   < max(self._per_endpoint, self._depth[name] // 2) for name in names)
+        if endpoint is not None:  # a lane, after every attempt: no generator
+            return endpoint in self._hungry and len(self._ready[endpoint]) < max(
+                self._per_endpoint, self._depth[endpoint] // 2)
+        return any(len(self._ready[name]) < max(self._per_endpoint, self._depth[name] // 2)
+                   for name in self._hungry)
 
     def _overall_bound(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
         """The overall bound; not needed (and not paid for) while the lanes cannot exceed it."""

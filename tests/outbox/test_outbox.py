@@ -460,3 +460,24 @@ async def test_healthy_is_false_while_a_lane_is_dead(relay_factory: RelayFactory
     lane.cancel()  # dies from outside: nothing restarts a cancelled lane
     await asyncio.gather(lane, return_exceptions=True)
     assert not outbox.healthy(30.0)
+
+
+async def test_a_commit_resumes_its_caller_before_the_outbox_looks_for_work(
+        relay_factory: RelayFactory) -> None:
+    """The store calls its commit listeners (the worker's wake) before it settles the
+    writers: the writer's answer must not wait for the worker's cycle."""
+    client = await start(relay_factory)
+    outbox, store = outbox_of(client), client.app[STORE_KEY]
+    await outbox.poke()
+    order: list[str] = []
+    cycle = outbox._cycle
+
+    async def noted() -> bool:
+        order.append("cycle")
+        return await cycle()
+
+    outbox._cycle = noted  # type: ignore[method-assign]
+    await store.write(lambda: None)
+    order.append("writer")
+    await outbox.poke()
+    assert order[:2] == ["writer", "cycle"]
