@@ -20,6 +20,7 @@ from typing import Any
 
 from relay.core import ids, relayed
 from relay.core.domain import PurchaseView, Snapshot, TxnFact
+from relay.core.frozen import slot_init
 from relay.core.ledger import (
     FAMILY,
     LedgerEntry,
@@ -197,6 +198,7 @@ def of_purchase(platform: str, subject_key: str,
 
 # ---- what a write group records (store.pipeline.apply_many) -------------------------------
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Named:
     """A transaction an input of the group names: the input (its index in the group), the
@@ -209,6 +211,7 @@ class Named:
     fact: TxnFact
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Made:
     """A `transaction.*` event to store and relay: its event-table row, and for the input
