@@ -123,8 +123,10 @@ def supports_returning() -> bool:
     return bool(db.returning_clause)
 
 
-def _chunks(rows: Sequence[Sequence[Any]], width: int) -> list[Sequence[Sequence[Any]]]:
+def _chunks(rows: Sequence[Sequence[Any]], width: int) -> Sequence[Sequence[Sequence[Any]]]:
     size = max(1, MAX_PARAMS // width)
+    if len(rows) <= size:
+        return (rows,)
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
@@ -256,6 +258,9 @@ def insert_events(rows: Sequence[EventRow]) -> dict[str, int]:
     found: dict[str, int] = {}
     for chunk, cursor in _each("insert_events_sqlite", head, row_marks(12), "", rows, 12):
         first = int(cursor.lastrowid) - len(chunk) + 1
+        if len(chunk) == 1:  # one row: its rowid is lastrowid
+            found[chunk[0][0]] = first
+            continue
         at = execute("event_cursor_of", 'SELECT "cursor" FROM "event" WHERE "id" = {p}',
                      (chunk[0][0],)).fetchone()
         if at is not None and at[0] == first:
