@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.store import statements
+from relay.store.models import database
 
 # Prebuilt (statements): this runs after every re-poll that changed nothing.
 _LAST_TWO = ('SELECT "id", "source", "body", "state_before", "state_after", "event_ids", '
@@ -50,8 +51,10 @@ def fold_repeats(keys: Sequence[tuple[str, str]]) -> list[bool]:
             drops.append((rows[0][0],))
             counts.append((rows[0][6], rows[1][0]))
         folded.append(fold)
-    statements.execute_many("input_log_drop", _DROP, drops)
-    statements.execute_many("input_log_count", _COUNT, counts)
+    for template, rows in ((_DROP, drops), (_COUNT, counts)):
+        if rows:  # one prepared statement for all (the driver's executemany)
+            db = database.obj
+            db.cursor().executemany(template.replace("{p}", db.param), rows)
     return folded
 
 

@@ -42,13 +42,6 @@ def execute(name: str, template: str, params: tuple[Any, ...]) -> Any:
     return db.execute_sql(_text(db, name, template), params)  # type: ignore[no-untyped-call]
 
 
-def execute_many(name: str, template: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """`template` once per row, one prepared statement (the driver's executemany)."""
-    if rows:
-        db = _db()
-        db.cursor().executemany(_text(db, name, template), rows)  # type: ignore[no-untyped-call]
-
-
 _INSERT_INBOX = (
     'INSERT INTO "inbox" ("event_id", "event_type", "received_ms", "signature_t", '
     '"headers", "body") VALUES ({p}, {p}, {p}, {p}, {p}, {p}) '
