@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from relay.core.domain import MAX_TIME_MS, PurchaseView, TxnFact, iso, parse_time_ms
+from relay.core.frozen import slot_init
 from relay.core.json_codec import dumps
 
 # Event types, relayed only to endpoints whose `events` name them (core.rules: opt-in).
@@ -153,6 +154,7 @@ def with_period_start(fact: TxnFact, before: PurchaseView | None) -> TxnFact:
     return replace(fact, period_start_ms=before.expires_ms)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One ledger row (its columns, in order): a paid store transaction of a purchase.

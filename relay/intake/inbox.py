@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from relay.core import ids, relayed
 from relay.core.domain import EventView, PurchaseView, Snapshot
+from relay.core.frozen import slot_init
 from relay.core.normalizer import Normalized, void_snapshot
 from relay.core.rules import Rules
 from relay.store import lookups, pipeline, statements
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """One authenticated delivery as the inbox stores it."""
@@ -29,6 +31,7 @@ class Inbound:
     body: bytes  # the exact bytes Attesto signed
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     duplicate: bool
@@ -37,6 +40,7 @@ class Outcome:
     stale: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Delivered:
     """One item of `ingest_many`: a delivery, what it says, and the rules at arrival."""

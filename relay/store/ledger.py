@@ -14,12 +14,16 @@ commit order.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from peewee import SqliteDatabase
+
 from relay.core import ids, relayed
 from relay.core.domain import PurchaseView, Snapshot, TxnFact
+from relay.core.frozen import slot_init
 from relay.core.ledger import (
     FAMILY,
     LedgerEntry,
@@ -30,6 +34,7 @@ from relay.core.ledger import (
 )
 from relay.core.rules import Rules
 from relay.store import statements
+from relay.store.models import database
 
 COLUMNS = tuple(f.name for f in fields(LedgerEntry))
 _SELECT = "SELECT " + ", ".join(f'"{c}"' for c in COLUMNS) + ' FROM "ledger" '
@@ -72,11 +77,41 @@ _HEAD = 'INSERT INTO "ledger" (' + ", ".join(f'"{c}"' for c in COLUMNS) + ") VAL
 _RETURNING = " RETURNING " + ", ".join(f'"{c}"' for c in COLUMNS)
 
 
+# SQLite: per thread, the connection of its last write group, the cursor that group left
+# free and the database's `data_version` then (it changes when any other connection
+# commits; this one's own commits leave it). A group of the same connection that finds it
+# unchanged takes the kept cursor; a group rolled back after keeping one leaves a gap
+# (cursors stay unique and in commit order).
+_kept = threading.local()
+
+
+def _sqlite() -> Any:
+    db = database.obj
+    return db.connection() if isinstance(db, SqliteDatabase) else None  # type: ignore[no-untyped-call]
+
+
+def _version(conn: Any) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
 def next_cursor() -> int:
     """The first cursor free for this write group (the group holds the write lock)."""
+    conn = _sqlite()
+    if conn is not None:
+        kept = getattr(_kept, "last", None)
+        _kept.last = None
+        if kept is not None and kept[0] is conn and kept[1] == _version(conn):
+            return int(kept[2])
     row = statements.execute("ledger_max_cursor",
                              'SELECT COALESCE(MAX("cursor"), 0) FROM "ledger"', ()).fetchone()
     return int(row[0]) + 1
+
+
+def _keep(free: int) -> None:
+    """This group used the cursors before `free` (SQLite: the next group may start there)."""
+    conn = _sqlite()
+    if conn is not None:
+        _kept.last = (conn, _version(conn), free)
 
 
 def _entry(row: Sequence[Any]) -> LedgerEntry:
@@ -197,6 +232,7 @@ def of_purchase(platform: str, subject_key: str,
 
 # ---- what a write group records (store.pipeline.apply_many) -------------------------------
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Named:
     """A transaction an input of the group names: the input (its index in the group), the
@@ -209,6 +245,7 @@ class Named:
     fact: TxnFact
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Made:
     """A `transaction.*` event to store and relay: its event-table row, and for the input
@@ -243,6 +280,7 @@ def record(named: Sequence[Named], learned: Sequence[tuple[str, str, str]], rule
     cursor += len(named)
     for platform, subject_key, user_id in learned:
         cursor += len(bind_user(platform, subject_key, user_id, now_ms, cursor))
+    _keep(cursor)
     out: list[Made] = []
     for n, entry in zip(named, entries, strict=True):
         if entry is None:

@@ -16,35 +16,43 @@ from peewee import SQL
 from relay.core import ids
 from relay.core.domain import Entitlement, PurchaseView, entitlements_of
 from relay.core.rules import Rules
-from relay.store.models import AppUser, Event, Purchase, database
+from relay.store import statements
+from relay.store.models import AppUser, Event, Purchase
 
-_COLUMNS = ("platform", "subject_key", "kind", "user_id", "app_user_id", "product_id",
-            "base_plan_id", "state", "state_reason", "environment", "expires_ms", "auto_renew",
-            "latest_ref", "package_name", "store_time_ms", "sequence", "created_ms",
-            "updated_ms", "next_poll_ms", "period_pending", "grace_expires_ms", "period_start_ms",
-            "voided_ms")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM purchase WHERE "
+_SELECT = statements.SELECT_PURCHASES  # the columns of PurchaseView, in order
 
 
-def _views(where: str, params: tuple[Any, ...]) -> list[PurchaseView]:
-    sql = _SELECT + where.replace("?", database.param)
-    out = []
-    for row in database.execute_sql(sql, params).fetchall():
-        values = dict(zip(_COLUMNS, row, strict=True))
-        if values["auto_renew"] is not None:  # SQLite stores booleans as 0/1
-            values["auto_renew"] = bool(values["auto_renew"])
-        values["period_pending"] = bool(values["period_pending"])
-        out.append(PurchaseView(**values))
-    return out
+def _views(name: str, where: str, params: tuple[Any, ...]) -> list[PurchaseView]:
+    """Purchase views of `_SELECT` + `where` (`{p}` placeholders; text cached by name)."""
+    rows = statements.execute(name, _SELECT + where, params).fetchall()
+    return [statements.purchase_of(row) for row in rows]
 
 
 def purchase_view(platform: str, subject_key: str) -> PurchaseView | None:
-    found = _views("platform = ? AND subject_key = ?", (platform, subject_key))
+    found = _views("purchase_view", '"platform" = {p} AND "subject_key" = {p}',
+                   (platform, subject_key))
     return found[0] if found else None
 
 
 def user_purchases(user_id: str) -> list[PurchaseView]:
-    return _views("user_id = ? ORDER BY created_ms, subject_key", (user_id,))
+    return _views("user_purchases", '"user_id" = {p} ORDER BY "created_ms", "subject_key"',
+                  (user_id,))
+
+
+def purchase_and_others(platform: str, subject_key: str, user_id: str
+                        ) -> tuple[PurchaseView | None, list[PurchaseView]]:
+    """The purchase, and `user_id`'s other purchases (in `user_purchases`' order): one
+    statement, each part through its own index."""
+    stored, others = None, []
+    for view in _views("purchase_and_others", '"platform" = {p} AND "subject_key" = {p} '
+                       "UNION ALL " + _SELECT + '"user_id" = {p} '
+                       'ORDER BY "created_ms", "subject_key"',
+                       (platform, subject_key, user_id)):
+        if view.subject_key == subject_key and view.platform == platform:
+            stored = view  # (twice when it is the user's)
+        else:
+            others.append(view)
+    return stored, others
 
 
 def purchases_by_user(user_ids: Collection[str]) -> dict[str, list[PurchaseView]]:
@@ -53,8 +61,9 @@ def purchases_by_user(user_ids: Collection[str]) -> dict[str, list[PurchaseView]
     users = sorted(out)
     for i in range(0, len(users), 500):
         part = users[i:i + 500]
-        where = f"user_id IN ({', '.join('?' * len(part))}) ORDER BY created_ms, subject_key"
-        for view in _views(where, tuple(part)):
+        where = (f'"user_id" IN ({", ".join(["{p}"] * len(part))}) '
+                 'ORDER BY "created_ms", "subject_key"')
+        for view in _views(f"purchases_by_user/{len(part)}", where, tuple(part)):
             out[view.user_id or ""].append(view)
     return out
 

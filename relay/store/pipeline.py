@@ -22,7 +22,7 @@ from relay.core.domain import (
     entitlement_keys,
     is_entitled,
 )
-from relay.core.frozen import evolve
+from relay.core.frozen import evolve, slot_init
 from relay.core.ledger import lane
 from relay.core.poll_policy import next_poll_ms
 from relay.core.rules import Rules
@@ -30,6 +30,7 @@ from relay.store import ledger, statements
 from relay.store.models import Purchase
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Applied:
     purchase: PurchaseView | None

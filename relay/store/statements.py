@@ -64,15 +64,16 @@ _AUTO_RENEW = _PURCHASE_COLUMNS.index("auto_renew")
 _STATE = _PURCHASE_COLUMNS.index("state")
 _PERIOD_PENDING = _PURCHASE_COLUMNS.index("period_pending")
 _purchase_values = operator.attrgetter(*_PURCHASE_COLUMNS)
-_SELECT_PURCHASE = ("SELECT " + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
-                    + ' FROM "purchase" WHERE "platform" = {p} AND "subject_key" = {p}')
+SELECT_PURCHASES = ("SELECT " + ", ".join(f'"{c}"' for c in _PURCHASE_COLUMNS)
+                    + ' FROM "purchase" WHERE ')
+_SELECT_PURCHASE = SELECT_PURCHASES + '"platform" = {p} AND "subject_key" = {p}'
 _MUTABLE = _PURCHASE_COLUMNS[2:]  # everything but the key
 
 
 def load_purchase(platform: str, subject_key: str) -> PurchaseView | None:
     """The stored purchase, or None."""
     row = execute("select_purchase", _SELECT_PURCHASE, (platform, subject_key)).fetchone()
-    return None if row is None else _view(row)
+    return None if row is None else purchase_of(row)
 
 
 # ---- events and the outbox ------------------------------------------------------------
@@ -122,8 +123,10 @@ def supports_returning() -> bool:
     return bool(db.returning_clause)
 
 
-def _chunks(rows: Sequence[Sequence[Any]], width: int) -> list[Sequence[Sequence[Any]]]:
+def _chunks(rows: Sequence[Sequence[Any]], width: int) -> Sequence[Sequence[Sequence[Any]]]:
     size = max(1, MAX_PARAMS // width)
+    if len(rows) <= size:
+        return (rows,)
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
@@ -166,12 +169,13 @@ def load_purchases(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Pur
             cursor = execute(f"select_purchases/{len(chunk)}", template,
                              (platform, *(k for (k,) in chunk)))
             for row in cursor.fetchall():
-                view = _view(row)
+                view = purchase_of(row)
                 found[(view.platform, view.subject_key)] = view
     return found
 
 
-def _view(row: Sequence[Any]) -> PurchaseView:
+def purchase_of(row: Sequence[Any]) -> PurchaseView:
+    """The view of a purchase row (PurchaseView's columns, in order)."""
     values = list(row)
     if values[_AUTO_RENEW] is not None:  # SQLite hands booleans back as 0/1
         values[_AUTO_RENEW] = bool(values[_AUTO_RENEW])
@@ -254,6 +258,9 @@ def insert_events(rows: Sequence[EventRow]) -> dict[str, int]:
     found: dict[str, int] = {}
     for chunk, cursor in _each("insert_events_sqlite", head, row_marks(12), "", rows, 12):
         first = int(cursor.lastrowid) - len(chunk) + 1
+        if len(chunk) == 1:  # one row: its rowid is lastrowid
+            found[chunk[0][0]] = first
+            continue
         at = execute("event_cursor_of", 'SELECT "cursor" FROM "event" WHERE "id" = {p}',
                      (chunk[0][0],)).fetchone()
         if at is not None and at[0] == first:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from relay.attesto.client import AttestoClient, Verdict
 from relay.core.domain import (
@@ -19,23 +19,20 @@ from relay.core.domain import (
     PurchaseView,
     Snapshot,
     entitlement_keys,
-    entitlements_of,
     is_entitled,
 )
 from relay.core.errors import RateLimitedError, RelayError, UpstreamError, UpstreamTimeoutError
 from relay.core.frozen import slot_init
-from relay.core.rules import Rules
 from relay.core.verify_snapshot import (
     AttestoResponseError,
     apple_snapshot,
     google_snapshot,
-    reconcile_apple,
-    reconcile_google,
 )
 from relay.metrics import Metrics
 from relay.runtime import Runtime
-from relay.store import lookups, pipeline
+from relay.store import lookups
 from relay.store.database import Store
+from relay.verify.writes import VerifyWrite, apply_verifies
 
 log = logging.getLogger("relay.verification")
 
@@ -244,77 +241,3 @@ def _snapshot(item: Item, verdict: Verdict, user_id: str, now: int,
     except AttestoResponseError as exc:
         raise UpstreamError(f"Attesto's verify answer is malformed: {exc}",
                             code="attesto_bad_response") from None
-
-
-@slot_init
-@dataclass(frozen=True, slots=True)
-class VerifyWrite:
-    """What one valid verify writes: its snapshot, applied in the store's transaction."""
-
-    snap: Snapshot
-    linked: str | None  # Google: the linkedPurchaseToken Attesto reported
-    rules: Rules
-    now_ms: int
-    with_entitlements: bool
-
-
-def apply_verifies(writes: list[VerifyWrite]
-                   ) -> list[tuple[pipeline.Applied, list[Entitlement]]]:
-    """`store.write_many`'s batch for verifies: each row read and reconciled in order, the
-    applies shared by a few multi-row statements, the users' entitlements read once.
-
-    A write sees every write before it: a purchase that repeats, a change of rules, and
-    a Google subscription (its token chain is read from the rows) first apply what is
-    pending. Raises what `pipeline.apply` raises (ConflictError); the store then runs
-    each write alone, so only that one fails.
-    """
-    applied: dict[int, pipeline.Applied] = {}
-    chunk: list[tuple[int, Snapshot, PurchaseView | None]] = []
-
-    def flush() -> None:
-        if not chunk:
-            return
-        first = writes[chunk[0][0]]
-        now_ms = max(writes[i].now_ms for i, _, _ in chunk)
-        known = {(s.platform, s.subject_key): stored for _, s, stored in chunk}
-        done = pipeline.apply_many([s for _, s, _ in chunk], first.rules, now_ms, known=known)
-        applied.update(zip((i for i, _, _ in chunk), done, strict=True))
-        chunk.clear()
-
-    for i, w in enumerate(writes):
-        if chunk and (w.rules is not writes[chunk[0][0]].rules or _chained(w.snap)):
-            flush()
-        s, stored = _reconcile(w.snap, w.linked, w.rules)
-        if any(s.platform == c.platform and s.subject_key == c.subject_key
-               for _, c, _ in chunk):
-            flush()  # the same purchase again: read it as the earlier write left it
-            s, stored = _reconcile(w.snap, w.linked, w.rules)
-        chunk.append((i, s, stored))
-    flush()
-    users = lookups.purchases_by_user({w.snap.user_id or "" for w in writes
-                                       if w.with_entitlements})
-    return [(applied[i], entitlements_of(users[w.snap.user_id or ""], w.rules.entitlements,
-                                         w.now_ms, w.rules.entitlement_policy)
-             if w.with_entitlements else [])
-            for i, w in enumerate(writes)]
-
-
-def _chained(snap: Snapshot) -> bool:
-    """A Google subscription: its row is found through the token chain other rows hold."""
-    return snap.platform == "google" and snap.kind == "subscription"
-
-
-def _reconcile(snap: Snapshot, linked: str | None,
-               rules: Rules) -> tuple[Snapshot, PurchaseView | None]:
-    """Runs in the write: pick the row, then decide what this verify may change on it.
-    Returns the snapshot to apply and the row as read (the apply does not read it again)."""
-    if snap.platform == "apple":
-        stored = lookups.purchase_view("apple", snap.subject_key)
-        return reconcile_apple(snap, stored, rules.poll.apple_renewal_grace_s * 1000), stored
-    if snap.kind != "subscription":
-        stored = lookups.purchase_view("google", snap.subject_key)
-        return reconcile_google(snap, stored, True), stored
-    key, current = lookups.resolve_google_key(snap.subject_key, linked)
-    snap = replace(snap, subject_key=key)
-    stored = lookups.purchase_view("google", key)
-    return reconcile_google(snap, stored, current), stored
