@@ -35,7 +35,7 @@ from relay.scheduler.claims import CLAIM_MS, Claims, claim_due
 from relay.scheduler.ratelimit import TokenBucket
 from relay.store import pipeline, statements
 from relay.store.database import Store
-from relay.store.input_log import fold_repeat
+from relay.store.input_log import fold_repeats
 from relay.store.models import Purchase, database
 from relay.store.pipeline import Applied
 
@@ -127,15 +127,19 @@ def apply_polls(items: list[Polled]) -> list[tuple[Outcome, Applied | None]]:
     if polled:
         applied = pipeline.apply_many([snap for _, snap in polled], rules, now_ms,
                                       known={keys[n]: rows[keys[n]] for n, _ in polled})
+        repeated: list[tuple[str, str]] = []
         for (n, _), a in zip(polled, applied, strict=True):
             out[n] = (Outcome.CHANGED if a.events else Outcome.UNCHANGED, a)
             if not a.events:
-                fold_repeat(*keys[n])  # the same answer again: counted
+                repeated.append(keys[n])
             after = a.purchase  # the row as the apply left it
             if after is None or (after.platform, after.subject_key) != keys[n]:
                 after = statements.load_purchase(*keys[n])
             assert after is not None
             rows[keys[n]] = after
+        # The same answers again: counted on their earlier rows (before the clock's
+        # inputs below add rows of their own).
+        fold_repeats(repeated)
     # The clock's say, on each row as the poll left it.
     lapsed = [(n, snap) for n, (outcome, _) in enumerate(out) if outcome is not Outcome.GONE
               and (snap := clock_input(rows[keys[n]], now_ms, rules.entitlement_policy))]
