@@ -157,6 +157,7 @@ class AttestoClient:
         self._not_before = 0.0  # monotonic time before which a 429 asked us not to call
         self.config = config
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._latency_of: dict[str, Any] = {}
         self.reconfigure(config, api_key)
 
     def reconfigure(self, config: AttestoConfig, api_key: Secret | None) -> None:
@@ -222,7 +223,8 @@ class AttestoClient:
         for attempt in range(1, self.config.max_attempts + 1):
             probe = self._admit()
             try:
-                await self._wait_retry_after(deadline, last)
+                if self._not_before:  # a 429's Retry-After was seen: it may still be pending
+                    await self._wait_retry_after(deadline, last)
                 started = time.perf_counter()
                 try:
                     answer = await self._post(path, payload, headers)
@@ -252,8 +254,7 @@ class AttestoClient:
                 await self._backoff(attempt, None, deadline, last)
                 continue
             if self._metrics is not None:
-                self._metrics.attesto_latency.labels(path.split("/")[2]).observe(
-                    time.perf_counter() - started)
+                self._latency(path).observe(time.perf_counter() - started)
             if answer.status == 200:
                 try:
                     return self._verdict(answer)
@@ -297,6 +298,15 @@ class AttestoClient:
             raise UpstreamError("Attesto answered valid:false without an error code",
                                 code="attesto_bad_response")
         return Verdict(body["valid"], body)
+
+    def _latency(self, path: str) -> Any:
+        """The latency histogram's child for `path`'s platform, looked up once."""
+        child = self._latency_of.get(path)
+        if child is None:
+            assert self._metrics is not None
+            child = self._latency_of[path] = self._metrics.attesto_latency.labels(
+                path.split("/")[2])
+        return child
 
     def _count_error(self, code: str) -> None:
         if self._metrics is not None:

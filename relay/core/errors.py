@@ -14,7 +14,7 @@
         UpstreamUnavailableError        503 attesto_unavailable
         UpstreamTimeoutError            504 attesto_timeout
 
-Handlers raise; `middlewares.error_middleware` is the one place that turns these
+Handlers raise; `middlewares.request_middleware` is the one place that turns these
 into the JSON envelope `{"error": {"code", "message", "details"?}}`.
 """
 

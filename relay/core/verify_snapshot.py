@@ -7,10 +7,10 @@ Google verify sees the live subscription: authoritative for the newest known tok
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from relay.core.domain import InputNote, PurchaseView, Snapshot, State, parse_time_ms
+from relay.core.frozen import evolve
 from relay.core.json_codec import dumps
 from relay.core.ledger import apple_fact, google_facts, google_product_fact
 
@@ -167,13 +167,13 @@ def identity_only(snap: Snapshot, stored: PurchaseView) -> Snapshot:
     def missing(new: str | None, old: str | None) -> str | None:
         return new if old is None else None
 
-    return replace(snap, observed_ms=stored.store_time_ms, kind=None, state=None,
-                   state_reason=None, expires_ms=None, auto_renew=None, latest_ref=None,
-                   period_start_ms=None, grace_expires_ms=None,
-                   product_id=missing(snap.product_id, stored.product_id),
-                   base_plan_id=missing(snap.base_plan_id, stored.base_plan_id),
-                   environment=missing(snap.environment, stored.environment),
-                   package_name=missing(snap.package_name, stored.package_name))
+    return evolve(snap, observed_ms=stored.store_time_ms, kind=None, state=None,
+                  state_reason=None, expires_ms=None, auto_renew=None, latest_ref=None,
+                  period_start_ms=None, grace_expires_ms=None,
+                  product_id=missing(snap.product_id, stored.product_id),
+                  base_plan_id=missing(snap.base_plan_id, stored.base_plan_id),
+                  environment=missing(snap.environment, stored.environment),
+                  package_name=missing(snap.package_name, stored.package_name))
 
 
 def reconcile_apple(snap: Snapshot, stored: PurchaseView | None,
@@ -186,7 +186,7 @@ def reconcile_apple(snap: Snapshot, stored: PurchaseView | None,
     if (snap.kind == "subscription" and snap.state == State.ACTIVE
             and snap.expires_ms is not None
             and snap.expires_ms + renewal_grace_ms <= snap.received_ms):
-        snap = replace(snap, state=State.EXPIRED, state_reason="expired")
+        snap = evolve(snap, state=State.EXPIRED, state_reason="expired")
     if stored is None:
         return snap
     newer = (stored.expires_ms is None or snap.expires_ms is None
@@ -194,11 +194,11 @@ def reconcile_apple(snap: Snapshot, stored: PurchaseView | None,
     same_or_newer = newer or snap.expires_ms == stored.expires_ms
     if snap.state == State.REFUNDED and same_or_newer and stored.state != State.REFUNDED:
         # A refund is final: it wins over anything stored about that period or before.
-        return replace(snap, observed_ms=max(snap.observed_ms, stored.store_time_ms + 1))
+        return evolve(snap, observed_ms=max(snap.observed_ms, stored.store_time_ms + 1))
     if snap.state != State.REFUNDED and stored.kind == "subscription" and newer \
             and snap.expires_ms is not None:
         # A later period than any stored: a renewal relay had not seen (or a lost webhook).
-        return replace(snap, observed_ms=max(snap.observed_ms, stored.store_time_ms + 1))
+        return evolve(snap, observed_ms=max(snap.observed_ms, stored.store_time_ms + 1))
     return identity_only(snap, stored)
 
 

@@ -138,11 +138,13 @@ class Verifier:
         granted = keys if is_entitled(view, now, rules.entitlement_policy) else ()
         reason = (None if granted else
                   "purchase_not_active" if keys else "no_entitlement_mapping")
-        log.info("verify %s user=%s subject=%s state=%s events=%s request_id=%s",
-                 view.platform, user_id, _short(view.subject_key), view.state,
-                 ",".join(e.type for e in applied.events) or "-", request_id or "-")
-        return Outcome(True, ref, view, tuple(granted), tuple(ents),
-                       events=tuple(e.type for e in applied.events), reason=reason)
+        events = tuple(e.type for e in applied.events)
+        if log.isEnabledFor(logging.INFO):
+            log.info("verify %s user=%s subject=%s state=%s events=%s request_id=%s",
+                     view.platform, user_id, _short(view.subject_key), view.state,
+                     ",".join(events) or "-", request_id or "-")
+        return Outcome(True, ref, view, tuple(granted), tuple(ents), events=events,
+                       reason=reason)
 
     async def _verify_google(self, item: GoogleItem, request_id: str | None) -> Verdict:
         kinds = [item.kind] if item.kind else self._google_kinds(item.product_id)

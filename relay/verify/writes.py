@@ -3,10 +3,10 @@ row read and reconciled, the apply, and the user's entitlements after it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from relay.core.domain import Entitlement, PurchaseView, Snapshot, entitlements_of
-from relay.core.frozen import slot_init
+from relay.core.frozen import evolve, slot_init
 from relay.core.rules import Rules
 from relay.core.verify_snapshot import reconcile_apple, reconcile_google
 from relay.store import lookups, pipeline
@@ -114,7 +114,7 @@ def _reconcile(snap: Snapshot, linked: str | None,
     current = True
     if _chained(snap):
         key, current = lookups.resolve_google_key(snap.subject_key, linked)
-        snap = replace(snap, subject_key=key)
+        snap = evolve(snap, subject_key=key)
     stored = lookups.purchase_view(snap.platform, snap.subject_key)
     return _reconciled(snap, stored, current, rules), stored
 

@@ -24,7 +24,7 @@ from relay.web.appkeys import (
     STORE_KEY,
 )
 from relay.web.limits import InboundLimits
-from relay.web.middlewares import error_middleware, request_id_middleware
+from relay.web.middlewares import request_middleware
 from relay.web.routes import (
     admin,
     events,
@@ -45,7 +45,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
                environ: Mapping[str, str] | None = None) -> web.Application:
     """Build the app; no I/O here, it all happens in the cleanup contexts."""
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware],
+        middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
         handler_args={"max_field_size": 16384},
     )

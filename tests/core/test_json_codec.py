@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.core import json_codec
 from relay.core.errors import BadRequestError
@@ -63,3 +65,19 @@ def test_parse_json_object_keeps_its_messages(raw: bytes, message: str) -> None:
     with pytest.raises(BadRequestError) as err:
         parse_json_object(raw)
     assert err.value.message == message
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(_JSON)
+def test_dumps_standard_is_json_dumps(value: Any) -> None:
+    assert json_codec.dumps_standard(value) == json.dumps(value)
+
+
+def test_dumps_standard_refuses_what_json_dumps_refuses() -> None:
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
+        json_codec.dumps_standard({"x": object()})

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from relay.core.domain import PLATFORMS
 from relay.core.errors import NotFoundError
+from relay.core.json_codec import dumps_standard
 from relay.verify import requests as rq
 from relay.verify.verifier import AppleItem, ItemResult, Outcome, Verifier
 from relay.web.appkeys import ATTESTO_KEY, LIMITS_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
@@ -77,7 +78,7 @@ async def handle_verify_apple(request: web.Request) -> web.Response:
     uid = rq.user_id(body.get("user_id"))
     outcome = await verifier(request).verify(uid, rq.apple_item(body),
                                              request_id=request[REQUEST_ID_KEY])
-    return web.json_response(outcome_json(outcome))
+    return web.json_response(outcome_json(outcome), dumps=dumps_standard)
 
 
 async def handle_verify_google(request: web.Request) -> web.Response:
@@ -85,7 +86,7 @@ async def handle_verify_google(request: web.Request) -> web.Response:
     uid = rq.user_id(body.get("user_id"))
     outcome = await verifier(request).verify(uid, rq.google_item(body),
                                              request_id=request[REQUEST_ID_KEY])
-    return web.json_response(outcome_json(outcome))
+    return web.json_response(outcome_json(outcome), dumps=dumps_standard)
 
 
 async def handle_restore(request: web.Request) -> web.Response:
