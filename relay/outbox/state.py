@@ -96,6 +96,21 @@ class WorkerState:
         self._wake_soon = True
         loop.call_soon(self._wake_now)
 
+    def on_commit(self) -> None:
+        """The store's commit listener: `wake()`, unless the cycle would have nothing to do
+        (no active endpoint to claim for, nothing to record, give back or release, no sweep
+        due): a commit of webhooks or verifies then costs the worker nothing."""
+        if (self._done or self._to_release or self._unhold or self._sweep_due
+                or self.active_endpoints()):
+            self.wake()
+        elif not self._stopping and self.task is not None:
+            try:
+                now = asyncio.get_running_loop().time()
+            except RuntimeError:
+                return
+            if now - self._synced >= self._sweep_s:  # an overdue sweep: as before
+                self.wake()
+
     def _wake_now(self) -> None:
         self._wake_soon = False
         self._wake.set()

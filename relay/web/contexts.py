@@ -92,7 +92,7 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
         await deliver.check_hostnames(resolver, endpoints, allow, config.source)
         outbox = Outbox(store, runtime, session, endpoints, metrics=app[METRICS_KEY])
         app[OUTBOX_KEY] = outbox
-        store.add_commit_listener(outbox.wake)
+        store.add_commit_listener(outbox.on_commit)
         await outbox.start()
         outbox_log.info("outbox started: %d endpoint(s), %d active", len(endpoints),
                         len(outbox.active_endpoints()))

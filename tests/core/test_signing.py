@@ -234,3 +234,15 @@ def test_arbitrary_headers_raise_only_signature_error(headers: dict[str, str], b
                        ed25519_public_keys=[parse_public_key(pk)])
     except WebhookSignatureError:
         pass
+
+
+@pytest.mark.parametrize("size", [1, 24, 32, 63, 64, 65, 100])
+def test_v1_matches_hmac_new_for_every_key_size(size: int) -> None:
+    # The pre-keyed pads must give RFC 2104's HMAC: short keys padded, long ones hashed.
+    key = bytes((7 * i + 3) % 256 for i in range(size))
+    headers = sign_headers("msg_k", SPEC_TS, BODY, [key, key[::-1]])
+    expected = [hmac.new(k, f"msg_k.{SPEC_TS}.".encode() + BODY, hashlib.sha256).digest()
+                for k in (key, key[::-1])]
+    assert headers["webhook-signature"] == " ".join(
+        f"v1,{base64.b64encode(mac).decode()}" for mac in expected)
+    verify_headers(headers, BODY, [key[::-1]], now_s=SPEC_TS)

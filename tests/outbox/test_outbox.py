@@ -7,6 +7,7 @@ import dataclasses
 import json
 import socket
 import types
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -463,10 +464,12 @@ async def test_healthy_is_false_while_a_lane_is_dead(relay_factory: RelayFactory
 
 
 async def test_a_commit_resumes_its_caller_before_the_outbox_looks_for_work(
-        relay_factory: RelayFactory) -> None:
+        relay_factory: RelayFactory, receiver_url: str) -> None:
     """The store calls its commit listeners (the worker's wake) before it settles the
     writers: the writer's answer must not wait for the worker's cycle."""
-    client = await start(relay_factory)
+    # An active endpoint: without one a commit does not call for a cycle at all.
+    client = await start(relay_factory, endpoint(receiver_url),
+                         outbox={"sweep_s": 3600.0, "allow_networks": ("127.0.0.0/8",)})
     outbox, store = outbox_of(client), client.app[STORE_KEY]
     await outbox.poke()
     order: list[str] = []
@@ -481,3 +484,31 @@ async def test_a_commit_resumes_its_caller_before_the_outbox_looks_for_work(
     order.append("writer")
     await outbox.poke()
     assert order[:2] == ["writer", "cycle"]
+
+
+async def test_a_commit_wakes_the_worker_only_when_a_cycle_has_work(
+        relay_factory: RelayFactory) -> None:
+    """No active endpoint, nothing to record and no sweep due: a commit runs no cycle.
+    `wake()` itself still does (the watchdog relies on it), and so does a commit when a
+    sweep is due."""
+    client = await start(relay_factory, outbox={"sweep_s": 3600.0})
+    outbox, store = outbox_of(client), client.app[STORE_KEY]
+    await outbox.poke()
+
+    async def cycles_after(wake: Callable[[], Awaitable[object]]) -> int:
+        before = outbox._cycles_done
+        await wake()
+        for _ in range(50):  # a cycle that goes to the store needs more than a loop turn
+            await asyncio.sleep(0.01)
+            if outbox._cycles_done > before and outbox._cycles_started == outbox._cycles_done:
+                break
+        return outbox._cycles_done - before
+
+    assert await cycles_after(lambda: store.write(lambda: None)) == 0
+    outbox._sweep_due = True  # as a failed cycle leaves it: the next commit must run one
+    assert await cycles_after(lambda: store.write(lambda: None)) == 1
+
+    async def wake() -> None:
+        outbox.wake()
+
+    assert await cycles_after(wake) == 1
