@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE))  # bench/trees.py, after relay's tree (PYTHONPATH)
+
+from trees import alternating, on_store_thread, parse_trees, run_child, summarize  # noqa: E402
+
 SECRET = "whsec_bench"  # bench/ingest.py's; the store never checks it
 CONFIG = ('[store]\npath = "{path}"\n[scheduler]\nenabled = false\n'
           '[entitlements]\n"com.example.premium" = ["premium"]\n'
@@ -69,8 +70,6 @@ def _wal_pages(wal: Path, page_size: int) -> Counter[int]:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One run in this process (`relay` from PYTHONPATH)."""
-    import asyncio
-    import threading
 
     import relay
     from relay.config.loader import load_config
@@ -176,20 +175,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             out["frames_total"] = round(sum(frames.values()) / len(items), 2)
         return out
 
-    async def main() -> dict[str, Any]:
-        await store.open()
-        try:
-            assert threading.current_thread() is threading.main_thread()
-            return await store.read(run)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(main())
-    finally:
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
+    return on_store_thread(store, run, tmp)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    trees = [t.split("=", 1) for t in args.trees] or [["here", str(HERE.parent)]]
+    trees = parse_trees(args.trees, __file__)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     with tempfile.TemporaryDirectory(prefix="store-split-") as tmp:
         deliveries = Path(tmp) / "deliveries.tsv"
         make_deliveries(deliveries, args.count, shuffle=args.shuffle)
@@ -222,36 +209,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.prefill:
             make_deliveries(prefill, args.prefill, offset=10 * args.count,
                             shuffle=args.shuffle)
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
-        for r in range(args.rounds):
-            order = trees if r % 2 == 0 else trees[::-1]
-            for name, path in order:
-                cmd = [sys.executable, "-P", __file__, "--child", "--deliveries", str(deliveries),
-                       "--group", str(args.group), "--page-size", str(args.page_size)]
-                if args.prefill:
-                    cmd += ["--prefill-file", str(prefill)]
-                if args.pages:
-                    cmd.append("--pages")
-                env = {**os.environ, "PYTHONPATH": str(Path(path).resolve())}
-                out = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
-                                                text=True).stdout)
-                results[name].append(out)
-                print(f"round {r} {name}: total {out['total_us']:.1f} us, commit "
-                      f"{out['commit_us']:.1f} us, WAL {out['wal_bytes']:.0f} B/delivery"
-                      + (f", frames {out['frames_total']} {out['frames']}"
-                         if args.pages else ""), flush=True)
-    for name, runs in results.items():
-        for key in ("total_us", "commit_us", "wal_bytes"):
-            xs = [x[key] for x in runs]
-            print(f"{name} {key}: median {statistics.median(xs):.1f} "
-                  f"({min(xs):.1f}-{max(xs):.1f})")
-    if len(trees) == 2:
-        (a, _), (b, _) = trees
-        ratios = [y["total_us"] / x["total_us"] for x, y in zip(results[a], results[b],
-                                                                 strict=True)]
-        print(f"{b}/{a} total per round: " + ", ".join(f"{x:.3f}" for x in ratios)
-              + f"; median {statistics.median(ratios):.3f}")
-
+        flags = ["--deliveries", str(deliveries), "--group", str(args.group),
+                 "--page-size", str(args.page_size)]
+        flags += ["--prefill-file", str(prefill)] if args.prefill else []
+        flags += ["--pages"] if args.pages else []
+        for r, name, path in alternating(trees, args.rounds):
+            out, _ = run_child(__file__, path, flags)
+            results[name].append(out)
+            print(f"round {r} {name}: total {out['total_us']:.1f} us, commit "
+                  f"{out['commit_us']:.1f} us, WAL {out['wal_bytes']:.0f} B/delivery"
+                  + (f", frames {out['frames_total']} {out['frames']}"
+                     if args.pages else ""), flush=True)
+    summarize(results, ("total_us", "commit_us", "wal_bytes"))
 
 if __name__ == "__main__":
     main()

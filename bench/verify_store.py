@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,13 +23,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.append(str(Path(__file__).resolve().parent))  # bench/trees.py, after relay's tree
+
+from trees import alternating, on_store_thread, parse_trees, run_child, summarize  # noqa: E402
+
 CONFIG = ('[store]\npath = "{path}"\n[scheduler]\nenabled = false\n'
           '[entitlements]\n"premium.monthly" = ["premium"]\n')
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One run in this process (`relay` from PYTHONPATH)."""
-    import asyncio
 
     import relay
     from relay.attesto.sim_records import AppleTransaction
@@ -112,19 +112,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             out["sql"] = {k: round(v / 1000 / args.count, 2) for k, v in per.most_common()}
         return out
 
-    async def main() -> dict[str, Any]:
-        await store.open()
-        try:
-            return await store.read(run)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(main())
-    finally:
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
+    return on_store_thread(store, run, tmp)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,42 +128,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    trees = [t.split("=", 1) for t in (args.trees or [f"this={Path(__file__).parent.parent}"])]
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     flags = [f"--count={args.count}", f"--warmup={args.warmup}"]
+    trees = parse_trees(args.trees, __file__)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     flags += [f"--profile={args.profile}"] if args.profile else []
     flags += ["--sql"] if args.sql else []
-    for r in range(args.rounds):
-        for name, path in (trees if r % 2 == 0 else trees[::-1]):
-            env = {**os.environ, "PYTHONPATH": str(Path(path).resolve())}
-            proc = subprocess.run([sys.executable, "-P", __file__, "--child", *flags], env=env,
-                                  capture_output=True, text=True, check=False,
-                                  cwd=tempfile.gettempdir())
-            if proc.returncode:
-                raise SystemExit(proc.stderr)
-            if args.profile:
-                print(proc.stderr[:12000])
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[name].append(res)
-            print(f"round {r} {name}: unit {res['unit_us']:.1f} µs, group "
-                  f"{res['group_us']:.1f} µs ({res['relay']})", flush=True)
-            if args.sql:
-                print("  " + json.dumps(res["sql"]))
-    for name, runs in results.items():
-        units = [x["unit_us"] for x in runs]
-        groups = [x["group_us"] for x in runs]
-        print(f"{name}: unit median {statistics.median(units):.1f} "
-              f"[{min(units):.1f}-{max(units):.1f}] µs, group median "
-              f"{statistics.median(groups):.1f} [{min(groups):.1f}-{max(groups):.1f}] µs")
-    if len(trees) == 2:
-        (a, _), (b, _) = trees
-        ratios = [y["unit_us"] / x["unit_us"] for x, y in zip(results[a], results[b], strict=True)]
-        gratios = [y["group_us"] / x["group_us"]
-                   for x, y in zip(results[a], results[b], strict=True)]
-        print(f"{b}/{a}: unit x{statistics.median(ratios):.3f} "
-              f"[{min(ratios):.3f}-{max(ratios):.3f}], group x{statistics.median(gratios):.3f} "
-              f"[{min(gratios):.3f}-{max(gratios):.3f}]")
-
+    for r, name, path in alternating(trees, args.rounds):
+        res, stderr = run_child(__file__, path, flags)
+        if args.profile:
+            print(stderr[:12000])
+        results[name].append(res)
+        print(f"round {r} {name}: unit {res['unit_us']:.1f} µs, group "
+              f"{res['group_us']:.1f} µs {res.get('outcomes', '')} ({res['relay']})", flush=True)
+        if args.sql:
+            print("  " + json.dumps(res["sql"]))
+    summarize(results, ("unit_us", "group_us"))
 
 if __name__ == "__main__":
     main()
