@@ -3,7 +3,8 @@
     .venv/bin/python bench/front_split.py [--rounds 5] [--count 4000] [TREE ...]
 
 Per delivery, as `handle_attesto` runs them with the default config (no HTTP, no store):
-the signature check, the JSON parse, `normalize`, the kept-headers JSON and the `Inbound`.
+the signature check, the JSON parse, `normalize`, the kept-headers JSON and the `Inbound`,
+the accepted count.
 With TREE arguments (source trees, e.g. an archive of main and this worktree), each round
 runs every tree in a child process, in alternating order, and prints the per-tree medians,
 ranges and the per-round ratio to the first tree.
@@ -35,7 +36,8 @@ def measure(count: int, repeat: int) -> dict[str, float]:
     from relay.core.json_object import parse_json_object
     from relay.core.normalizer import normalize
     from relay.intake.inbox import Inbound
-    from relay.web.routes.webhooks import KEPT_HEADERS
+    from relay.metrics import Metrics
+    from relay.web.routes import webhooks
 
     sys.path.append(str(ROOT / "bench"))
     import ingest
@@ -68,14 +70,26 @@ def measure(count: int, repeat: int) -> dict[str, float]:
         for doc in docs:
             normalize(doc, now_ms)
 
+    kept_headers = webhooks.KEPT_HEADERS
+    kept = getattr(webhooks, "_kept", None) or (
+        lambda h: {k: h[k] for k in kept_headers if k in h})  # trees before perf-loop3
+
     def glue() -> None:
         for h, raw in items:
             Inbound(h.get("X-Attesto-Event-Id") or "", "e", now_ms, 1, dumps(
-                {k: h[k] for k in KEPT_HEADERS if k in h}, ascii_fallback=True), raw)
+                kept(h), ascii_fallback=True), raw)
+
+    metrics = Metrics()
+    # The accepted answer's count, as the handler makes it (Metrics.webhook from perf-loop3).
+    child = getattr(metrics, "webhook", None) or metrics.webhooks.labels
+
+    def counter() -> None:
+        for _ in items:
+            child("accepted", "").inc()
 
     out: dict[str, float] = {}
     for name, fn in (("signature", sig), ("parse", parse), ("normalize", norm),
-                     ("glue", glue)):
+                     ("glue", glue), ("counter", counter)):
         best = float("inf")
         for _ in range(repeat):
             start = time.thread_time()

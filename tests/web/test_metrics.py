@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.attesto.simulator import AttestoSimulator
 from relay.config import DownstreamConfig
+from relay.metrics import Metrics, exposition
 from relay.outbox.receiver import DownstreamReceiver
 from relay.store.models import Purchase
 from relay.web.appkeys import OUTBOX_KEY, STORE_KEY
@@ -158,3 +159,15 @@ async def test_metrics_token_alone_serves_metrics(relay_factory: RelayFactory,
     assert (await client.get("/metrics", headers=auth(ADMIN_TOKEN))).status == 401
     resp = await client.get("/v1/admin/endpoints", headers=auth(METRICS_TOKEN))
     assert resp.status == 503 and (await resp.json())["error"]["code"] == "not_configured"
+
+
+def test_webhook_child_is_labels_child_and_appears_only_once_counted() -> None:
+    m = Metrics()
+    assert b'outcome="accepted"' not in exposition(m)
+    child = m.webhook("accepted", "")
+    assert child is m.webhooks.labels("accepted", "") is m.webhook("accepted", "")
+    child.inc()
+    m.webhook("rejected", "signature_expired").inc(2)
+    text = exposition(m).decode()
+    assert 'relay_webhooks_total{outcome="accepted",reason=""} 1.0' in text
+    assert 'relay_webhooks_total{outcome="rejected",reason="signature_expired"} 2.0' in text

