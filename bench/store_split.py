@@ -213,9 +213,15 @@ def main(argv: list[str] | None = None) -> None:
                  "--page-size", str(args.page_size)]
         flags += ["--prefill-file", str(prefill)] if args.prefill else []
         flags += ["--pages"] if args.pages else []
+        flags += ["--statements"] if args.statements else []
+        flags += ["--profile", args.profile] if args.profile else []
         for r, name, path in alternating(trees, args.rounds):
-            out, _ = run_child(__file__, path, flags)
+            out, err = run_child(__file__, path, flags)
             results[name].append(out)
+            if args.profile:
+                print(err, flush=True)
+            if args.statements:
+                print(f"round {r} {name} statements (us/delivery): {out['statements']}")
             print(f"round {r} {name}: total {out['total_us']:.1f} us, commit "
                   f"{out['commit_us']:.1f} us, WAL {out['wal_bytes']:.0f} B/delivery"
                   + (f", frames {out['frames_total']} {out['frames']}"

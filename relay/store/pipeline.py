@@ -99,7 +99,9 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
         user_id = snap.user_id if snap.user_id is not None or snap.app_user_id is None \
             else bound.get(snap.app_user_id)
         after, events, stale = decide(snap, before, user_id, rules, now_ms, bound)
-        named.extend(ledger.Named(slot, snap, before, after, fact) for fact in snap.transactions)
+        if snap.transactions:
+            named.extend([ledger.Named(slot, snap, before, after, fact)
+                          for fact in snap.transactions])
         if before is not None and not events and after == before:
             if snap.poll_now:
                 after = evolve(before, next_poll_ms=now_ms)
@@ -143,11 +145,17 @@ def apply_many(snaps: Sequence[Snapshot], rules: Rules, now_ms: int, *,
     cursors = statements.insert_events(event_rows) if event_rows else {}
     deliveries: list[statements.DeliveryRow] = []
     results: list[Applied] = []
+    # An event's endpoints follow its type, platform and environment: once per group.
+    routing: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
     for after, made, stale in decided:
         views = []
         for eid, event_type, body, seq, subject, routes in made:
-            routed = routes if routes is not None else relayed.route(
-                rules, event_type, after.platform, after.environment)
+            routed = routes
+            if routed is None:
+                how = (event_type, after.platform, after.environment)
+                routed = routing.get(how)
+                if routed is None:
+                    routed = routing[how] = relayed.route(rules, *how)
             deliveries.extend((cursors[eid], name, subject, seq, status, now_ms, now_ms)
                               for name, status in routed)
             views.append(EventView(cursor=cursors[eid], id=eid, type=event_type, body=body,
